@@ -1,0 +1,177 @@
+"""The timestep-sampler interface every strategy implements, and the registry that builds them by name.
+
+A sampler decides *which noise levels* a batch trains on and with what per-sample weight (the abstraction of
+improved-diffusion's ``ScheduleSampler``, Nichol & Dhariwal 2021, extended with ``observe`` so curricula can
+watch the loss and with a plain-value ``state_dict`` so resume is exact)::
+
+    draw = sampler.sample(batch_size, device=device, generator=g)   # Draw(t, weight)
+    loss = (draw.weight * per_sample_loss).mean()
+    sampler.observe(draw.t, per_sample_loss.detach())               # once per optimizer step
+
+``observe`` advances the sampler's step counter even when the strategy ignores losses, so step-scheduled
+strategies (CLTS) stay in step with the optimizer. ``state_dict`` holds only tensors, numbers, strings, lists
+and dicts of those.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ..errors import suggest, unknown
+
+
+@dataclass
+class Draw:
+    """One batch's noise levels and per-sample loss weights.
+
+    ``t``: ``Long`` timesteps for a discrete process, float σ for an EDM process; shape [B].
+    ``weight``: float32, shape [B]; 1 where the strategy does not reweight.
+    """
+
+    t: Tensor
+    weight: Tensor
+
+
+def check_param(name: str, value, ok: bool, allowed: str) -> None:
+    """Raise ``ValueError`` naming a sampler parameter, its value and what is allowed, unless ``ok``."""
+    if not ok:
+        raise ValueError(f"sampler parameter {name}={value!r} is invalid; allowed: {allowed}")
+
+
+def is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of the default process group, (0, 1) when none is initialised."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def global_mean(value: Tensor) -> Tensor:
+    """Mean of a float tensor across ranks (all-reduce); the tensor itself in a single process.
+
+    Loss-driven decisions (DDC pacing, importance histories) are taken on this value so every rank holds
+    identical sampler state.
+    """
+    if dist_info()[1] == 1:
+        return value
+    v = value.detach().clone().float()
+    torch.distributed.all_reduce(v, op=torch.distributed.ReduceOp.SUM)
+    return v / torch.distributed.get_world_size()
+
+
+class TimestepSampler:
+    """Base class. Subclasses implement :meth:`_draw` and, when they watch losses or keep state,
+    :meth:`_observe`, :meth:`_state` / :meth:`_load_state` and :meth:`status`.
+
+    Every sampler takes ``total_steps`` (the planned number of optimizer steps, ``None`` when unknown) so
+    step-scheduled strategies can express their schedule as fractions of it.
+    """
+
+    name: ClassVar[str] = "base"
+    #: which processes the strategy supports: "discrete", "continuous" or both
+    supports: ClassVar[tuple[str, ...]] = ("discrete", "continuous")
+
+    def __init__(self, process, total_steps: int | None = None):
+        kind = "continuous" if getattr(process, "continuous", False) else "discrete"
+        if kind not in self.supports:
+            raise ValueError(
+                f"sampler {self.name!r} does not support a {kind} process ({process!r}); "
+                f"it supports: {', '.join(self.supports)}"
+            )
+        check_param("total_steps", total_steps, total_steps is None or (is_int(total_steps) and total_steps > 0),
+                    "a positive integer or None")
+        self.process = process
+        self.total_steps = total_steps
+        self.step = 0
+
+    # -- the public interface ---------------------------------------------------------------------
+    def sample(self, batch_size: int, device=None, generator: torch.Generator | None = None) -> Draw:
+        """Draw noise levels and weights for a batch. Random numbers come from ``generator`` (on its device)
+        or torch's global generator; results are moved to ``device``."""
+        if not is_int(batch_size) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} is invalid; allowed: a positive integer")
+        t, w = self._draw(batch_size, generator)
+        if w is None:
+            w = torch.ones(batch_size, dtype=torch.float32)
+        return Draw(t.to(device) if device is not None else t, w.to(device) if device is not None else w)
+
+    def observe(self, t: Tensor, per_sample_loss: Tensor) -> None:
+        """Report the batch's per-sample losses; call once per optimizer step (advances the step counter)."""
+        self._observe(t, per_sample_loss)
+        self.step += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: plain tensors, numbers and strings only."""
+        return {"name": self.name, "step": self.step, **self._state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("name", self.name) != self.name:
+            raise ValueError(f"sampler state is for {state.get('name')!r}, not {self.name!r}")
+        self.step = int(state["step"])
+        self._load_state(state)
+
+    def status(self) -> dict[str, Any]:
+        """A small dict for progress bars and logs, e.g. ``{"stage": 3, "stages": 20}``."""
+        return {}
+
+    # -- hooks --------------------------------------------------------------------------------------
+    def _draw(self, batch_size: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError
+
+    def _observe(self, t: Tensor, per_sample_loss: Tensor) -> None:
+        pass
+
+    def _state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(process={self.process!r}, step={self.step})"
+
+
+REGISTRY: dict[str, type[TimestepSampler]] = {}
+
+
+def register(cls: type[TimestepSampler]) -> type[TimestepSampler]:
+    """Class decorator: make a sampler buildable by its ``name``."""
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def parameters(name: str) -> list[str]:
+    """The parameters a registered sampler accepts (besides the process)."""
+    sig = inspect.signature(REGISTRY[name].__init__)
+    return [p for p in sig.parameters if p not in ("self", "process")]
+
+
+def build(name: str, process, **params) -> TimestepSampler:
+    """Build a registered sampler: ``build("ddc", process, total_steps=100_000, clusters=20)``.
+
+    Raises ``ValueError`` for an unknown name or parameter (naming it, listing what is allowed and
+    suggesting the nearest) and for an invalid value (from the sampler's own checks).
+    """
+    if name not in REGISTRY:
+        raise ValueError(unknown("sampler.name", name, sorted(REGISTRY)))
+    allowed = parameters(name)
+    for k in params:
+        if k not in allowed:
+            raise ValueError(
+                f"sampler.{k} is not a parameter of the {name!r} sampler{suggest(k, allowed)}; "
+                f"allowed: {', '.join(allowed)}"
+            )
+    return REGISTRY[name](process, **params)

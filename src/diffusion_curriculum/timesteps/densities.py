@@ -1,0 +1,61 @@
+"""Fixed noise-level densities: EDM's log-normal and the logit-normal of rectified-flow / SD3 training."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import TimestepSampler, check_param, is_number, register
+
+
+def nearest_timestep(process, sigma: torch.Tensor) -> torch.Tensor:
+    """Map VE noise levels σ to the discrete timestep whose σ(t) = sqrt((1−ᾱ_t)/ᾱ_t) is nearest in ln σ."""
+    log_sig_t = (0.5 * torch.log((1 - process.alphas_cumprod) / process.alphas_cumprod)).float()
+    ls = sigma.float().log()
+    idx = torch.searchsorted(log_sig_t, ls).clamp(1, process.T - 1)
+    left, right = log_sig_t[idx - 1], log_sig_t[idx]
+    return torch.where((ls - left).abs() <= (right - ls).abs(), idx - 1, idx)
+
+
+@register
+class LogNormal(TimestepSampler):
+    """ln σ ~ N(P_mean, P_std²) (Karras et al. 2022, Table 1, "Training": P_mean = −1.2, P_std = 1.2).
+
+    On an :class:`~diffusion_curriculum.process.EDMProcess` the defaults come from the process. On a
+    discrete process each σ is mapped to the timestep with the nearest σ(t) in ln σ, so the same density can
+    drive a DDPM-style loop. Weight 1 (EDM's λ(σ) is a *weighting*, not part of the draw).
+    """
+
+    name = "lognormal"
+
+    def __init__(self, process, total_steps=None, P_mean: float | None = None, P_std: float | None = None):
+        super().__init__(process, total_steps)
+        P_mean = getattr(process, "P_mean", -1.2) if P_mean is None else P_mean
+        P_std = getattr(process, "P_std", 1.2) if P_std is None else P_std
+        check_param("P_mean", P_mean, is_number(P_mean), "a finite number")
+        check_param("P_std", P_std, is_number(P_std) and P_std > 0, "a number > 0")
+        self.P_mean, self.P_std = float(P_mean), float(P_std)
+
+    def _draw(self, batch_size, generator):
+        sigma = torch.exp(self.P_mean + self.P_std * torch.randn(batch_size, generator=generator))
+        if self.process.continuous:
+            return sigma, None
+        return nearest_timestep(self.process, sigma), None
+
+
+@register
+class LogitNormal(TimestepSampler):
+    """u = sigmoid(n), n ~ N(mean, std²); t = ⌊u·T⌋ (Esser et al. 2024, "Scaling Rectified Flow
+    Transformers", eq. 19, logit-normal sampling; defaults mean 0, std 1). Discrete processes only."""
+
+    name = "logit-normal"
+    supports = ("discrete",)
+
+    def __init__(self, process, total_steps=None, mean: float = 0.0, std: float = 1.0):
+        super().__init__(process, total_steps)
+        check_param("mean", mean, is_number(mean), "a finite number")
+        check_param("std", std, is_number(std) and std > 0, "a number > 0")
+        self.mean, self.std = float(mean), float(std)
+
+    def _draw(self, batch_size, generator):
+        u = torch.sigmoid(self.mean + self.std * torch.randn(batch_size, generator=generator))
+        return (u * self.process.T).long().clamp_(0, self.process.T - 1), None

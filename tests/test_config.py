@@ -1,0 +1,88 @@
+"""Configuration: presets, overrides, validation and its one-sentence errors."""
+
+import pytest
+
+from diffusion_curriculum import config
+from diffusion_curriculum.errors import ConfigError
+
+
+def test_default_is_digits_preset_and_validates():
+    cfg = config.resolve()
+    assert cfg["dataset"]["name"] == "digits"
+    assert cfg["sampler"] == {"name": "uniform"}
+    assert set(config.preset_names()) >= {"digits", "toy2d", "cifar10-ddpm"}
+    for name in config.preset_names():
+        config.resolve(preset=name)
+
+
+def test_overrides_dotted_and_typed():
+    cfg = config.resolve(overrides=["lr=2e-4", "sampler.name=lognormal", "sampler.P_std=1.5", "optim.grad_clip=0",
+                                    "model.channel_mult=[1,2,2]", "steps=10", "progress=false"])
+    assert cfg["lr"] == 2e-4 and isinstance(cfg["lr"], float)
+    assert cfg["sampler"] == {"name": "lognormal", "P_std": 1.5}
+    assert cfg["model"]["channel_mult"] == [1, 2, 2]
+    assert cfg["steps"] == 10 and cfg["progress"] is False
+
+
+def test_switching_a_named_section_drops_the_old_parameters():
+    base = config.merge(config.DEFAULTS, {"sampler": {"name": "lognormal", "P_std": 1.0}})
+    out = config.apply_overrides(base, ["sampler.name=uniform"])
+    assert out["sampler"] == {"name": "uniform"}
+    out = config.apply_overrides(base, ["sampler=uniform"])
+    assert out["sampler"] == {"name": "uniform"}
+
+
+@pytest.mark.parametrize(
+    "override,pattern",
+    [
+        ("stepz=10", r"unknown key 'stepz' \(did you mean 'steps'\?\)"),
+        ("optim.grad_clp=1", r"unknown key 'optim.grad_clp' \(did you mean 'grad_clip'\?\)"),
+        ("steps=-1", r"steps=-1 is invalid; allowed: an integer in \[1, "),
+        ("steps=ten", r"steps='ten' is invalid"),
+        ("steps=true", r"steps=True is invalid"),
+        ("lr=0", r"lr=0 is invalid; allowed: a finite number > 0"),
+        ("lr=.nan", r"lr=nan is invalid"),
+        ("lr=nan", r"lr=.nan. is invalid"),
+        ("batch_size=1e30", r"batch_size=1e\+30 is invalid"),
+        ("prediction=noise", r"prediction='noise' is invalid; allowed: one of 'eps', 'v', 'x0'"),
+        ("ema.decay=2", r"ema.decay=2 is invalid"),
+        ("sampler.name=", r"sampler.name must be a non-empty string"),
+        ("device=", r"device=None is invalid"),
+        ("steps", r"must look like key=value"),
+        ("=3", r"empty key"),
+        ("optim=3", r"optim must be a mapping"),
+        ("momentum.enabled=maybe", r"momentum must be a mapping with enabled"),
+    ],
+)
+def test_bad_overrides_are_one_sentence(override, pattern):
+    with pytest.raises(ConfigError, match=pattern) as e:
+        config.resolve(overrides=[override])
+    assert "\n" not in str(e.value)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.resolve(config_file=tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.resolve(config_file=bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        config.resolve(config_file=lst)
+    good = tmp_path / "good.yaml"
+    good.write_text("steps: 7\nsampler: lognormal\n")
+    cfg = config.resolve(config_file=good)
+    assert cfg["steps"] == 7 and cfg["sampler"] == {"name": "lognormal"}
+    with pytest.raises(ConfigError, match="preset 'digit' is not known.*did you mean 'digits'"):
+        config.resolve(preset="digit")
+    with pytest.raises(ConfigError, match="either --preset or --config"):
+        config.resolve(preset="digits", config_file=good)
+
+
+def test_dump_roundtrips(tmp_path):
+    cfg = config.resolve(overrides=["lr=3e-4"])
+    f = tmp_path / "c.yaml"
+    f.write_text(config.dump(cfg))
+    assert config.validate(config.merge(config.DEFAULTS, config.load_yaml(f))) == cfg
