@@ -10,10 +10,20 @@ from diffusion_curriculum import checkpoint
 
 
 def _state():
-    opt_state = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(4)}},
-                 "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "params": [0]}]}
-    return {"step": 5, "model": {"w": torch.randn(3, 3), "b": torch.zeros(3)}, "opt": opt_state,
-            "rng": torch.get_rng_state(), "py": (3, (1, 2, 3), None), "none": None, "name": "x", "f": float("inf")}
+    opt_state = {
+        "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(4)}},
+        "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "params": [0]}],
+    }
+    return {
+        "step": 5,
+        "model": {"w": torch.randn(3, 3), "b": torch.zeros(3)},
+        "opt": opt_state,
+        "rng": torch.get_rng_state(),
+        "py": (3, (1, 2, 3), None),
+        "none": None,
+        "name": "x",
+        "f": float("inf"),
+    }
 
 
 def test_roundtrip_preserves_types(tmp_path):
@@ -85,8 +95,9 @@ def test_a_pickle_is_never_loaded(tmp_path):
     (d / checkpoint.TENSORS).write_bytes(payload)
     import hashlib
 
-    (d / checkpoint.STATE).write_text(json.dumps({"format": 1, "step": 1, "sha256": hashlib.sha256(payload).hexdigest(),
-                                                  "state": {}}))
+    (d / checkpoint.STATE).write_text(
+        json.dumps({"format": 1, "step": 1, "sha256": hashlib.sha256(payload).hexdigest(), "state": {}})
+    )
     with pytest.raises(checkpoint.CheckpointError, match="cannot be read"):
         checkpoint.load(d)
     assert not marker.exists()

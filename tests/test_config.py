@@ -16,8 +16,17 @@ def test_default_is_digits_preset_and_validates():
 
 
 def test_overrides_dotted_and_typed():
-    cfg = config.resolve(overrides=["lr=2e-4", "sampler.name=lognormal", "sampler.P_std=1.5", "optim.grad_clip=0",
-                                    "model.channel_mult=[1,2,2]", "steps=10", "progress=false"])
+    cfg = config.resolve(
+        overrides=[
+            "lr=2e-4",
+            "sampler.name=lognormal",
+            "sampler.P_std=1.5",
+            "optim.grad_clip=0",
+            "model.channel_mult=[1,2,2]",
+            "steps=10",
+            "progress=false",
+        ]
+    )
     assert cfg["lr"] == 2e-4 and isinstance(cfg["lr"], float)
     assert cfg["sampler"] == {"name": "lognormal", "P_std": 1.5}
     assert cfg["model"]["channel_mult"] == [1, 2, 2]

@@ -84,7 +84,10 @@ def test_edm_v_target_equals_weighted_edm_loss():
     """With the F-target, the plain MSE equals EDM's λ(σ)·‖D − x0‖² (Karras et al. eq. 8 with λ c_out² = 1)."""
     p = EDMProcess()
     g = torch.Generator().manual_seed(1)
-    x0, n = torch.randn(5, 2, generator=g, dtype=torch.float64), torch.randn(5, 2, generator=g, dtype=torch.float64)
+    x0, n = (
+        torch.randn(5, 2, generator=g, dtype=torch.float64),
+        torch.randn(5, 2, generator=g, dtype=torch.float64),
+    )
     sigma = torch.tensor([0.01, 0.3, 1.0, 5.0, 60.0], dtype=torch.float64)
     x = p.add_noise(x0, n, sigma)
     torch.testing.assert_close(x, x0 + sigma[:, None] * n)

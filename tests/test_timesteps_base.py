@@ -56,7 +56,9 @@ def test_registry_errors_name_parameter_value_and_allowed():
     p = DiscreteProcess.linear(100)
     with pytest.raises(ValueError, match=r"sampler.name='unifrom' is not known \(did you mean 'uniform'\?\)"):
         timesteps.build("unifrom", p)
-    with pytest.raises(ValueError, match="sampler.P_mea.*did you mean 'P_mean'.*allowed: total_steps, P_mean, P_std"):
+    with pytest.raises(
+        ValueError, match="sampler.P_mea.*did you mean 'P_mean'.*allowed: total_steps, P_mean, P_std"
+    ):
         timesteps.build("lognormal", p, P_mea=1.0)
     with pytest.raises(ValueError, match="P_std=-1.*> 0"):
         timesteps.build("lognormal", p, P_std=-1)

@@ -48,8 +48,12 @@ def flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
     if isinstance(obj, dict):
         if all(isinstance(k, str) for k in obj):
             return {k: flatten(v, tensors, f"{prefix}.{k}") for k, v in obj.items()}
-        return {"__items__": [[flatten(k, tensors, f"{prefix}.k{i}"), flatten(v, tensors, f"{prefix}.{i}")]
-                              for i, (k, v) in enumerate(obj.items())]}
+        return {
+            "__items__": [
+                [flatten(k, tensors, f"{prefix}.k{i}"), flatten(v, tensors, f"{prefix}.{i}")]
+                for i, (k, v) in enumerate(obj.items())
+            ]
+        }
     if isinstance(obj, tuple):
         return {"__tuple__": [flatten(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]}
     if isinstance(obj, list):
@@ -169,9 +173,13 @@ def load(path: str | Path) -> tuple[int, dict[str, Any]]:
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise CheckpointError(f"checkpoint {str(p)!r} has an unreadable {STATE}") from None
     if doc.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {str(p)!r} has format {doc.get('format')!r}; this version reads {FORMAT}")
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} has format {doc.get('format')!r}; this version reads {FORMAT}"
+        )
     if _sha256(js) != digest:
-        raise CheckpointError(f"checkpoint {str(p)!r} is corrupt: {TENSORS} does not match its recorded checksum")
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} is corrupt: {TENSORS} does not match its recorded checksum"
+        )
     try:
         tensors = load_file(str(js))
     except (SafetensorError, OSError, ValueError) as e:

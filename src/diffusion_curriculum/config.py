@@ -264,7 +264,9 @@ def _check_section(prefix: str, values: Any, schema: dict) -> None:
         key = f"{prefix}.{k}" if prefix else str(k)
         if k not in schema:
             allowed = list(schema)
-            raise ConfigError(f"unknown key {key!r}{suggest(k, allowed)}; allowed: {', '.join(map(str, allowed))}")
+            raise ConfigError(
+                f"unknown key {key!r}{suggest(k, allowed)}; allowed: {', '.join(map(str, allowed))}"
+            )
         check = schema[k]
         if isinstance(check, dict):
             _check_section(key, v, check)
@@ -280,7 +282,9 @@ def validate(cfg: dict) -> dict:
         raise ConfigError("the configuration must be a mapping of keys")
     for k in cfg:
         if k not in SECTION_KEYS:
-            raise ConfigError(f"unknown key {k!r}{suggest(k, SECTION_KEYS)}; allowed: {', '.join(sorted(SECTION_KEYS))}")
+            raise ConfigError(
+                f"unknown key {k!r}{suggest(k, SECTION_KEYS)}; allowed: {', '.join(sorted(SECTION_KEYS))}"
+            )
     _check_section("", {k: v for k, v in cfg.items() if k in SCHEMA}, SCHEMA)
     for k in NAMED_SECTIONS:
         sec = cfg.get(k)
@@ -298,7 +302,9 @@ def validate(cfg: dict) -> dict:
     return cfg
 
 
-def resolve(preset: str | None = None, config_file: str | Path | None = None, overrides: list[str] = ()) -> dict:
+def resolve(
+    preset: str | None = None, config_file: str | Path | None = None, overrides: list[str] = ()
+) -> dict:
     """Defaults ← preset or config file ← overrides, validated. ``preset`` and ``config_file`` exclude each other;
     with neither, the ``digits`` preset (the embedded default) is used."""
     if preset and config_file:

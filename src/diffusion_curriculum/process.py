@@ -148,7 +148,9 @@ class DiscreteProcess:
         """The network sees x_t unscaled and the timestep index as a float."""
         return x_t, t.to(x_t.dtype if x_t.is_floating_point() else torch.float32)
 
-    def target(self, x0: Tensor, noise: Tensor, t: Tensor, prediction: str = "eps", x_t: Tensor | None = None) -> Tensor:
+    def target(
+        self, x0: Tensor, noise: Tensor, t: Tensor, prediction: str = "eps", x_t: Tensor | None = None
+    ) -> Tensor:
         """Training target: ε, v = sqrt(ᾱ)ε − sqrt(1−ᾱ)x0 (Salimans & Ho 2022), or x0."""
         _check_prediction(prediction)
         if prediction == "eps":
@@ -205,7 +207,12 @@ class EDMProcess:
         sigma_min: float = 0.002,
         sigma_max: float = 80.0,
     ):
-        for k, v in (("P_std", P_std), ("sigma_data", sigma_data), ("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+        for k, v in (
+            ("P_std", P_std),
+            ("sigma_data", sigma_data),
+            ("sigma_min", sigma_min),
+            ("sigma_max", sigma_max),
+        ):
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ProcessError(f"EDMProcess needs {k} > 0, got {v!r}")
         if not (isinstance(P_mean, (int, float)) and math.isfinite(P_mean)):
@@ -250,7 +257,9 @@ class EDMProcess:
         _, _, c_in, c_noise = self.precondition(t.to(x_t.dtype))
         return _bcast(c_in, x_t) * x_t, c_noise
 
-    def target(self, x0: Tensor, noise: Tensor, t: Tensor, prediction: str = "v", x_t: Tensor | None = None) -> Tensor:
+    def target(
+        self, x0: Tensor, noise: Tensor, t: Tensor, prediction: str = "v", x_t: Tensor | None = None
+    ) -> Tensor:
         """ε → n; x0 → x0; v → EDM's F-target (x0 − c_skip·x)/c_out (Karras et al. 2022, eq. 8)."""
         _check_prediction(prediction)
         if prediction == "eps":
@@ -303,7 +312,9 @@ def build(name: str = "linear", **params) -> Process:
     allowed = [p for p in inspect.signature(maker).parameters if p not in ("self", "cls")]
     for k in params:
         if k not in allowed:
-            raise ProcessError(f"process.{k} is not a parameter of the {name!r} process; allowed: {', '.join(allowed)}")
+            raise ProcessError(
+                f"process.{k} is not a parameter of the {name!r} process; allowed: {', '.join(allowed)}"
+            )
     try:
         return maker(**params)
     except TypeError as e:  # wrong type reaching math

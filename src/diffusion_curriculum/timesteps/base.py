@@ -91,8 +91,12 @@ class TimestepSampler:
                 f"sampler {self.name!r} does not support a {kind} process ({process!r}); "
                 f"it supports: {', '.join(self.supports)}"
             )
-        check_param("total_steps", total_steps, total_steps is None or (is_int(total_steps) and total_steps > 0),
-                    "a positive integer or None")
+        check_param(
+            "total_steps",
+            total_steps,
+            total_steps is None or (is_int(total_steps) and total_steps > 0),
+            "a positive integer or None",
+        )
         self.process = process
         self.total_steps = total_steps
         self.step = 0

@@ -1,0 +1,195 @@
+"""The ``diffusion-curriculum`` command (also ``python -m diffusion_curriculum``).
+
+Every problem a person can fix (a bad key or value, a missing dataset, an unusable checkpoint) is printed as
+one sentence with exit status 2, never a traceback; a non-finite loss stops training with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from . import __version__
+from .errors import ConfigError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--preset", help="a shipped preset (default: digits); see `diffusion-curriculum presets`")
+    g.add_argument("--config", help="a YAML config file")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. sampler.name=uniform"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="diffusion-curriculum",
+        description="Train diffusion models faster with timestep curricula and momentum schedules.",
+    )
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model (no arguments: the embedded digits default)")
+    _add_config_args(t)
+    t.add_argument("--out", help="run directory (default: runs/<preset>-<time>)")
+    t.add_argument(
+        "--resume", action="store_true", help="continue from the newest usable checkpoint in --out"
+    )
+
+    s = sub.add_parser("sample", help="draw samples from a trained run's EMA model into a PNG grid")
+    s.add_argument(
+        "--checkpoint", required=True, help="a run directory or one of its checkpoints/step_* folders"
+    )
+    s.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    s.add_argument("--out", help="PNG file (default: <run>/samples/sample.png)")
+    s.add_argument(
+        "--method", choices=["auto", "ddpm", "ddim", "heun"], help="generation method (default: the run's)"
+    )
+    s.add_argument("--steps", type=int, help="generation steps (default: the run's eval.steps)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--npz", help="also save the samples as an .npz (key 'images', NCHW in [-1, 1])")
+
+    sub.add_parser("presets", help="list the shipped presets")
+    return ap
+
+
+def _default_out(preset: str | None, config_file: str | None) -> Path:
+    stem = preset or (Path(config_file).stem if config_file else "digits")
+    return Path("runs") / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def cmd_train(args) -> int:
+    from . import config
+    from .train import RESUMABLE_KEYS, Trainer
+
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out DIR, the run directory to continue")
+    out = Path(args.out) if args.out else _default_out(args.preset, args.config)
+    saved = out / "config.yaml"
+    if args.resume and saved.is_file():
+        base = config.validate(config.merge(config.DEFAULTS, config.load_yaml(saved)))
+        cfg = config.validate(config.apply_overrides(base, args.overrides))
+        if args.preset or args.config:
+            given = config.resolve(args.preset, args.config, args.overrides)
+            changed = [k for k in given if k not in RESUMABLE_KEYS and given[k] != cfg.get(k)]
+            if changed:
+                raise ConfigError(
+                    f"cannot resume {str(out)!r} with different settings for {', '.join(changed)}; "
+                    "drop --preset/--config to use the run's own config.yaml"
+                )
+        changed = [k for k in cfg if k not in RESUMABLE_KEYS and cfg[k] != base.get(k)]
+        if changed:
+            raise ConfigError(
+                f"{', '.join(changed)} cannot change when resuming; only {', '.join(RESUMABLE_KEYS)} may"
+            )
+    else:
+        cfg = config.resolve(args.preset, args.config, args.overrides)
+    trainer = Trainer(cfg, out, resume=args.resume)
+    print(f"run directory: {out}", file=sys.stderr)
+    summary = trainer.run()
+    print(json.dumps({k: summary[k] for k in ("steps", "final_loss", "train_time_s", "steps_per_s")}))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from . import checkpoint, config, data, generate
+    from .train import build_components, resolve_device
+
+    path = Path(args.checkpoint)
+    if not path.exists():
+        raise ConfigError(f"--checkpoint {str(path)!r} does not exist")
+    if (path / checkpoint.STATE).is_file():
+        ckpts, run = [path], path.parent.parent
+    else:
+        run = path
+        ckpts = checkpoint.list_checkpoints(run / "checkpoints")
+        if not ckpts:
+            raise ConfigError(
+                f"{str(run)!r} holds no checkpoints (expected {str(run / 'checkpoints')}/step_*)"
+            )
+    if args.n < 1:
+        raise ConfigError(f"--n {args.n} is invalid; allowed: a positive integer")
+    cfg = config.validate(config.merge(config.DEFAULTS, config.load_yaml(run / "config.yaml")))
+    comps = build_components(cfg)
+    device = resolve_device(cfg["device"])
+    model = comps.model.to(device)
+    for ck in ckpts:
+        try:
+            _, state = checkpoint.load(ck)
+            model.load_state_dict(state["ema"])
+            break
+        except (checkpoint.CheckpointError, RuntimeError, KeyError) as e:
+            print(f"warning: {str(e).splitlines()[0]}; trying the previous checkpoint", file=sys.stderr)
+    else:
+        raise checkpoint.CheckpointError(f"no usable checkpoint under {str(run)!r}")
+    ec = cfg["eval"]
+    x = generate.sample(
+        model,
+        comps.process,
+        args.n,
+        comps.dataset.shape,
+        method=args.method or ec["method"],
+        steps=args.steps or ec["steps"],
+        eta=ec["eta"],
+        prediction=cfg["prediction"],
+        seed=args.seed,
+        device=device,
+        batch_size=ec["batch_size"],
+    )
+    out = Path(args.out) if args.out else run / "samples" / "sample.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data.save_grid(x, out)
+    if args.npz:
+        import numpy as np
+
+        np.savez(args.npz, images=x.cpu().numpy())
+    print(str(out))
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from . import config
+
+    for name in config.preset_names():
+        print(name)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .train import TrainingError
+
+    ap = _parser()
+    args = ap.parse_args(argv)
+    if args.command is None:
+        ap.print_help()
+        return 2
+    handler = {"train": cmd_train, "sample": cmd_sample, "presets": cmd_presets}[args.command]
+    try:
+        return handler(args)
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # a builder's check of a named section's parameter (sampler, model, process, ...)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(
+            f"error: {e.strerror or e} ({e.filename or 'file system'}); nothing already written was removed",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

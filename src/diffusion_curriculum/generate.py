@@ -1,0 +1,357 @@
+"""Image generation from a trained network: DDPM ancestral sampling, DDIM, and EDM's Heun sampler.
+
+(Named apart from *timestep* sampling, which lives in :mod:`diffusion_curriculum.timesteps`.)
+
+Every sampler calls the network as ``model(*process.model_input(x, t))`` and turns its output into a
+clean-sample estimate with ``process.predict_x0(out, x, t, prediction)`` (or a noise estimate with
+``predict_eps``), so it works with any prediction type the process knows ("eps", "v", "x0").
+
+Randomness: each sampler draws all its noise from ``generator`` in a fixed order — the initial noise first,
+then at most one draw per step — so two calls with generators seeded alike inject *identical* noise (what the
+consistency analysis needs to compare two models). Noise is drawn on the generator's device and then moved to
+``device``; :func:`sample` uses a CPU generator, so its results do not depend on the accelerator's RNG.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .process import DiscreteProcess, EDMProcess
+
+__all__ = ["METHODS", "ddim", "ddim_timesteps", "ddpm", "edm_heun", "edm_sigmas", "sample"]
+
+METHODS = ("auto", "ddpm", "ddim", "heun")
+StepNoises = Tensor | Callable[[int], Tensor] | None
+
+
+def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device) -> Tensor:
+    """Standard normal noise drawn from ``generator`` (on its own device), then moved to ``device``."""
+    if generator is None:
+        return torch.randn(shape, device=device)
+    return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
+def _as_long_batch(t: int, n: int, device) -> Tensor:
+    return torch.full((n,), int(t), dtype=torch.long, device=device)
+
+
+def _require_discrete(process, who: str) -> None:
+    if getattr(process, "continuous", False) or not isinstance(process, DiscreteProcess):
+        raise ValueError(
+            f"{who} needs a DiscreteProcess, got {process!r}; use method='heun' for an EDMProcess"
+        )
+
+
+# ------------------------------------------------------------------------------------------------------
+# DDPM
+# ------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def ddpm(
+    model,
+    process: DiscreteProcess,
+    shape: tuple[int, ...],
+    *,
+    prediction: str = "eps",
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+    noise: Tensor | None = None,
+    step_noises: StepNoises = None,
+    clip_x0: bool = True,
+    variance: str = "posterior",
+) -> Tensor:
+    """Ancestral sampling through all T steps (Ho et al. 2020, Algorithm 2).
+
+    At each t = T−1, …, 0 the network's output gives x̂0 = ``process.predict_x0`` (clamped to [-1, 1] when
+    ``clip_x0``), and x_{t−1} is drawn from the Gaussian posterior q(x_{t−1} | x_t, x̂0) with mean
+    μ̃_t = sqrt(ᾱ_{t−1}) β_t / (1 − ᾱ_t) · x̂0 + sqrt(α_t)(1 − ᾱ_{t−1}) / (1 − ᾱ_t) · x_t (Ho et al. eq. 7).
+    Without clipping this equals Algorithm 2's 1/sqrt(α_t) (x_t − β_t / sqrt(1 − ᾱ_t) ε̂) (eq. 11).
+    The variance σ_t² is β̃_t = (1 − ᾱ_{t−1}) / (1 − ᾱ_t) β_t (``variance="posterior"``, eq. 7) or β_t
+    (``variance="beta"``); both are discussed in Ho et al. §3.2. The last step (t = 0) adds no noise.
+
+    ``noise`` is the initial x_T (else drawn from ``generator``). ``step_noises`` optionally supplies the
+    noise injected when stepping from x_t to x_{t−1}: a tensor indexed by t (``step_noises[t]`` shaped like
+    ``shape``; entry 0 is unused) or a callable ``t -> Tensor``. Otherwise one draw per step t ≥ 1 comes from
+    ``generator``, after the initial noise.
+    """
+    _require_discrete(process, "ddpm")
+    if variance not in ("posterior", "beta"):
+        raise ValueError(f"variance={variance!r} is not known; allowed: posterior, beta")
+    device = torch.device(device)
+    shape = tuple(shape)
+    x = _randn(shape, generator, device) if noise is None else noise.to(device=device, dtype=torch.float32)
+    if tuple(x.shape) != shape:
+        raise ValueError(f"noise has shape {tuple(x.shape)} but shape={shape}")
+
+    ac = process.alphas_cumprod  # float64 on CPU
+    ac_prev = torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])
+    betas = process.betas
+    alphas = 1.0 - betas
+    coef_x0 = (ac_prev.sqrt() * betas / (1.0 - ac)).tolist()
+    coef_xt = (alphas.sqrt() * (1.0 - ac_prev) / (1.0 - ac)).tolist()
+    if variance == "posterior":
+        sigma = ((1.0 - ac_prev) / (1.0 - ac) * betas).sqrt().tolist()
+    else:
+        sigma = betas.sqrt().tolist()
+
+    n = shape[0]
+    for t in range(process.T - 1, -1, -1):
+        t_batch = _as_long_batch(t, n, device)
+        out = model(*process.model_input(x, t_batch))
+        x0 = process.predict_x0(out.float(), x, t_batch, prediction)
+        if clip_x0:
+            x0 = x0.clamp(-1.0, 1.0)
+        mean = coef_x0[t] * x0 + coef_xt[t] * x
+        if t > 0:
+            z = _step_noise(step_noises, t, shape, generator, device)
+            x = mean + sigma[t] * z
+        else:
+            x = mean
+    return x
+
+
+def _step_noise(step_noises: StepNoises, t: int, shape, generator, device) -> Tensor:
+    if step_noises is None:
+        return _randn(shape, generator, device)
+    z = step_noises(t) if callable(step_noises) else step_noises[t]
+    z = torch.as_tensor(z).to(device=device, dtype=torch.float32)
+    if tuple(z.shape) != tuple(shape):
+        raise ValueError(f"step_noises gave shape {tuple(z.shape)} at t={t}, expected {tuple(shape)}")
+    return z
+
+
+# ------------------------------------------------------------------------------------------------------
+# DDIM
+# ------------------------------------------------------------------------------------------------------
+def ddim_timesteps(T: int, steps: int) -> list[int]:
+    """``steps`` timesteps evenly spaced from T−1 down to 0, both included: round(linspace(T−1, 0, steps)).
+
+    (Song et al. 2021 §4.2 use a sub-sequence τ of [1, …, T]; this is the "linear" choice with the last step
+    landing on t = 0.) ``steps = 1`` gives just [T−1].
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
+        raise ValueError(f"steps must be an integer in [1, {T}] for this process, got {steps!r}")
+    if steps == 1:
+        return [T - 1]
+    return [round((T - 1) * (1 - i / (steps - 1))) for i in range(steps)]
+
+
+@torch.no_grad()
+def ddim(
+    model,
+    process: DiscreteProcess,
+    shape: tuple[int, ...],
+    *,
+    steps: int = 50,
+    eta: float = 0.0,
+    prediction: str = "eps",
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+    clip_x0: bool = True,
+    noise: Tensor | None = None,
+) -> Tensor:
+    """DDIM sampling (Song et al. 2021, "Denoising Diffusion Implicit Models", eq. 12).
+
+    x_{t'} = sqrt(ᾱ_{t'}) x̂0 + sqrt(1 − ᾱ_{t'} − σ²) ε̂ + σ z, with
+    σ = η · sqrt((1 − ᾱ_{t'}) / (1 − ᾱ_t)) · sqrt(1 − ᾱ_t / ᾱ_{t'}) (eq. 16), over the timesteps of
+    :func:`ddim_timesteps` (t' is the next one; after t = 0 comes ᾱ = 1, i.e. the output is x̂0).
+    η = 0 is the deterministic DDIM, η = 1 DDPM-like ancestral sampling on the sub-sequence.
+
+    With ``clip_x0`` the estimate x̂0 is clamped to [-1, 1] and ε̂ is recomputed from the clamped x̂0 as
+    (x_t − sqrt(ᾱ_t) x̂0) / sqrt(1 − ᾱ_t) (eq. 9 solved for ε), so the step stays consistent with x_t.
+    Randomness: the initial noise (unless ``noise`` is given), then one draw per step where σ > 0.
+    """
+    _require_discrete(process, "ddim")
+    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    device = torch.device(device)
+    shape = tuple(shape)
+    ts = ddim_timesteps(process.T, steps)
+    x = _randn(shape, generator, device) if noise is None else noise.to(device=device, dtype=torch.float32)
+    if tuple(x.shape) != shape:
+        raise ValueError(f"noise has shape {tuple(x.shape)} but shape={shape}")
+    ac = process.alphas_cumprod.tolist()
+    n = shape[0]
+    for i, t in enumerate(ts):
+        a_t = ac[t]
+        a_prev = ac[ts[i + 1]] if i + 1 < len(ts) else 1.0
+        t_batch = _as_long_batch(t, n, device)
+        out = model(*process.model_input(x, t_batch)).float()
+        if clip_x0:
+            x0 = process.predict_x0(out, x, t_batch, prediction).clamp(-1.0, 1.0)
+            eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1.0 - a_t)
+        else:
+            x0 = process.predict_x0(out, x, t_batch, prediction)
+            eps = process.predict_eps(out, x, t_batch, prediction)
+        sigma = eta * math.sqrt(max(0.0, (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)))
+        x = math.sqrt(a_prev) * x0 + math.sqrt(max(0.0, 1.0 - a_prev - sigma**2)) * eps
+        if sigma > 0:
+            x = x + sigma * _randn(shape, generator, device)
+    return x
+
+
+# ------------------------------------------------------------------------------------------------------
+# EDM Heun
+# ------------------------------------------------------------------------------------------------------
+def edm_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
+    """The EDM noise levels of Karras et al. 2022, eq. 5, with N = ``steps``.
+
+    σ_i = (σ_max^{1/ρ} + i/(N−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ for i < N, and σ_N = 0. Returns these N + 1
+    values (float64). ``steps = 1`` gives [σ_max, 0].
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not rho > 0:
+        raise ValueError(f"rho must be > 0, got {rho!r}")
+    i = torch.arange(steps, dtype=torch.float64)
+    frac = i / max(steps - 1, 1)
+    sig = (sigma_max ** (1 / rho) + frac * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
+
+
+@torch.no_grad()
+def edm_heun(
+    model,
+    process: EDMProcess,
+    shape: tuple[int, ...],
+    *,
+    steps: int = 18,
+    rho: float = 7.0,
+    prediction: str = "v",
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+    S_churn: float = 0.0,
+    S_tmin: float = 0.0,
+    S_tmax: float = float("inf"),
+    S_noise: float = 1.0,
+    noise: Tensor | None = None,
+) -> Tensor:
+    """EDM's 2nd-order Heun sampler (Karras et al. 2022, Algorithm 2; with ``S_churn = 0`` it is Algorithm 1).
+
+    σ_i from :func:`edm_sigmas` (eq. 5) with the process's sigma_min / sigma_max; x_0 = σ_0 · n. Each step:
+    (churn, Alg. 2 lines 4–6) γ_i = min(S_churn/N, √2 − 1) if S_tmin ≤ σ_i ≤ S_tmax else 0, σ̂ = σ_i (1 + γ_i),
+    x̂ = x_i + sqrt(σ̂² − σ_i²) S_noise ε; then the Euler step d = (x̂ − D(x̂; σ̂)) / σ̂,
+    x_{i+1} = x̂ + (σ_{i+1} − σ̂) d, corrected by the trapezoidal rule with d' at σ_{i+1} unless σ_{i+1} = 0
+    (the last step is plain Euler). D(x; σ) = ``process.predict_x0(model(*process.model_input(x, σ)), x, σ,
+    prediction)`` (eq. 7 for "v"). The loop runs in float64 like the reference; the network sees float32.
+    Randomness: the initial noise (unless ``noise`` is given), then one draw per step with γ_i > 0.
+    """
+    if not isinstance(process, EDMProcess):
+        raise ValueError(f"edm_heun needs an EDMProcess, got {process!r}; use method='ddim' or 'ddpm'")
+    if not (isinstance(S_churn, (int, float)) and S_churn >= 0):
+        raise ValueError(f"S_churn must be a number >= 0, got {S_churn!r}")
+    device = torch.device(device)
+    shape = tuple(shape)
+    sigmas = edm_sigmas(steps, process.sigma_min, process.sigma_max, rho).tolist()
+    n = shape[0]
+
+    def denoise(x: Tensor, s: float) -> Tensor:
+        s_batch = torch.full((n,), s, dtype=torch.float32, device=device)
+        x32 = x.float()
+        out = model(*process.model_input(x32, s_batch))
+        return process.predict_x0(out.double(), x, s_batch.double(), prediction)
+
+    x0 = _randn(shape, generator, device) if noise is None else noise.to(device=device, dtype=torch.float32)
+    if tuple(x0.shape) != shape:
+        raise ValueError(f"noise has shape {tuple(x0.shape)} but shape={shape}")
+    x = x0.double() * sigmas[0]
+    for i in range(steps):
+        s_cur, s_next = sigmas[i], sigmas[i + 1]
+        gamma = min(S_churn / steps, math.sqrt(2.0) - 1.0) if S_tmin <= s_cur <= S_tmax else 0.0
+        s_hat = s_cur * (1.0 + gamma)
+        if gamma > 0:
+            eps = _randn(shape, generator, device).double()
+            x = x + math.sqrt(s_hat**2 - s_cur**2) * S_noise * eps
+        d = (x - denoise(x, s_hat)) / s_hat
+        x_next = x + (s_next - s_hat) * d
+        if s_next > 0:
+            d_next = (x_next - denoise(x_next, s_next)) / s_next
+            x_next = x + (s_next - s_hat) * (0.5 * d + 0.5 * d_next)
+        x = x_next
+    return x.float()
+
+
+# ------------------------------------------------------------------------------------------------------
+# dispatcher
+# ------------------------------------------------------------------------------------------------------
+def sample(
+    model,
+    process: DiscreteProcess | EDMProcess,
+    n: int,
+    data_shape: tuple[int, ...],
+    *,
+    method: str = "auto",
+    steps: int | None = None,
+    eta: float = 0.0,
+    prediction: str | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    batch_size: int = 256,
+    clip_x0: bool = True,
+) -> Tensor:
+    """Generate ``n`` samples of shape ``data_shape`` (returned as ``[n, *data_shape]`` on ``device``).
+
+    ``method``: ``"auto"`` (Heun for an :class:`EDMProcess`, DDIM for a :class:`DiscreteProcess`), ``"ddpm"``
+    (all T steps; ``steps`` must be None or T), ``"ddim"`` (default 50 steps, ``eta``) or ``"heun"`` (default
+    18 steps). ``prediction`` defaults to "v" for EDM and "eps" for discrete processes. Noise comes from a CPU
+    ``torch.Generator`` seeded with ``seed`` and is moved to ``device``; the samples are made in chunks of
+    ``batch_size``, one after the other from the same generator, so a result depends on (seed, batch_size) and
+    not on the device's RNG. The model is put in eval mode during sampling and its mode restored afterwards.
+    ``clip_x0`` applies to DDPM and DDIM (EDM's Heun never clips).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not known; allowed: {', '.join(METHODS)}")
+    continuous = bool(getattr(process, "continuous", False))
+    if method == "auto":
+        method = "heun" if continuous else "ddim"
+    if method == "heun" and not continuous:
+        raise ValueError(
+            "method='heun' needs an EDMProcess; use method='ddim' or 'ddpm' for a DiscreteProcess"
+        )
+    if method in ("ddpm", "ddim") and continuous:
+        raise ValueError(f"method={method!r} needs a DiscreteProcess; use method='heun' for an EDMProcess")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if method == "ddpm" and steps is not None and steps != process.T:
+        raise ValueError(
+            f"steps={steps} does not apply to method='ddpm', which always takes all T={process.T} steps"
+        )
+    if method != "ddim" and eta != 0:
+        raise ValueError(f"eta={eta!r} applies only to method='ddim', not method={method!r}")
+    if prediction is None:
+        prediction = "v" if continuous else "eps"
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(int(seed))
+
+    was_training = getattr(model, "training", None)
+    if was_training is not None and hasattr(model, "eval"):
+        model.eval()
+    try:
+        chunks = []
+        for start in range(0, n, batch_size):
+            shape = (min(batch_size, n - start), *tuple(data_shape))
+            common = dict(prediction=prediction, generator=generator, device=device)
+            if method == "ddpm":
+                chunk = ddpm(model, process, shape, clip_x0=clip_x0, **common)
+            elif method == "ddim":
+                chunk = ddim(
+                    model,
+                    process,
+                    shape,
+                    steps=50 if steps is None else steps,
+                    eta=eta,
+                    clip_x0=clip_x0,
+                    **common,
+                )
+            else:
+                chunk = edm_heun(model, process, shape, steps=18 if steps is None else steps, **common)
+            chunks.append(chunk)
+        return torch.cat(chunks)
+    finally:
+        if was_training is not None and hasattr(model, "train"):
+            model.train(was_training)

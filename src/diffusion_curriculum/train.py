@@ -1,0 +1,544 @@
+"""The trainer: one loop, every strategy, exact resume.
+
+The data path runs one way (DESIGN.md): batch x0 → ``sampler.sample`` → ``process.add_noise`` → model →
+per-sample loss → × weighting × draw weight → mean → backward → AdamW (+ momentum schedule) → EMA; losses flow
+back only through ``sampler.observe``. The trainer knows no strategy by name.
+
+Determinism: the model is initialised from ``seed``; batches, timesteps and noise each come from their own
+generator derived from (seed, stream name, rank); all of them, the global RNGs, the optimizer, the LR and momentum
+schedules, the sampler and the EMA go into every checkpoint, so a resumed run continues the same streams and its
+logged losses equal an unbroken run's to the bit on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import checkpoint, config, data, generate, models, timesteps, weighting
+from . import process as process_mod
+from .errors import ConfigError
+
+#: keys that may change when a run is resumed (they do not change what is trained)
+RESUMABLE_KEYS = (
+    "steps",
+    "eval_every",
+    "checkpoint_every",
+    "log_every",
+    "keep_checkpoints",
+    "device",
+    "progress",
+    "tensorboard",
+    "eval",
+)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, say); the message names the step and what was kept."""
+
+
+@dataclass
+class Components:
+    """What a configuration builds, before anything is written to disk."""
+
+    process: Any
+    dataset: data.Dataset
+    model: nn.Module
+    sampler: timesteps.TimestepSampler
+    weight_fn: Callable
+
+
+def _named(cfg: dict, section: str) -> tuple[str, dict]:
+    sec = dict(cfg[section])
+    return sec.pop("name"), sec
+
+
+def build_components(cfg: dict) -> Components:
+    """Build process, data, model, sampler and weighting from a validated config; every error names its key."""
+    pname, pparams = _named(cfg, "process")
+    proc = process_mod.build(pname, **pparams)
+    if proc.continuous and cfg["prediction"] == "eps":
+        pass  # allowed (ε in σ-space), but EDM's own choice is "v" (its preconditioned target)
+    dname, dparams = _named(cfg, "dataset")
+    dparams.setdefault("seed", cfg["seed"])
+    dataset = data.load(dname, **dparams)
+    mname, mparams = _named(cfg, "model")
+    model = models.build(mname, dataset.shape, **mparams)
+    sname, sparams = _named(cfg, "sampler")
+    sparams.setdefault("total_steps", cfg["steps"])
+    sampler = timesteps.build(sname, proc, **sparams)
+    wname, wparams = _named(cfg, "weighting")
+    weight_fn = weighting.build(wname, proc, cfg["prediction"], **wparams)
+    return Components(proc, dataset, model, sampler, weight_fn)
+
+
+def stream_seed(seed: int, stream: str, rank: int = 0) -> int:
+    """An independent 63-bit seed for one named random stream of one rank."""
+    h = hashlib.sha256(f"{seed}/{stream}/{rank}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & (2**63 - 1)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device={name!r} is not a device; allowed: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={name!r} was asked for but no CUDA GPU is available; use device=cpu or auto"
+        )
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name!r} is not supported; allowed: auto, cpu, cuda, cuda:N")
+    return dev
+
+
+class LRSchedule(torch.optim.lr_scheduler.LRScheduler):
+    """Linear warm-up then constant or cosine decay, written in *chainable* form (each step multiplies the
+    current LR by f(s)/f(s−1)) so a momentum schedule that also scales the LR composes with it."""
+
+    def __init__(self, optimizer, warmup_steps: int, total_steps: int, kind: str = "constant"):
+        self.warmup_steps, self.total_steps, self.kind = warmup_steps, total_steps, kind
+        super().__init__(optimizer)
+
+    def factor(self, s: int) -> float:
+        f = min(1.0, (s + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        if self.kind == "cosine" and s >= self.warmup_steps:
+            span = max(1, self.total_steps - self.warmup_steps)
+            f *= 0.5 * (1 + math.cos(math.pi * min(1.0, (s - self.warmup_steps) / span)))
+        return f
+
+    def get_lr(self):
+        e = self.last_epoch
+        prev = self.factor(e - 1) if e > 0 else 0.0
+        if prev == 0.0:
+            return [base * self.factor(e) for base in self.base_lrs]
+        ratio = self.factor(e) / prev
+        return [g["lr"] * ratio for g in self.optimizer.param_groups]
+
+
+class Trainer:
+    """Train one configuration into one run directory. Use :func:`train` for the common case."""
+
+    def __init__(
+        self,
+        cfg: dict,
+        out_dir: str | Path,
+        *,
+        resume: bool = False,
+        log: Callable[[str], None] | None = None,
+    ):
+        self.cfg = config.validate(cfg)
+        self.out = Path(out_dir)
+        self.say = log or (lambda msg: print(msg, file=sys.stderr))
+        self.rank, self.world = 0, 1
+        self.device = resolve_device(cfg["device"])
+        prec = cfg["precision"]
+        self.bf16 = prec == "bf16" or (prec == "auto" and self.device.type == "cuda")
+        if cfg["tensorboard"]:
+            import importlib.util
+
+            if importlib.util.find_spec("tensorboard") is None:
+                raise ConfigError(
+                    "tensorboard=true needs the tensorboard package: pip install 'diffusion_curriculum[tensorboard]'"
+                )
+
+        seed = cfg["seed"]
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        c = build_components(cfg)  # every config error surfaces here, before anything is written
+        self.process, self.dataset, self.sampler, self.weight_fn = (
+            c.process,
+            c.dataset,
+            c.sampler,
+            c.weight_fn,
+        )
+        self.model = c.model.to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.n_params = models.count_parameters(self.model)
+        oc = cfg["optim"]
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=cfg["lr"],
+            betas=(oc["beta1"], oc["beta2"]),
+            eps=oc["eps"],
+            weight_decay=oc["weight_decay"],
+            foreach=self.device.type == "cuda" or None,
+        )
+        self.lr_schedule = LRSchedule(self.optimizer, oc["warmup_steps"], cfg["steps"], oc["schedule"])
+        self.momentum = self._build_momentum(cfg["momentum"])
+        self.batcher = data.Batcher(
+            self.dataset,
+            cfg["batch_size"],
+            stream_seed(seed, "data"),
+            rank=self.rank,
+            world_size=self.world,
+            device=self.device,
+        )
+        self.t_gen = torch.Generator().manual_seed(stream_seed(seed, "timesteps", self.rank))
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(
+            stream_seed(seed, "noise", self.rank)
+        )
+        self.step = 0
+        self.loss_sum, self.loss_count, self.skipped = 0.0, 0, 0
+        self.train_time = 0.0
+        self.eval_hooks: list[Callable[[Trainer, torch.Tensor, int], dict]] = []
+        self.last_eval: dict[str, Any] = {}
+        self._saved_step: int | None = None
+        self._tb = None
+        self._ema_params = [p for p in self.ema.parameters()]
+        self._model_params = [p for p in self.model.parameters()]
+        self._prepare_dir(resume)
+
+    # -- set-up ---------------------------------------------------------------------------------------
+    def _build_momentum(self, mcfg: dict):
+        params = dict(mcfg)
+        if not params.pop("enabled", False):
+            return None
+        from . import optim
+
+        params.setdefault("total_steps", self.cfg["steps"])
+        return optim.build_momentum(self.optimizer, **params)
+
+    def _prepare_dir(self, resume: bool) -> None:
+        self.ckpt_dir = self.out / "checkpoints"
+        self.metrics_path = self.out / "metrics.jsonl"
+        existing = checkpoint.list_checkpoints(self.ckpt_dir)
+        if not resume and (existing or self.metrics_path.exists()):
+            raise ConfigError(
+                f"run directory {str(self.out)!r} already holds a run; pass --resume to continue it, "
+                "or choose another --out"
+            )
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "samples").mkdir(exist_ok=True)
+        if resume:
+            self._resume(existing)
+        else:
+            self.metrics_path.unlink(missing_ok=True)
+        _atomic_write(self.out / "config.yaml", config.dump(self.cfg))
+
+    def _resume(self, existing: list[Path]) -> None:
+        errors = []
+        for path in existing:
+            try:
+                step, state = checkpoint.load(path)
+                self.load_state(state)
+            except checkpoint.CheckpointError as e:
+                errors.append(f"{path.name}: {e}")
+                self.say(f"warning: {path.name} is unusable ({e}); trying the previous checkpoint")
+                continue
+            note = "" if path == existing[0] else ", the newest usable checkpoint"
+            self.say(f"resumed from {path.name}{note}")
+            self._truncate_metrics(step)
+            return
+        if existing:
+            raise checkpoint.CheckpointError(
+                f"no usable checkpoint in {str(self.ckpt_dir)!r} (newest: {errors[0]}); "
+                "move them away to start over"
+            )
+        self.say(f"no checkpoint in {str(self.ckpt_dir)!r}; starting from step 0")
+        self.metrics_path.unlink(missing_ok=True)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Keep only whole lines logged at or before the resumed step (drops a torn last line too)."""
+        if not self.metrics_path.exists():
+            return
+        kept = []
+        for line in self.metrics_path.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+                kept.append(line)
+        _atomic_write(self.metrics_path, "".join(line + "\n" for line in kept))
+
+    # -- state ----------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything a resume needs, as nested plain values and tensors (see :mod:`checkpoint`)."""
+        rng = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+            "t_gen": self.t_gen.get_state(),
+            "noise_gen": self.noise_gen.get_state(),
+        }
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "step": self.step,
+            "fingerprint": self.fingerprint(),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(),
+            "momentum": self.momentum.state_dict() if self.momentum else None,
+            "sampler": self.sampler.state_dict(),
+            "batcher": self.batcher.state_dict(),
+            "rng": rng,
+            "log": {
+                "loss_sum": self.loss_sum,
+                "loss_count": self.loss_count,
+                "skipped": self.skipped,
+                "train_time": self.train_time,
+            },
+        }
+
+    def fingerprint(self) -> str:
+        """A hash of the settings that decide what is trained: a checkpoint from other settings is refused."""
+        fixed = {k: v for k, v in self.cfg.items() if k not in RESUMABLE_KEYS}
+        return hashlib.sha256(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def load_state(self, s: dict[str, Any]) -> None:
+        try:
+            if s.get("fingerprint") != self.fingerprint():
+                raise checkpoint.CheckpointError(
+                    "it was written with different settings (model, data, strategy or optimizer) "
+                    "than this run's config.yaml"
+                )
+            self.model.load_state_dict(s["model"])
+            self.ema.load_state_dict(s["ema"])
+            self.optimizer.load_state_dict(s["optimizer"])
+            self.lr_schedule.load_state_dict(s["lr_schedule"])
+            if self.momentum is not None:
+                self.momentum.load_state_dict(s["momentum"])
+            self.sampler.load_state_dict(s["sampler"])
+            self.batcher.load_state_dict(s["batcher"])
+            rng = s["rng"]
+            torch.set_rng_state(rng["torch"])
+            st = rng["numpy"]
+            np.random.set_state((st[0], np.asarray(st[1].numpy(), dtype=np.uint32), *st[2:]))
+            random.setstate(rng["python"])
+            self.t_gen.set_state(rng["t_gen"])
+            self.noise_gen.set_state(rng["noise_gen"])
+            if "cuda" in rng and self.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
+            lg = s["log"]
+            self.loss_sum, self.loss_count = float(lg["loss_sum"]), int(lg["loss_count"])
+            self.skipped, self.train_time = int(lg["skipped"]), float(lg["train_time"])
+            self.step = self._saved_step = int(s["step"])
+        except checkpoint.CheckpointError:
+            raise
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise checkpoint.CheckpointError(f"it does not fit this run ({msg[:200]})") from None
+
+    def save_checkpoint(self) -> Path:
+        path = checkpoint.save(self.ckpt_dir, self.step, self.state(), keep=self.cfg["keep_checkpoints"])
+        self._saved_step = self.step
+        return path
+
+    # -- the step -------------------------------------------------------------------------------------
+    def train_step(self) -> torch.Tensor | None:
+        """One optimizer step; returns the batch's per-sample losses (``None`` if a non-finite step was skipped)."""
+        cfg = self.cfg
+        x0 = self.batcher.next()
+        draw = self.sampler.sample(x0.shape[0], device=self.device, generator=self.t_gen)
+        noise = torch.randn(x0.shape, generator=self.noise_gen, device=self.device)
+        x_t = self.process.add_noise(x0, noise, draw.t)
+        x_in, t_in = self.process.model_input(x_t, draw.t)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.model(x_in, t_in)
+        target = self.process.target(x0, noise, draw.t, cfg["prediction"], x_t)
+        per_sample = (out.float() - target).pow(2).flatten(1).mean(1)
+        loss = (self.weight_fn(draw.t) * draw.weight * per_sample).mean()
+        value = float(
+            loss.detach()
+        )  # one sync per step: needed to catch a non-finite loss before it reaches the weights
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"the loss became {value} at step {self.step + 1}; the last good checkpoint is kept in "
+                f"{str(self.ckpt_dir)!r}. Lower lr or check the data"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg["optim"]["grad_clip"] > 0:
+            nn.utils.clip_grad_norm_(self._model_params, cfg["optim"]["grad_clip"])
+        self.optimizer.step()
+        self.lr_schedule.step()
+        if self.momentum is not None:
+            self.momentum.step()
+        self._update_ema()
+        self.sampler.observe(draw.t, per_sample.detach())
+        self.step += 1
+        self.loss_sum += value
+        self.loss_count += 1
+        return per_sample
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """EMA of the weights with warm-up: decay_s = min(decay, (1 + s)/(warmup + s)) (as in Tarvainen & Valpola
+        2017 / TF's ExponentialMovingAverage ``num_updates``), so early averages are not dominated by the init."""
+        ec = self.cfg["ema"]
+        s = self.step
+        decay = min(ec["decay"], (1 + s) / (ec["warmup"] + s))
+        torch._foreach_lerp_(self._ema_params, self._model_params, 1.0 - decay)
+        for b_ema, b in zip(self.ema.buffers(), self.model.buffers()):
+            b_ema.copy_(b)
+
+    # -- evaluation -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def eval_loss(self, n: int = 512) -> float:
+        """The EMA model's mean denoising loss on a fixed batch with fixed t and noise (comparable across
+        steps and runs with the same seed)."""
+        g = torch.Generator().manual_seed(self.cfg["eval"]["seed"])
+        x0 = self.dataset.data[:n].to(self.device)
+        t = timesteps.build("uniform", self.process).sample(x0.shape[0], device=self.device, generator=g).t
+        noise = torch.randn(x0.shape, generator=g).to(self.device)
+        x_t = self.process.add_noise(x0, noise, t)
+        out = self.ema(*self.process.model_input(x_t, t))
+        target = self.process.target(x0, noise, t, self.cfg["prediction"], x_t)
+        return float((out.float() - target).pow(2).mean())
+
+    @torch.no_grad()
+    def generate(self, n: int | None = None) -> torch.Tensor:
+        ec = self.cfg["eval"]
+        return generate.sample(
+            self.ema,
+            self.process,
+            n or ec["samples"],
+            self.dataset.shape,
+            method=ec["method"],
+            steps=ec["steps"],
+            eta=ec["eta"],
+            prediction=self.cfg["prediction"],
+            seed=ec["seed"],
+            device=self.device,
+            batch_size=ec["batch_size"],
+        )
+
+    def evaluate(self) -> dict[str, Any]:
+        samples = self.generate()
+        data.save_grid(samples, self.out / "samples" / f"step_{self.step:08d}.png")
+        rec: dict[str, Any] = {"step": self.step, "eval_loss": self.eval_loss()}
+        for hook in self.eval_hooks:
+            rec.update(hook(self, samples, self.step))
+        self.last_eval = rec
+        self._log(rec)
+        return rec
+
+    # -- logging --------------------------------------------------------------------------------------
+    def _log(self, rec: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self._tb is not None:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, rec["step"])
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        steps = cfg["steps"]
+        if cfg["tensorboard"] and self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.out / "tensorboard"))
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=steps,
+            initial=self.step,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=1.0,
+            disable=not cfg["progress"] or self.rank != 0,
+            file=sys.stderr,
+        )
+        self.model.train()
+        t_log, s_log = time.perf_counter(), self.step
+        t_start = time.perf_counter()
+        time_base = self.train_time
+        try:
+            while self.step < steps:
+                self.train_step()
+                self.train_time = time_base + time.perf_counter() - t_start
+                bar.update(1)
+                if self.step % cfg["log_every"] == 0:
+                    now = time.perf_counter()
+                    rec = {
+                        "step": self.step,
+                        "loss": self.loss_sum / max(1, self.loss_count),
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "steps_per_s": (self.step - s_log) / max(now - t_log, 1e-9),
+                    }
+                    status = self.sampler.status()
+                    if status:
+                        rec["sampler"] = status
+                    self._log(rec)
+                    bar.set_postfix(
+                        loss=f"{rec['loss']:.4f}", **{k: v for k, v in status.items()}, refresh=False
+                    )
+                    self.loss_sum, self.loss_count = 0.0, 0
+                    t_log, s_log = now, self.step
+                if cfg["eval_every"] and self.step % cfg["eval_every"] == 0:
+                    self.model.eval()
+                    self.evaluate()
+                    self.model.train()
+                if cfg["checkpoint_every"] and self.step % cfg["checkpoint_every"] == 0:
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            bar.close()
+            if self.step > 0:
+                path = self.save_checkpoint()
+                self.say(f"interrupted at step {self.step}; saved {path}; continue with --resume")
+            raise
+        bar.close()
+        if self.last_eval.get("step") != self.step:
+            self.model.eval()
+            self.evaluate()
+        if self._saved_step != self.step:
+            self.save_checkpoint()
+        data.save_grid(self.generate(), self.out / "samples" / "final.png")
+        summary = {
+            "steps": self.step,
+            "final_loss": self._last_logged_loss(),
+            "final_eval": self.last_eval,
+            "train_time_s": self.train_time,
+            "steps_per_s": self.step / max(self.train_time, 1e-9),
+            "parameters": self.n_params,
+            "skipped_steps": self.skipped,
+            "device": str(self.device),
+        }
+        _atomic_write(self.out / "summary.json", json.dumps(summary, indent=2))
+        if self._tb is not None:
+            self._tb.close()
+        return summary
+
+    def _last_logged_loss(self) -> float | None:
+        last = None
+        if self.metrics_path.exists():
+            for line in self.metrics_path.read_text().splitlines():
+                rec = json.loads(line)
+                if "loss" in rec:
+                    last = rec["loss"]
+        return last
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def train(cfg: dict, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` (a resolved config, see :func:`config.resolve`) into ``out_dir``; return the summary."""
+    return Trainer(cfg, out_dir, resume=resume).run()

@@ -1,0 +1,23 @@
+import pytest
+import torch
+
+# Small, fast settings shared by the trainer and CLI tests (an 8x8 digits UNet with 8 channels).
+TINY = [
+    "steps=30",
+    "batch_size=16",
+    "model.channels=8",
+    "model.groups=8",
+    "model.attention_resolutions=[4]",
+    "eval.samples=8",
+    "eval.steps=4",
+    "eval_every=0",
+    "checkpoint_every=10",
+    "log_every=5",
+    "progress=false",
+]
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+    yield

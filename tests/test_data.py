@@ -1,0 +1,305 @@
+"""Tests for diffusion_curriculum.data: loading, errors, the Batcher and PNG writing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusion_curriculum.data import Batcher, DataError, Dataset, load, save_grid, to_image_grid
+
+
+# -- embedded datasets ---------------------------------------------------------------------------------
+def test_digits_shape_range_labels():
+    ds = load("digits")
+    assert ds.kind == "image" and ds.name == "digits"
+    assert tuple(ds.data.shape) == (1797, 1, 8, 8) and ds.data.dtype == torch.float32
+    assert len(ds) == 1797 and ds.shape == (1, 8, 8)
+    assert ds.data.min().item() == -1.0 and ds.data.max().item() == 1.0
+    assert ds.labels is not None and ds.labels.dtype == torch.long
+    assert sorted(ds.labels.unique().tolist()) == list(range(10))
+
+
+def test_digits_first_n():
+    full, sub = load("digits"), load("digits", n=100)
+    assert len(sub) == 100 and torch.equal(sub.data, full.data[:100])
+    assert torch.equal(sub.labels, full.labels[:100])
+
+
+@pytest.mark.parametrize("name", ["swissroll", "8gaussians", "checkerboard"])
+def test_toy_sets_shape_deterministic(name):
+    a, b, c = load(name, n=500, seed=1), load(name, n=500, seed=1), load(name, n=500, seed=2)
+    assert a.kind == "points" and tuple(a.data.shape) == (500, 2) and a.shape == (2,)
+    assert a.data.dtype == torch.float32
+    assert torch.equal(a.data, b.data)
+    assert not torch.equal(a.data, c.data)
+    assert a.data.abs().max() <= 4.0
+    std = a.data.std(0)
+    assert ((std > 0.5) & (std < 1.5)).all()
+    assert len(load(name)) == 10000
+
+
+def test_8gaussians_labels_are_components():
+    ds = load("8gaussians", n=400, seed=0)
+    assert ds.labels is not None and set(ds.labels.tolist()) <= set(range(8))
+    angle = ds.labels.double() * (np.pi / 4)
+    centers = np.sqrt(2) * torch.stack([torch.cos(angle), torch.sin(angle)], 1)
+    assert (ds.data.double() - centers).norm(dim=1).max() < 0.6
+
+
+# -- npz -------------------------------------------------------------------------------------------------
+def test_npz_nhwc_uint8_values(tmp_path):
+    img = np.zeros((3, 5, 5, 3), dtype=np.uint8)
+    img[0, 0, 0, 0] = 255
+    img[1, 2, 3, 1] = 128
+    p = tmp_path / "d.npz"
+    np.savez(p, images=img, labels=np.array([0, 1, 2]))
+    ds = load("npz", path=str(p))
+    assert tuple(ds.data.shape) == (3, 3, 5, 5) and ds.kind == "image"
+    assert ds.data[0, 0, 0, 0].item() == 1.0
+    assert ds.data[0, 1, 0, 0].item() == -1.0
+    assert ds.data[1, 1, 2, 3].item() == pytest.approx(128 / 127.5 - 1, abs=1e-6)
+    assert ds.labels.tolist() == [0, 1, 2] and ds.labels.dtype == torch.long
+
+
+def test_npz_nchw_float01_and_pm1(tmp_path):
+    x = np.random.default_rng(0).random((4, 3, 6, 6)).astype(np.float32)
+    x[0, 0, 0, 0], x[0, 0, 0, 1] = 0.0, 1.0
+    np.savez(tmp_path / "a.npz", images=x)
+    ds = load("npz", path=str(tmp_path / "a.npz"))
+    assert tuple(ds.data.shape) == (4, 3, 6, 6)
+    assert ds.data[0, 0, 0, 0].item() == -1.0 and ds.data[0, 0, 0, 1].item() == 1.0
+    assert torch.allclose(ds.data, torch.as_tensor(x) * 2 - 1)
+    y = x * 2 - 1
+    y[0, 0, 0, 0] = -0.5  # now min < 0: taken as [-1, 1] unchanged
+    np.savez(tmp_path / "b.npz", images=y)
+    assert torch.allclose(load("npz", path=str(tmp_path / "b.npz")).data, torch.as_tensor(y))
+
+
+def test_npz_grayscale_single_key_and_n(tmp_path):
+    x = np.full((5, 7, 7), 255, dtype=np.uint8)
+    x[:, 0, 0] = 0
+    np.savez(tmp_path / "g.npz", x)  # key arr_0, the only array
+    ds = load("npz", path=str(tmp_path / "g.npz"), n=2)
+    assert tuple(ds.data.shape) == (2, 1, 7, 7) and ds.labels is None
+    assert ds.data[0, 0, 0, 0].item() == -1.0 and ds.data[0, 0, 1, 1].item() == 1.0
+
+
+def test_npz_points(tmp_path):
+    pts = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32) * 3
+    np.savez(tmp_path / "p.npz", points=pts)
+    ds = load("npz", path=str(tmp_path / "p.npz"))
+    assert ds.kind == "points" and torch.allclose(ds.data, torch.as_tensor(pts))
+
+
+# -- folder ----------------------------------------------------------------------------------------------
+def _write_png(path, color, size=(6, 6), mode="RGB"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color).save(path)
+
+
+def test_folder_loads_with_class_labels(tmp_path):
+    _write_png(tmp_path / "cats" / "a.png", (255, 0, 0))
+    _write_png(tmp_path / "cats" / "b.png", (0, 255, 0))
+    _write_png(tmp_path / "dogs" / "c.png", (0, 0, 255))
+    ds = load("folder", path=str(tmp_path))
+    assert tuple(ds.data.shape) == (3, 3, 6, 6) and ds.kind == "image"
+    assert ds.data[0, :, 0, 0].tolist() == [1.0, -1.0, -1.0]
+    assert ds.data[2, :, 0, 0].tolist() == [-1.0, -1.0, 1.0]
+    assert ds.labels.tolist() == [0, 0, 1] and ds.classes == ("cats", "dogs")
+
+
+def test_folder_grayscale_resize(tmp_path):
+    _write_png(tmp_path / "a.png", (255, 255, 255), size=(10, 8))
+    _write_png(tmp_path / "b.jpg", (0, 0, 0), size=(4, 4))
+    ds = load("folder", path=str(tmp_path), size=4, channels=1)
+    assert tuple(ds.data.shape) == (2, 1, 4, 4) and ds.labels is None
+    assert ds.data[0].min().item() == 1.0
+
+
+# -- errors ----------------------------------------------------------------------------------------------
+def test_unknown_name_suggests():
+    with pytest.raises(DataError, match="dataset.name='digit'.*did you mean 'digits'"):
+        load("digit")
+
+
+def test_unknown_param():
+    with pytest.raises(DataError, match="dataset.size"):
+        load("digits", size=8)
+    with pytest.raises(DataError, match="dataset.colour"):
+        load("folder", path=".", colour=3)
+
+
+@pytest.mark.parametrize("name", ["npz", "folder"])
+def test_missing_path(name):
+    with pytest.raises(DataError, match="dataset.path is required"):
+        load(name)
+
+
+def test_path_not_found(tmp_path):
+    p = str(tmp_path / "nope.npz")
+    with pytest.raises(DataError, match="does not exist") as e:
+        load("npz", path=p)
+    assert p in str(e.value)
+
+
+def test_path_for_embedded_dataset():
+    with pytest.raises(DataError, match="dataset.path"):
+        load("digits", path="x.npz")
+
+
+def test_bad_n():
+    with pytest.raises(DataError, match="dataset.n"):
+        load("swissroll", n=0)
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(DataError, match="no images") as e:
+        load("folder", path=str(tmp_path))
+    assert str(tmp_path) in str(e.value)
+
+
+def test_unreadable_image(tmp_path):
+    _write_png(tmp_path / "a.png", (1, 2, 3))
+    (tmp_path / "b.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="b.png"):
+        load("folder", path=str(tmp_path))
+
+
+def test_size_mismatch(tmp_path):
+    _write_png(tmp_path / "a.png", (1, 2, 3), size=(6, 6))
+    _write_png(tmp_path / "b.png", (1, 2, 3), size=(7, 6))
+    with pytest.raises(DataError, match="b.png.*dataset.size"):
+        load("folder", path=str(tmp_path))
+
+
+def test_malformed_npz(tmp_path):
+    p = tmp_path / "bad.npz"
+    p.write_bytes(b"PK\x03\x04 this is not really a zip")
+    with pytest.raises(DataError, match="bad.npz"):
+        load("npz", path=str(p))
+    q = tmp_path / "text.npz"
+    q.write_text("hello")
+    with pytest.raises(DataError, match="text.npz"):
+        load("npz", path=str(q))
+
+
+def test_npz_object_array_refused(tmp_path):
+    p = tmp_path / "obj.npz"
+    np.savez(p, images=np.array([{"a": 1}, None], dtype=object))
+    with pytest.raises(DataError, match="'images'.*unpickling"):
+        load("npz", path=str(p))
+
+
+def test_npz_several_keys(tmp_path):
+    p = tmp_path / "many.npz"
+    np.savez(p, a=np.zeros((2, 4, 4)), b=np.zeros((2, 4, 4)))
+    with pytest.raises(DataError, match="'a', 'b'"):
+        load("npz", path=str(p))
+
+
+def test_npz_wrong_dims_nan_range(tmp_path):
+    np.savez(tmp_path / "d.npz", images=np.zeros((2, 3, 4, 4, 4)))
+    with pytest.raises(DataError, match="shape"):
+        load("npz", path=str(tmp_path / "d.npz"))
+    np.savez(tmp_path / "c.npz", images=np.zeros((2, 5, 6, 7), dtype=np.float32))
+    with pytest.raises(DataError, match="channel"):
+        load("npz", path=str(tmp_path / "c.npz"))
+    x = np.zeros((2, 1, 4, 4), dtype=np.float32)
+    x[0, 0, 0, 0] = np.nan
+    np.savez(tmp_path / "n.npz", images=x)
+    with pytest.raises(DataError, match="NaN"):
+        load("npz", path=str(tmp_path / "n.npz"))
+    np.savez(tmp_path / "r.npz", images=np.full((2, 1, 4, 4), 3.5, dtype=np.float32))
+    with pytest.raises(DataError, match=r"\[3.5, 3.5\]"):
+        load("npz", path=str(tmp_path / "r.npz"))
+    np.savez(tmp_path / "l.npz", images=np.zeros((2, 1, 4, 4), np.uint8), labels=np.array([1, 2, 3]))
+    with pytest.raises(DataError, match="'labels'"):
+        load("npz", path=str(tmp_path / "l.npz"))
+
+
+# -- Batcher ---------------------------------------------------------------------------------------------
+def _index_dataset(n: int) -> Dataset:
+    return Dataset(data=torch.arange(n, dtype=torch.float32)[:, None], labels=None, name="idx", kind="points")
+
+
+def test_batcher_epoch_covers_each_index_once():
+    b = Batcher(_index_dataset(24), batch_size=6, generator_seed=3)
+    for _epoch in range(3):
+        seen = torch.cat([b.next()[:, 0] for _ in range(4)])
+        assert sorted(seen.long().tolist()) == list(range(24))
+
+
+def test_batcher_full_batches_wrap_and_device():
+    b = Batcher(_index_dataset(10), batch_size=4, generator_seed=0, device="cpu")
+    batches = [b.next() for _ in range(5)]  # 20 entries = exactly 2 epochs
+    assert all(x.shape == (4, 1) and x.device.type == "cpu" for x in batches)
+    allv = torch.cat(batches)[:, 0].long()
+    assert sorted(allv[:10].tolist()) == list(range(10)) and sorted(allv[10:].tolist()) == list(range(10))
+    small = Batcher(_index_dataset(3), batch_size=8, generator_seed=0)  # N < batch: spans epochs
+    assert small.next().shape == (8, 1)
+
+
+def test_batcher_state_roundtrip_mid_epoch():
+    a = Batcher(_index_dataset(17), batch_size=5, generator_seed=7)
+    for _ in range(5):
+        a.next()
+    state = a.state_dict()
+    for v in state.values():
+        assert isinstance(v, (int, float, str, torch.Tensor))
+    expected = [a.next() for _ in range(8)]
+    b = Batcher(_index_dataset(17), batch_size=5, generator_seed=123)
+    b.load_state_dict(state)
+    got = [b.next() for _ in range(8)]
+    assert all(torch.equal(x, y) for x, y in zip(expected, got))
+
+
+def test_batcher_state_wrong_dataset():
+    state = Batcher(_index_dataset(10), batch_size=2, generator_seed=0).state_dict()
+    with pytest.raises(DataError, match="10 samples"):
+        Batcher(_index_dataset(11), batch_size=2, generator_seed=0).load_state_dict(state)
+
+
+def test_batcher_two_ranks_equal_single_process():
+    ds = _index_dataset(13)
+    single = Batcher(ds, batch_size=6, generator_seed=5)
+    r0 = Batcher(ds, batch_size=3, generator_seed=5, rank=0, world_size=2)
+    r1 = Batcher(ds, batch_size=3, generator_seed=5, rank=1, world_size=2)
+    for _ in range(7):
+        a, b0, b1 = single.next(), r0.next(), r1.next()
+        assert torch.equal(a, torch.cat([b0, b1]))
+    # with N a multiple of the global batch, the ranks' batches are disjoint
+    r0 = Batcher(_index_dataset(12), batch_size=3, generator_seed=5, rank=0, world_size=2)
+    r1 = Batcher(_index_dataset(12), batch_size=3, generator_seed=5, rank=1, world_size=2)
+    for _ in range(4):
+        assert not set(r0.next()[:, 0].tolist()) & set(r1.next()[:, 0].tolist())
+
+
+# -- pictures --------------------------------------------------------------------------------------------
+def test_to_image_grid_shapes_values():
+    x = -torch.ones(5, 1, 8, 8)
+    x[0] = 1.0
+    g = to_image_grid(x, nrow=3, padding=1)
+    assert g.dtype == np.uint8 and g.shape == (2 * 9 + 1, 3 * 9 + 1)
+    assert g[1, 1] == 255 and g[1, 10] == 0
+    rgb = to_image_grid(torch.zeros(4, 3, 4, 4))
+    assert rgb.shape == (11, 11, 3) and rgb[1, 1, 0] == 128
+    with pytest.raises(ValueError):
+        to_image_grid(torch.zeros(4, 2))
+
+
+def test_save_grid_images_and_points(tmp_path):
+    x = load("digits", n=16).data
+    p = tmp_path / "sub" / "grid.png"
+    save_grid(x, p)
+    with Image.open(p) as im:
+        im.load()
+        assert im.width >= 256 and im.format == "PNG"
+    q = tmp_path / "points.png"
+    save_grid(load("swissroll", n=300).data, q)
+    with Image.open(q) as im:
+        im.load()
+        assert im.format == "PNG" and im.width > 100
+    assert sorted(f.name for f in tmp_path.rglob("*")) == ["grid.png", "points.png", "sub"]

@@ -1,0 +1,122 @@
+"""The trainer: a run directory as DESIGN.md describes it, and exact resume."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import TINY
+from diffusion_curriculum import checkpoint, config
+from diffusion_curriculum.errors import ConfigError
+from diffusion_curriculum.train import Trainer, TrainingError
+
+
+def _losses(run):
+    return [
+        json.loads(line)["loss"]
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
+
+
+def test_run_directory_layout(tmp_path):
+    cfg = config.resolve(overrides=TINY)
+    summary = Trainer(cfg, tmp_path / "run").run()
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file() and (run / "summary.json").is_file()
+    assert config.validate(config.merge(config.DEFAULTS, config.load_yaml(run / "config.yaml"))) == cfg
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all("step" in x for x in lines)
+    assert [x["step"] for x in lines if "loss" in x] == [5, 10, 15, 20, 25, 30]
+    assert any("eval_loss" in x for x in lines)
+    assert (run / "samples" / "final.png").is_file() and (run / "samples" / "step_00000030.png").is_file()
+    assert [p.name for p in checkpoint.list_checkpoints(run / "checkpoints")] == [
+        "step_00000030",
+        "step_00000020",
+        "step_00000010",
+    ]
+    assert summary["steps"] == 30 and summary["final_loss"] == _losses(run)[-1]
+    assert json.loads((run / "summary.json").read_text())["parameters"] > 0
+
+
+def test_training_reduces_loss(tmp_path):
+    cfg = config.resolve(overrides=TINY + ["steps=150", "checkpoint_every=0", "log_every=25", "lr=3e-3"])
+    Trainer(cfg, tmp_path / "r").run()
+    losses = _losses(tmp_path / "r")
+    assert losses[-1] < 0.7 * losses[0]
+
+
+@pytest.mark.parametrize("extra", [[], ["optim.schedule=cosine", "optim.warmup_steps=5"]])
+def test_resume_is_exact(tmp_path, monkeypatch, extra):
+    """Interrupt at step 17 (Ctrl-C writes a checkpoint), resume: the logged losses and final weights equal an
+    unbroken run's to the bit."""
+    cfg = config.resolve(overrides=TINY + ["model.dropout=0.1"] + extra)
+    Trainer(cfg, tmp_path / "a").run()
+
+    t = Trainer(cfg, tmp_path / "b")
+    real_step = t.train_step
+
+    def step_then_interrupt():
+        out = real_step()
+        if t.step == 17:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(t, "train_step", step_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        t.run()
+    assert checkpoint.list_checkpoints(tmp_path / "b" / "checkpoints")[0].name == "step_00000017"
+    Trainer(cfg, tmp_path / "b", resume=True).run()
+
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    _, sa = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "a" / "checkpoints")[0])
+    _, sb = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "b" / "checkpoints")[0])
+    for k in sa["ema"]:
+        assert torch.equal(sa["ema"][k], sb["ema"][k]), k
+    assert sa["optimizer"]["param_groups"][0]["lr"] == sb["optimizer"]["param_groups"][0]["lr"]
+
+
+def test_existing_run_needs_resume_and_nothing_is_lost(tmp_path):
+    cfg = config.resolve(overrides=TINY + ["steps=10"])
+    Trainer(cfg, tmp_path / "r").run()
+    before = (tmp_path / "r" / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+        Trainer(cfg, tmp_path / "r")
+    assert (tmp_path / "r" / "metrics.jsonl").read_text() == before
+
+
+def test_resume_falls_back_past_a_corrupt_checkpoint(tmp_path, capsys):
+    cfg = config.resolve(overrides=TINY + ["steps=20"])
+    Trainer(cfg, tmp_path / "r").run()
+    newest = checkpoint.list_checkpoints(tmp_path / "r" / "checkpoints")[0]
+    (newest / checkpoint.TENSORS).write_bytes(b"garbage")
+    msgs = []
+    t = Trainer(config.resolve(overrides=TINY + ["steps=30"]), tmp_path / "r", resume=True, log=msgs.append)
+    assert t.step == 10
+    assert any("corrupt" in m for m in msgs) and any("newest usable" in m for m in msgs)
+
+
+def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path):
+    Trainer(config.resolve(overrides=TINY + ["steps=10"]), tmp_path / "r").run()
+    other = config.resolve(overrides=TINY + ["steps=10", "model.channels=16", "model.groups=8"])
+    with pytest.raises(checkpoint.CheckpointError, match="different settings"):
+        Trainer(other, tmp_path / "r", resume=True)
+
+
+def test_nonfinite_loss_stops_with_the_step(tmp_path, monkeypatch):
+    cfg = config.resolve(overrides=TINY + ["steps=20"])
+    t = Trainer(cfg, tmp_path / "r")
+    orig = t.model.forward
+    calls = {"n": 0}
+
+    def forward(x, tt):
+        calls["n"] += 1
+        out = orig(x, tt)
+        return out * float("nan") if calls["n"] == 13 else out
+
+    monkeypatch.setattr(t.model, "forward", forward)
+    with pytest.raises(TrainingError, match="at step 13"):
+        t.run()
+    ck = checkpoint.list_checkpoints(tmp_path / "r" / "checkpoints")
+    assert [p.name for p in ck] == ["step_00000010"]
+    checkpoint.load(ck[0])  # the last good checkpoint is intact
