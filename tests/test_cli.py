@@ -1,0 +1,82 @@
+"""The command line, end to end in subprocesses: exit codes, one-sentence errors, run directories."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import TINY
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+    [os.path.join(os.path.dirname(__file__), "..", "src"), os.environ.get("PYTHONPATH", "")])}
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "diffusion_curriculum", *args], capture_output=True, text=True,
+                          env=ENV, timeout=timeout)
+
+
+def test_train_then_resume_then_sample(tmp_path):
+    out = tmp_path / "run"
+    r = cli("train", "--out", str(out), *TINY, "steps=20")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 20
+    for f in ("config.yaml", "metrics.jsonl", "summary.json", "samples/final.png"):
+        assert (out / f).is_file(), f
+    # extend the finished run by 10 steps
+    r = cli("train", "--out", str(out), "--resume", "steps=30")
+    assert r.returncode == 0, r.stderr
+    assert "resumed from step_00000020" in r.stderr
+    assert json.loads((out / "summary.json").read_text())["steps"] == 30
+    png = tmp_path / "s.png"
+    r = cli("sample", "--checkpoint", str(out), "--n", "4", "--out", str(png), "--steps", "3")
+    assert r.returncode == 0, r.stderr
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["stepz=3"], "unknown key 'stepz' (did you mean 'steps'?)"),
+        (["lr=-1"], "lr=-1 is invalid"),
+        (["sampler.name=ddcc"], "sampler.name='ddcc' is not known"),
+        (["sampler.patience=3"], "sampler.patience is not a parameter of the 'uniform' sampler"),
+        (["model.chanels=3"], "model.chanels"),
+        (["dataset.name=mnist"], "mnist"),
+        (["dataset.name=npz"], "dataset.path"),
+        (["process.T=1"], "T must be an integer >= 2"),
+        (["--preset", "nope"], "preset 'nope' is not known"),
+        (["--config", "/nonexistent.yaml"], "does not exist"),
+        (["device=cuda:0"], "no CUDA GPU is available"),
+        (["weighting.name=bogus"], "weighting.name='bogus' is not known"),
+    ],
+)
+def test_bad_input_is_one_sentence_exit_2(tmp_path, args, needle):
+    out = tmp_path / "run"
+    r = cli("train", "--out", str(out), *args)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert not out.exists()  # nothing written for a run that never started
+
+
+def test_resume_rejects_changed_settings(tmp_path):
+    out = tmp_path / "run"
+    assert cli("train", "--out", str(out), *TINY, "steps=10").returncode == 0
+    r = cli("train", "--out", str(out), "--resume", "lr=0.5")
+    assert r.returncode == 2 and "lr cannot change when resuming" in r.stderr
+    r = cli("train", "--out", str(out), *TINY, "steps=10")
+    assert r.returncode == 2 and "already holds a run" in r.stderr
+
+
+def test_help_and_presets():
+    r = cli("--help")
+    assert r.returncode == 0 and "train" in r.stdout and "sample" in r.stdout
+    r = cli("presets")
+    assert r.returncode == 0 and "digits" in r.stdout.split()
+    r = cli()
+    assert r.returncode == 2
