@@ -34,8 +34,14 @@ def bare_loop(cfg: dict, steps: int, device: torch.device) -> float:
     ema = [p.detach().clone() for p in model.parameters()]
     params = list(model.parameters())
     oc = cfg["optim"]
-    opt = torch.optim.AdamW(params, lr=cfg["lr"], betas=(oc["beta1"], oc["beta2"]), eps=oc["eps"],
-                            weight_decay=oc["weight_decay"], foreach=device.type == "cuda" or None)
+    opt = torch.optim.AdamW(
+        params,
+        lr=cfg["lr"],
+        betas=(oc["beta1"], oc["beta2"]),
+        eps=oc["eps"],
+        weight_decay=oc["weight_decay"],
+        foreach=device.type == "cuda" or None,
+    )
     proc = process_mod.build(**{k: v for k, v in cfg["process"].items()})
     ac = proc.alphas_cumprod.float().to(device)
     sa, s1a = ac.sqrt(), (1 - ac).sqrt()
@@ -47,7 +53,7 @@ def bare_loop(cfg: dict, steps: int, device: torch.device) -> float:
     for s in range(steps):
         if pos + B > N:
             perm, pos = torch.randperm(N, device=device), 0
-        x0 = x_all[perm[pos:pos + B]]
+        x0 = x_all[perm[pos : pos + B]]
         pos += B
         t = torch.randint(0, T, (B,), device=device)
         noise = torch.randn_like(x0)
@@ -69,8 +75,19 @@ def bare_loop(cfg: dict, steps: int, device: torch.device) -> float:
 
 def trainer_loop(cfg: dict, steps: int) -> float:
     """The library's trainer on the same settings; returns its own measured steps/s (training loop only)."""
-    cfg = config.validate(config.apply_overrides(cfg, [f"steps={steps}", "eval_every=0", "checkpoint_every=0",
-                                                       "progress=false", "eval.samples=4", "eval.steps=2"]))
+    cfg = config.validate(
+        config.apply_overrides(
+            cfg,
+            [
+                f"steps={steps}",
+                "eval_every=0",
+                "checkpoint_every=0",
+                "progress=false",
+                "eval.samples=4",
+                "eval.steps=2",
+            ],
+        )
+    )
     with tempfile.TemporaryDirectory() as d:
         summary = Trainer(cfg, d).run()
     return summary["steps_per_s"]
@@ -96,11 +113,19 @@ def main() -> None:
         bare.append(bare_loop(cfg, args.steps, device))
     tb, tt = statistics.median(bare), statistics.median(trainer)
     result = {
-        "preset": args.preset, "overrides": args.overrides, "device": str(device),
-        "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(), "steps_per_block": args.steps, "repeats": args.repeats,
-        "bare_steps_per_s": [round(x, 2) for x in bare], "trainer_steps_per_s": [round(x, 2) for x in trainer],
-        "bare_median": round(tb, 2), "trainer_median": round(tt, 2),
+        "preset": args.preset,
+        "overrides": args.overrides,
+        "device": str(device),
+        "machine": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "steps_per_block": args.steps,
+        "repeats": args.repeats,
+        "bare_steps_per_s": [round(x, 2) for x in bare],
+        "trainer_steps_per_s": [round(x, 2) for x in trainer],
+        "bare_median": round(tb, 2),
+        "trainer_median": round(tt, 2),
         "overhead_percent": round(100 * (tb / tt - 1), 2),
     }
     print(json.dumps(result, indent=2))

@@ -120,3 +120,18 @@ def test_nonfinite_loss_stops_with_the_step(tmp_path, monkeypatch):
     ck = checkpoint.list_checkpoints(tmp_path / "r" / "checkpoints")
     assert [p.name for p in ck] == ["step_00000010"]
     checkpoint.load(ck[0])  # the last good checkpoint is intact
+
+
+def test_eval_logs_drawn_timestep_histogram_and_plot(tmp_path):
+    cfg = config.resolve(overrides=TINY + ["eval_every=10", "sampler.name=logit-normal"])
+    Trainer(cfg, tmp_path / "r").run()
+    evals = [
+        json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if "t_hist" in x
+    ]
+    assert [e["step"] for e in evals] == [10, 20, 30]
+    for e in evals:
+        assert sum(e["t_hist"]) == 10 * 16  # draws since the last evaluation
+        assert len(e["t_hist_edges"]) == len(e["t_hist"]) + 1 and e["t_hist_edges"][-1] == 1000
+    total = torch.tensor([e["t_hist"] for e in evals]).sum(0)
+    assert total[8:12].sum() > total[:2].sum() + total[-2:].sum()  # logit-normal: mass in the middle
+    assert (tmp_path / "r" / "timesteps.png").is_file()

@@ -24,17 +24,18 @@ NAMED_SECTIONS = ("dataset", "model", "process", "sampler", "weighting")
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
-    "steps": 3000,
+    "steps": 4000,
     "batch_size": 128,
     "lr": 1e-3,
     "prediction": "eps",
     "dataset": {"name": "digits"},
     "model": {
         "name": "unet",
-        "channels": 32,
+        "channels": 16,
         "channel_mult": [1, 2],
         "num_res_blocks": 1,
         "attention_resolutions": [4],
+        "groups": 8,
     },
     "process": {"name": "linear", "T": 1000},
     "sampler": {"name": "uniform"},

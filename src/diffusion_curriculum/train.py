@@ -29,9 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoint, config, data, generate, models, timesteps, weighting
+from . import checkpoint, config, data, generate, models, plots, timesteps, weighting
 from . import process as process_mod
 from .errors import ConfigError
+
+#: bins of the drawn-noise-level histogram logged at every evaluation
+T_HIST_BINS = 20
 
 #: keys that may change when a run is resumed (they do not change what is trained)
 RESUMABLE_KEYS = (
@@ -199,6 +202,7 @@ class Trainer:
         self.loss_sum, self.loss_count, self.skipped = 0.0, 0, 0
         self.train_time = 0.0
         self.eval_hooks: list[Callable[[Trainer, torch.Tensor, int], dict]] = []
+        self.t_hist = torch.zeros(T_HIST_BINS, dtype=torch.long, device=self.device)
         self.last_eval: dict[str, Any] = {}
         self._saved_step: int | None = None
         self._tb = None
@@ -257,17 +261,8 @@ class Trainer:
 
     def _truncate_metrics(self, step: int) -> None:
         """Keep only whole lines logged at or before the resumed step (drops a torn last line too)."""
-        if not self.metrics_path.exists():
-            return
-        kept = []
-        for line in self.metrics_path.read_text(errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
-                kept.append(line)
-        _atomic_write(self.metrics_path, "".join(line + "\n" for line in kept))
+        kept = [r for r in plots.read_metrics(self.metrics_path) if r["step"] <= step]
+        _atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     # -- state ----------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -297,6 +292,7 @@ class Trainer:
                 "loss_count": self.loss_count,
                 "skipped": self.skipped,
                 "train_time": self.train_time,
+                "t_hist": self.t_hist,
             },
         }
 
@@ -332,6 +328,7 @@ class Trainer:
             lg = s["log"]
             self.loss_sum, self.loss_count = float(lg["loss_sum"]), int(lg["loss_count"])
             self.skipped, self.train_time = int(lg["skipped"]), float(lg["train_time"])
+            self.t_hist.copy_(lg["t_hist"])
             self.step = self._saved_step = int(s["step"])
         except checkpoint.CheckpointError:
             raise
@@ -376,6 +373,7 @@ class Trainer:
             self.momentum.step()
         self._update_ema()
         self.sampler.observe(draw.t, per_sample.detach())
+        self.t_hist += torch.bincount(self._t_bin(draw.t), minlength=T_HIST_BINS)
         self.step += 1
         self.loss_sum += value
         self.loss_count += 1
@@ -391,6 +389,26 @@ class Trainer:
         torch._foreach_lerp_(self._ema_params, self._model_params, 1.0 - decay)
         for b_ema, b in zip(self.ema.buffers(), self.model.buffers()):
             b_ema.copy_(b)
+
+    def _t_bin(self, t: torch.Tensor) -> torch.Tensor:
+        """Histogram bin of each drawn noise level: t·bins/T (discrete), or ln σ over [σ_min, σ_max] (EDM)."""
+        if not self.process.continuous:
+            return t * T_HIST_BINS // self.process.T
+        lo, hi = math.log(self.process.sigma_min), math.log(self.process.sigma_max)
+        u = (t.float().log() - lo) / (hi - lo)
+        return (u * T_HIST_BINS).long().clamp_(0, T_HIST_BINS - 1)
+
+    def _t_hist_record(self) -> dict[str, Any]:
+        if not self.process.continuous:
+            edges = [i * self.process.T / T_HIST_BINS for i in range(T_HIST_BINS + 1)]
+            unit = "t"
+        else:
+            lo, hi = math.log(self.process.sigma_min), math.log(self.process.sigma_max)
+            edges = [lo + (hi - lo) * i / T_HIST_BINS for i in range(T_HIST_BINS + 1)]
+            unit = "ln sigma"
+        rec = {"t_hist": self.t_hist.tolist(), "t_hist_edges": edges, "t_hist_unit": unit}
+        self.t_hist.zero_()
+        return rec
 
     # -- evaluation -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -429,8 +447,15 @@ class Trainer:
         rec: dict[str, Any] = {"step": self.step, "eval_loss": self.eval_loss()}
         for hook in self.eval_hooks:
             rec.update(hook(self, samples, self.step))
-        self.last_eval = rec
+        self.last_eval = dict(rec)
+        rec.update(self._t_hist_record())
         self._log(rec)
+        if self.rank == 0:
+            plots.timestep_plots(
+                plots.read_metrics(self.metrics_path),
+                self.out / "timesteps.png",
+                title=f"noise levels drawn ({self.sampler.name})",
+            )
         return rec
 
     # -- logging --------------------------------------------------------------------------------------
@@ -524,13 +549,8 @@ class Trainer:
         return summary
 
     def _last_logged_loss(self) -> float | None:
-        last = None
-        if self.metrics_path.exists():
-            for line in self.metrics_path.read_text().splitlines():
-                rec = json.loads(line)
-                if "loss" in rec:
-                    last = rec["loss"]
-        return last
+        losses = [r["loss"] for r in plots.read_metrics(self.metrics_path) if "loss" in r]
+        return losses[-1] if losses else None
 
 
 def _atomic_write(path: Path, text: str) -> None:
