@@ -20,7 +20,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/diffusion-curriculum train --out runs/demo
+	$(BIN)/diffusion-curriculum train
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

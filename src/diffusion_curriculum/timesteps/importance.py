@@ -1,0 +1,167 @@
+"""Loss-second-moment importance sampling of timesteps.
+
+Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models", §3.3 (importance sampling of
+L_vlb): sample t with p_t ∝ √E[L_t²], estimated from a history of the last 10 losses seen at each t, drawing
+uniformly until every t has a full history, and weight each sample by 1/(T·p_t) so the objective stays
+unbiased: E_{t∼p}[L_t/(T p_t)] = (1/T) Σ_t L_t. As in their released sampler the density is mixed with a
+small uniform share (0.1 %) so no t is starved.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import TimestepSampler, check_param, dist_info, is_int, is_number, register
+
+
+@register
+class LossSecondMoment(TimestepSampler):
+    """p(t) ∝ √(mean of the last ``history`` squared losses at t) (Nichol & Dhariwal 2021, §3.3).
+
+    Parameters
+    ----------
+    history:
+        losses kept per timestep (default 10).
+    uniform_prob:
+        share of the uniform density mixed in, p ← p·(1 − uniform_prob) + uniform_prob/T (default 0.001).
+
+    Until every t holds ``history`` losses the draw is exactly ``torch.randint(0, T, (B,), generator=g)``
+    with weight 1. Afterwards t ~ p by ``torch.multinomial`` and the weight is 1/(T·p(t)), whose mean under
+    p is exactly 1.
+
+    **History** (tensor ``history`` [T, H] float64 and ``counts`` [T] int64): each row is a ring buffer; the
+    n-th loss ever observed at t (n counted from 0) is stored in slot n mod H, and ``counts[t]`` is the number
+    of losses ever observed at t (not capped), so a row always holds the last min(counts[t], H) losses at t
+    (in ring order, not chronological order). The update is vectorised: occurrences of the same t within a
+    batch are ranked in batch order (a stable sort), and all of them are written in that order — only the
+    last H occurrences of a t in a batch are kept, exactly what writing them one by one would leave. Losses
+    that are not finite are dropped (they would otherwise poison the estimate).
+
+    **Distributed**: with more than one rank, the timesteps and losses of every rank are gathered in one
+    collective (``all_gather`` of a float64 [2, B] tensor, on the loss's device) before the update, in rank
+    order, so every rank holds the same history and draws from the same density. Every rank must pass the
+    same batch size B (use ``drop_last`` in the data loader).
+    """
+
+    name = "loss-second-moment"
+    supports = ("discrete",)
+
+    def __init__(
+        self, process, total_steps: int | None = None, history: int = 10, uniform_prob: float = 0.001
+    ):
+        super().__init__(process, total_steps)
+        check_param("history", history, is_int(history) and history >= 1, "an integer >= 1")
+        check_param(
+            "uniform_prob",
+            uniform_prob,
+            is_number(uniform_prob) and 0 <= uniform_prob <= 1,
+            "a number in [0, 1]",
+        )
+        self.T = int(process.T)
+        self.history_len = int(history)
+        self.uniform_prob = float(uniform_prob)
+        self.history = torch.zeros(self.T, self.history_len, dtype=torch.float64)
+        self.counts = torch.zeros(self.T, dtype=torch.long)
+        self._p: torch.Tensor | None = None  # cached density, reset whenever the history changes
+
+    # -- the density ---------------------------------------------------------------------------------
+    def warm(self) -> bool:
+        """Whether every t holds a full history (before that, draws are uniform)."""
+        return bool((self.counts >= self.history_len).all())
+
+    def probs(self) -> torch.Tensor:
+        """The current sampling density p(t) (float64, length T): uniform until warm, then the mixed
+        √E[L²] density of Nichol & Dhariwal 2021, §3.3."""
+        if not self.warm():
+            return torch.full((self.T,), 1.0 / self.T, dtype=torch.float64)
+        if self._p is None:
+            p = self.history.pow(2).mean(dim=1).sqrt()
+            total = p.sum()
+            if not torch.isfinite(total) or total <= 0:  # all losses zero: nothing to prefer
+                p = torch.full((self.T,), 1.0 / self.T, dtype=torch.float64)
+            else:
+                p = p / total
+            self._p = p * (1.0 - self.uniform_prob) + self.uniform_prob / self.T
+        return self._p
+
+    def _draw(self, batch_size, generator):
+        if not self.warm():
+            return torch.randint(0, self.T, (batch_size,), generator=generator), None
+        p = self.probs()
+        t = torch.multinomial(p, batch_size, replacement=True, generator=generator)
+        return t, (1.0 / (self.T * p[t])).float()
+
+    # -- the history -----------------------------------------------------------------------------------
+    def _observe(self, t, per_sample_loss):
+        t = t.detach().reshape(-1)
+        loss = per_sample_loss.detach().reshape(-1)
+        if t.numel() != loss.numel():
+            raise ValueError(
+                f"observe got {t.numel()} timesteps but {loss.numel()} per-sample losses; pass one loss per sample"
+            )
+        if t.is_floating_point():
+            raise ValueError(f"the loss-second-moment sampler needs integer timesteps, got dtype {t.dtype}")
+        if dist_info()[1] > 1:
+            t, loss = _gather(t, loss)
+        self.update(t.cpu().long(), loss.cpu().double())
+
+    def update(self, t: torch.Tensor, loss: torch.Tensor) -> None:
+        """Append losses to the per-t histories, vectorised (see the class docstring for the ordering).
+
+        Does not advance the step counter (``observe`` does, and gathers across ranks first).
+        """
+        ok = torch.isfinite(loss)
+        t, loss = t[ok], loss[ok]
+        if t.numel() == 0:
+            return
+        if int(t.min()) < 0 or int(t.max()) >= self.T:
+            raise ValueError(f"timesteps must lie in [0, {self.T}), got [{int(t.min())}, {int(t.max())}]")
+        n = t.numel()
+        H = self.history_len
+        # rank of each occurrence among the equal t of this batch, in batch order (stable sort)
+        order = torch.sort(t, stable=True).indices
+        ts = t[order]
+        new_group = torch.ones(n, dtype=torch.bool)
+        new_group[1:] = ts[1:] != ts[:-1]
+        group_start = torch.cummax(
+            torch.where(new_group, torch.arange(n), torch.zeros(n, dtype=torch.long)), 0
+        )
+        rank_sorted = torch.arange(n) - group_start.values
+        rank = torch.empty_like(rank_sorted)
+        rank[order] = rank_sorted
+        in_batch = torch.bincount(t, minlength=self.T)
+        keep = rank >= in_batch[t] - H  # only the last H occurrences of a t survive; their slots are distinct
+        tk, rk = t[keep], rank[keep]
+        slot = (self.counts[tk] + rk) % H
+        self.history[tk, slot] = loss[keep]
+        self.counts += in_batch
+        self._p = None
+
+    # -- state -------------------------------------------------------------------------------------------
+    def _state(self):
+        return {"history": self.history.clone(), "counts": self.counts.clone()}
+
+    def _load_state(self, state):
+        h = torch.as_tensor(state["history"], dtype=torch.float64)
+        c = torch.as_tensor(state["counts"], dtype=torch.long)
+        if h.shape != self.history.shape or c.shape != self.counts.shape:
+            raise ValueError(
+                f"loss-second-moment state has history {tuple(h.shape)} and counts {tuple(c.shape)}; this sampler "
+                f"needs {tuple(self.history.shape)} and {tuple(self.counts.shape)} (same T and history)"
+            )
+        self.history = h.clone()
+        self.counts = c.clone()
+        self._p = None
+
+    def status(self):
+        return {"warm": self.warm()}
+
+
+def _gather(t: torch.Tensor, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ranks' (t, loss), concatenated in rank order, from one ``all_gather`` of a [2, B] float64 tensor."""
+    world = dist_info()[1]
+    both = torch.stack([t.to(loss.device, torch.float64), loss.to(torch.float64)])
+    out = [torch.empty_like(both) for _ in range(world)]
+    torch.distributed.all_gather(out, both)
+    allb = torch.stack(out)  # [world, 2, B]
+    return allb[:, 0].reshape(-1).round().long(), allb[:, 1].reshape(-1)

@@ -1,0 +1,168 @@
+"""CLTS (Xu et al. 2024, arXiv 2404.07946) — the [reconstruction] of METHODS.md §2."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from diffusion_curriculum import timesteps
+from diffusion_curriculum.process import DiscreteProcess, EDMProcess
+
+
+def g(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def reference_probs(T, lam, mu=0.3, sigma=0.2):
+    """p(t) ∝ (1 − λ)/T + λ φ((t/T − μ)/σ)/Z, written independently with scipy."""
+    x = np.arange(T) / T
+    phi = stats.norm.pdf((x - mu) / sigma)
+    return (1 - lam) / T + lam * phi / phi.sum()
+
+
+def test_lambda_ramp_fraction_and_steps():
+    s = timesteps.build("clts", DiscreteProcess.linear(100), total_steps=1000)  # end = 0.5 → 500 steps
+    for step, lam in [(0, 0.0), (125, 0.25), (250, 0.5), (500, 1.0), (900, 1.0)]:
+        s.step = step
+        assert s.lam() == pytest.approx(lam)
+        assert s.status() == {"lambda": round(lam, 4)}
+    s = timesteps.build(
+        "clts", DiscreteProcess.linear(100), total_steps=1000, start=100, end=300, lambda_max=0.8
+    )
+    for step, lam in [(0, 0.0), (100, 0.0), (200, 0.4), (300, 0.8), (10_000, 0.8)]:
+        s.step = step
+        assert s.lam() == pytest.approx(lam)
+    # unknown total: a fractional end means 50 000 steps, a fractional start step 0
+    s = timesteps.build("clts", DiscreteProcess.linear(100), start=0.2, end=0.5)
+    assert (s.s_start, s.s_end) == (0.0, 50_000.0)
+    s.step = 25_000
+    assert s.lam() == pytest.approx(0.5)
+    # mixed: fractional start, step-count end
+    s = timesteps.build("clts", DiscreteProcess.linear(100), total_steps=1000, start=0.1, end=200)
+    assert (s.s_start, s.s_end) == (100.0, 200.0)
+
+
+def test_probs_match_independent_formula():
+    T = 1000
+    s = timesteps.build("clts", DiscreteProcess.cosine(T), total_steps=100, start=0, end=100)
+    for step in (0, 30, 100):
+        s.step = step
+        p = s.probs()
+        assert p.dtype == torch.float64 and p.shape == (T,)
+        np.testing.assert_allclose(p.numpy(), reference_probs(T, step / 100), rtol=1e-10, atol=1e-15)
+        assert p.sum().item() == pytest.approx(1.0, abs=1e-12)
+    s2 = timesteps.build("clts", DiscreteProcess.linear(50), total_steps=10, mu=0.7, sigma=0.05)
+    s2.step = 5
+    np.testing.assert_allclose(s2.probs().numpy(), reference_probs(50, 1.0, 0.7, 0.05), rtol=1e-10)
+
+
+def test_probs_cached_per_lambda():
+    s = timesteps.build("clts", DiscreteProcess.linear(100), total_steps=100)
+    s.step = 10
+    a = s.probs()
+    assert s.probs() is a  # same λ: no recomputation
+    s.step = 11
+    assert s.probs() is not a
+
+
+def test_lambda_zero_is_uniform_randint():
+    T = 1000
+    s = timesteps.build("clts", DiscreteProcess.linear(T), total_steps=1000)
+    d = s.sample(64, generator=g(3))
+    assert torch.equal(d.t, torch.randint(0, T, (64,), generator=g(3)))
+    assert torch.equal(d.weight, torch.ones(64))
+    np.testing.assert_allclose(s.probs().numpy(), np.full(T, 1 / T))
+    counts = torch.bincount(s.sample(100_000, generator=g(4)).t // 100, minlength=10).numpy()
+    assert stats.chisquare(counts).pvalue > 1e-4
+
+
+def test_mass_moves_away_from_large_t():
+    T = 1000
+    s = timesteps.build("clts", DiscreteProcess.linear(T), total_steps=1000)  # ramp over 500 steps
+    tail, emp = [], []
+    for step in (0, 100, 250, 400, 500):
+        s.step = step
+        tail.append(s.probs()[int(0.8 * T) :].sum().item())
+        emp.append((s.sample(50_000, generator=g(step)).t >= 0.8 * T).float().mean().item())
+    assert all(a > b for a, b in zip(tail, tail[1:]))
+    assert tail[0] == pytest.approx(0.2)
+    assert tail[-1] < 0.01
+    np.testing.assert_allclose(emp, tail, atol=0.01)
+
+
+def test_observe_advances_the_schedule():
+    s = timesteps.build("clts", DiscreteProcess.linear(100), total_steps=20)  # end = 10 steps
+    for _ in range(5):
+        d = s.sample(8)
+        s.observe(d.t, torch.rand(8))
+    assert s.step == 5
+    assert s.status() == {"lambda": 0.5}
+
+
+def test_edm_lognormal_at_zero_and_shift_at_one():
+    proc = EDMProcess(P_mean=-1.2, P_std=1.2)
+    s = timesteps.build("clts", proc, total_steps=100, start=0, end=10)
+    d = s.sample(200_000, generator=g(0))
+    assert d.t.is_floating_point() and (d.t > 0).all()
+    ls = d.t.double().log()
+    assert ls.mean().item() == pytest.approx(-1.2, abs=0.02)
+    assert ls.std().item() == pytest.approx(1.2, abs=0.02)
+    median0 = d.t.median().item()
+    with pytest.raises(ValueError, match="discrete"):
+        s.probs()
+
+    s.step = 10  # λ = 1: u ~ N(0.3, 0.2²) truncated to (0, 1)
+    d1 = s.sample(200_000, generator=g(1))
+    u = stats.norm.cdf((d1.t.double().log().numpy() + 1.2) / 1.2)
+    assert u.min() > 0 and u.max() < 1
+    expected_median = stats.truncnorm.median((0 - 0.3) / 0.2, (1 - 0.3) / 0.2, loc=0.3, scale=0.2)
+    assert np.median(u) == pytest.approx(expected_median, abs=0.005)
+    assert np.median(u) == pytest.approx(0.3, abs=0.03)
+    assert (
+        stats.kstest(u, stats.truncnorm((0 - 0.3) / 0.2, (1 - 0.3) / 0.2, loc=0.3, scale=0.2).cdf).pvalue
+        > 1e-4
+    )
+    assert d1.t.median().item() < median0  # smaller σ
+
+
+def test_state_roundtrip_reproduces_draws():
+    p = DiscreteProcess.linear(200)
+    s = timesteps.build("clts", p, total_steps=40)
+    for _ in range(7):
+        d = s.sample(16)
+        s.observe(d.t, torch.rand(16))
+    st = s.state_dict()
+    s2 = timesteps.build("clts", p, total_steps=40)
+    s2.load_state_dict(st)
+    assert s2.step == 7 and s2.lam() == s.lam() > 0
+    assert torch.equal(s.sample(32, generator=g(9)).t, s2.sample(32, generator=g(9)).t)
+    e = timesteps.build("clts", EDMProcess(), total_steps=40)
+    e.load_state_dict(st | {"name": "clts"})
+    e2 = timesteps.build("clts", EDMProcess(), total_steps=40)
+    e2.load_state_dict(e.state_dict())
+    assert torch.equal(e.sample(32, generator=g(5)).t, e2.sample(32, generator=g(5)).t)
+
+
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        ({"sigma": 0.0}, "sigma"),
+        ({"sigma": -1}, "sigma"),
+        ({"sigma": math.inf}, "sigma"),
+        ({"mu": 1.5}, "mu"),
+        ({"mu": "a"}, "mu"),
+        ({"lambda_max": 1.2}, "lambda_max"),
+        ({"lambda_max": -0.1}, "lambda_max"),
+        ({"start": 1.5}, "start"),
+        ({"start": -3}, "start"),
+        ({"end": True}, "end"),
+        ({"start": 0.5, "end": 0.2}, "end"),
+        ({"start": 300, "end": 300}, "end"),
+        ({"total_steps": 0}, "total_steps"),
+    ],
+)
+def test_bad_params_raise_naming_them(kw, name):
+    with pytest.raises(ValueError, match=rf"\b{name}="):
+        timesteps.build("clts", DiscreteProcess.linear(100), **kw)
