@@ -53,6 +53,29 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--npz", help="also save the samples as an .npz (key 'images', NCHW in [-1, 1])")
 
+    c = sub.add_parser(
+        "compare", help="train several strategies side by side and measure each one's speed-up"
+    )
+    c.add_argument(
+        "--methods",
+        required=True,
+        help="comma-separated methods, each a preset, a sampler with parameters (ddc:clustering=snr,patience=100), "
+        "a weighting (min-snr) or mdlrc, joined with + (clts+mdlrc)",
+    )
+    c.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
+    c.add_argument("--steps", type=int, help="training steps per run (default: the preset's)")
+    c.add_argument("--jobs", type=int, help="runs in parallel (default: the number of CPU cores)")
+    c.add_argument(
+        "--metric",
+        default="auto",
+        help="quality key, lower is better (default: fd, else swd, else eval_loss)",
+    )
+    c.add_argument(
+        "--baseline", default="uniform", help="the method speed-ups are measured against (default uniform)"
+    )
+    c.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
+    _add_config_args(c)
+
     sub.add_parser("presets", help="list the shipped presets")
     return ap
 
@@ -151,6 +174,32 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from . import compare
+
+    methods = compare.split_methods(args.methods)
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs} is invalid; allowed: a positive integer")
+    res = compare.compare(
+        methods,
+        out=args.out,
+        seeds=args.seeds,
+        steps=args.steps,
+        preset=args.preset,
+        config_file=args.config,
+        overrides=args.overrides,
+        jobs=args.jobs,
+        metric=args.metric,
+        baseline=args.baseline,
+    )
+    print(compare.format_table(res))
+    failed = [lab for lab, r in res["methods"].items() if any("error" in e for e in r["per_seed"])]
+    if failed:
+        print(f"error: some runs failed ({', '.join(failed)}); see their train.log", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_presets(args) -> int:
     from . import config
 
@@ -169,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         ap.print_help()
         return 2
-    handler = {"train": cmd_train, "sample": cmd_sample, "presets": cmd_presets}[args.command]
+    handler = {"train": cmd_train, "sample": cmd_sample, "compare": cmd_compare, "presets": cmd_presets}[
+        args.command
+    ]
     try:
         return handler(args)
     except TrainingError as e:

@@ -1,0 +1,420 @@
+"""Side-by-side runs of several strategies and the speed-up each one buys (METHODS.md §5).
+
+Every (method, seed) pair is its own run directory, trained by ``diffusion-curriculum train`` in a subprocess,
+up to ``--jobs`` at a time. Runs are resumable: a finished run (its ``summary.json`` reports the requested steps)
+is reused, an unfinished one continues from its newest checkpoint. Then the curves are read back and the table
+and plots written.
+
+Speed-up of method M (METHODS.md §5): (steps the uniform baseline needs to reach its own final quality at budget
+B) ÷ (steps M needs to reach that same quality), quality interpolated linearly in log-space between evaluations;
+a method that never reaches it is reported as "not reached", never as a number. Each seed of M is compared
+with the same seed of the baseline; the table gives the mean and spread over seeds.
+
+A method is ``part[+part...]`` where a part is ``NAME[:key=value,...]`` and NAME is a preset (``digits-ddc``),
+a sampler (``ddc:clustering=snr``), a loss weighting (``min-snr:gamma=5``) or ``mdlrc`` (momentum decay,
+``mdlrc:beta1_end=0.6``); e.g. ``clts+mdlrc``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import config, plots, timesteps, weighting
+from .errors import ConfigError
+
+#: quality keys in order of preference (lower is better for all of them)
+QUALITY_KEYS = ("fd", "fid", "swd", "mmd", "eval_loss")
+MOMENTUM_NAMES = ("mdlrc", "momentum")
+
+
+@dataclass
+class Method:
+    """One strategy to compare: a label, the preset it starts from (or None: the shared one) and overrides."""
+
+    label: str
+    preset: str | None = None
+    overrides: list[str] = field(default_factory=list)
+
+
+def split_methods(text: str) -> list[str]:
+    """Split ``--methods``: commas separate methods, but a ``key=value`` item with no ``:`` continues the
+    parameters of the method before it, so ``uniform,ddc:clustering=snr,patience=100,clts`` is three methods."""
+    out: list[str] = []
+    for tok in (t.strip() for t in text.split(",")):
+        if not tok:
+            continue
+        if "=" in tok and ":" not in tok and "+" not in tok and out:
+            out[-1] += "," + tok
+        else:
+            out.append(tok)
+    return out
+
+
+def parse_method(spec: str) -> Method:
+    """Parse ``part[+part...]``; raise :class:`ConfigError` naming an unknown part."""
+    spec = spec.strip()
+    if not spec:
+        raise ConfigError("--methods holds an empty method name")
+    method = Method(label=spec)
+    presets = config.preset_names()
+    for part in spec.split("+"):
+        name, _, params = part.partition(":")
+        name = name.strip()
+        kv = [p.strip() for p in params.split(",") if p.strip()] if params else []
+        for item in kv:
+            if "=" not in item:
+                raise ConfigError(f"method {spec!r}: {item!r} must look like key=value")
+        if name in presets:
+            if method.preset is not None:
+                raise ConfigError(f"method {spec!r} names two presets")
+            method.preset = name
+            method.overrides += kv
+        elif name in timesteps.REGISTRY:
+            method.overrides += [f"sampler.name={name}"] + [f"sampler.{x}" for x in kv]
+        elif name in weighting.REGISTRY:
+            method.overrides += [f"weighting.name={name}"] + [f"weighting.{x}" for x in kv]
+        elif name in MOMENTUM_NAMES:
+            method.overrides += ["momentum.enabled=true"] + [f"momentum.{x}" for x in kv]
+        else:
+            known = presets + timesteps.names() + sorted(weighting.REGISTRY) + ["mdlrc"]
+            from .errors import suggest
+
+            raise ConfigError(
+                f"method part {name!r} in {spec!r} is not a preset, sampler, weighting or 'mdlrc'"
+                f"{suggest(name, known)}; known: {', '.join(known)}"
+            )
+    return method
+
+
+def run_dir_name(label: str) -> str:
+    """A file-system-safe directory name for a method label."""
+    return re.sub(r"[^A-Za-z0-9._+=-]+", "_", label).strip("_") or "method"
+
+
+# -- speed-up --------------------------------------------------------------------------------------------
+def steps_to_reach(curve: list[tuple[int, float]], target: float) -> float | None:
+    """First step at which a lower-is-better quality curve reaches ``target``, interpolating log(quality)
+    linearly in step between evaluations; ``None`` if it never does. ``curve`` is [(step, quality)], sorted."""
+    prev = None
+    for step, q in curve:
+        if not (isinstance(q, (int, float)) and math.isfinite(q) and q > 0):
+            prev = None
+            continue
+        if q <= target:
+            if prev is None:
+                return float(step)
+            s0, q0 = prev
+            l0, l1, lt = math.log(q0), math.log(q), math.log(target)
+            frac = 1.0 if l1 == l0 else (l0 - lt) / (l0 - l1)
+            return s0 + frac * (step - s0)
+        prev = (step, q)
+    return None
+
+
+def speedup(baseline: list[tuple[int, float]], method: list[tuple[int, float]]) -> dict[str, Any]:
+    """Speed-up of ``method`` over ``baseline`` (METHODS.md §5). Returns the baseline's final quality (the
+    target), the steps each needs to reach it, and the ratio — or "not reached"."""
+    if not baseline:
+        return {"target": None, "baseline_steps": None, "method_steps": None, "speedup": "no baseline"}
+    target = baseline[-1][1]
+    b = steps_to_reach(baseline, target)
+    m = steps_to_reach(method, target)
+    out: dict[str, Any] = {"target": target, "baseline_steps": b, "method_steps": m}
+    out["speedup"] = "not reached" if (m is None or not b) else b / max(m, 1e-12)
+    return out
+
+
+# -- runs ------------------------------------------------------------------------------------------------
+def _threads_per_job(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+
+def _finished(run: Path, steps: int) -> bool:
+    try:
+        return json.loads((run / "summary.json").read_text()).get("steps") == steps
+    except (OSError, ValueError):
+        return False
+
+
+def _train(cmd: list[str], run: Path, threads: int) -> tuple[int, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / "train.log", "a") as log:
+        p = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    tail = ""
+    if p.returncode != 0:
+        lines = (run / "train.log").read_text(errors="replace").strip().splitlines()
+        tail = next((x for x in reversed(lines) if x.startswith("error:")), lines[-1] if lines else "")
+    return p.returncode, tail
+
+
+def quality_curve(records: list[dict], key: str) -> list[tuple[int, float]]:
+    return sorted((r["step"], float(r[key])) for r in records if isinstance(r.get(key), (int, float)))
+
+
+def pick_quality_key(records: list[dict], wanted: str = "auto") -> str:
+    if wanted != "auto":
+        return wanted
+    for k in QUALITY_KEYS:
+        if any(isinstance(r.get(k), (int, float)) for r in records):
+            return k
+    return "eval_loss"
+
+
+def compare(
+    methods: list[str],
+    *,
+    out: str | Path,
+    seeds: int = 3,
+    steps: int | None = None,
+    preset: str | None = None,
+    config_file: str | None = None,
+    overrides: list[str] = (),
+    jobs: int | None = None,
+    metric: str = "auto",
+    baseline: str = "uniform",
+    log=None,
+) -> dict[str, Any]:
+    """Run every method × seed (resumably), then write ``results.csv``, ``results.json`` and plots into ``out``."""
+    say = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    if seeds < 1:
+        raise ConfigError(f"--seeds {seeds} is invalid; allowed: a positive integer")
+    parsed = [parse_method(m) for m in methods]
+    labels = [m.label for m in parsed]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"--methods lists a method twice: {', '.join(labels)}")
+    if baseline not in labels:
+        parsed.insert(0, parse_method(baseline))
+    jobs = jobs or os.cpu_count() or 1
+    out = Path(out)
+    shared = list(overrides) + ([f"steps={steps}"] if steps else [])
+    # Resolve every configuration up front: a bad method or override fails before any run starts.
+    plans = []
+    for m in parsed:
+        base_preset = m.preset or preset
+        cfg = config.resolve(
+            base_preset if not config_file or m.preset else None,
+            None if m.preset else config_file,
+            shared + m.overrides,
+        )
+        from .train import build_components
+
+        build_components(config.validate(cfg))  # checks the named sections' parameters too
+        for seed in range(seeds):
+            run = out / "runs" / run_dir_name(m.label) / f"seed{seed}"
+            src = (
+                ["--preset", base_preset]
+                if (m.preset or not config_file) and base_preset
+                else (["--config", str(config_file)] if config_file else [])
+            )
+            cmd = [
+                sys.executable,
+                "-m",
+                "diffusion_curriculum",
+                "train",
+                *src,
+                "--out",
+                str(run),
+                *shared,
+                *m.overrides,
+                f"seed={cfg['seed'] + seed}",
+                "progress=false",
+            ]
+            if run.exists():
+                cmd.append("--resume")
+            plans.append((m, seed, run, cmd, cfg["steps"]))
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [p for p in plans if not _finished(p[2], p[4])]
+    say(f"compare: {len(plans)} runs ({len(plans) - len(todo)} already finished), {jobs} at a time")
+    threads = _threads_per_job(min(jobs, max(1, len(todo))))
+    failures: dict[tuple[str, int], str] = {}
+    t0 = time.time()
+
+    def work(plan):
+        m, seed, run, cmd, _ = plan
+        rc, err = _train(cmd, run, threads)
+        return m.label, seed, rc, err
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for i, (label, seed, rc, err) in enumerate(pool.map(work, todo), 1):
+            status = "done" if rc == 0 else f"FAILED ({err})"
+            if rc != 0:
+                failures[(label, seed)] = err
+            say(f"[{i}/{len(todo)}] {label} seed {seed}: {status} ({time.time() - t0:.0f} s)")
+    return summarize(
+        out, [m.label for m in parsed], seeds, metric=metric, baseline=baseline, failures=failures
+    )
+
+
+def summarize(
+    out: Path,
+    labels: list[str],
+    seeds: int,
+    *,
+    metric: str = "auto",
+    baseline: str = "uniform",
+    failures: dict | None = None,
+) -> dict[str, Any]:
+    """Read every run's metrics and write the results table and plots."""
+    failures = failures or {}
+    records = {
+        (lab, s): plots.read_metrics(out / "runs" / run_dir_name(lab) / f"seed{s}" / "metrics.jsonl")
+        for lab in labels
+        for s in range(seeds)
+    }
+    key = pick_quality_key([r for recs in records.values() for r in recs], metric)
+    results: dict[str, Any] = {"metric": key, "baseline": baseline, "seeds": seeds, "methods": {}}
+    for lab in labels:
+        per_seed = []
+        for s in range(seeds):
+            recs = records[(lab, s)]
+            curve = quality_curve(recs, key)
+            base = quality_curve(records[(baseline, s)], key)
+            summ = _summary(out / "runs" / run_dir_name(lab) / f"seed{s}")
+            entry = {
+                "seed": s,
+                "final": curve[-1][1] if curve else None,
+                "final_step": curve[-1][0] if curve else None,
+                "steps_per_s": summ.get("steps_per_s"),
+                **speedup(base, curve),
+            }
+            if (lab, s) in failures:
+                entry["error"] = failures[(lab, s)]
+            per_seed.append(entry)
+        finals = [e["final"] for e in per_seed if e["final"] is not None]
+        ups = [e["speedup"] for e in per_seed]
+        numeric = [u for u in ups if isinstance(u, float)]
+        sps = [e["steps_per_s"] for e in per_seed if e["steps_per_s"]]
+        results["methods"][lab] = {
+            "final_mean": statistics.fmean(finals) if finals else None,
+            "final_std": statistics.stdev(finals) if len(finals) > 1 else 0.0 if finals else None,
+            "speedup_mean": statistics.fmean(numeric)
+            if numeric and len(numeric) == len(ups)
+            else ("not reached" if ups else None),
+            "speedup_per_seed": ups,
+            "reached": f"{len(numeric)}/{len(ups)}",
+            "steps_per_s": statistics.fmean(sps) if sps else None,
+            "per_seed": per_seed,
+        }
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    _write_csv(out / "results.csv", results)
+    _plot_quality(out / "quality.png", records, labels, seeds, key)
+    _plot_timesteps(out / "timesteps.png", records, labels)
+    return results
+
+
+def _summary(run: Path) -> dict:
+    try:
+        return json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _fmt(v, digits=4):
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return "" if v is None else str(v)
+
+
+def _write_csv(path: Path, results: dict) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            [
+                "method",
+                f"final_{results['metric']}_mean",
+                f"final_{results['metric']}_std",
+                "speedup_mean",
+                "speedup_per_seed",
+                "reached",
+                "steps_per_s",
+            ]
+        )
+        for lab, r in results["methods"].items():
+            w.writerow(
+                [
+                    lab,
+                    _fmt(r["final_mean"]),
+                    _fmt(r["final_std"]),
+                    _fmt(r["speedup_mean"], 3),
+                    " ".join(
+                        _fmt(u, 3) if isinstance(u, float) else str(u).replace(" ", "_")
+                        for u in r["speedup_per_seed"]
+                    ),
+                    r["reached"],
+                    _fmt(r["steps_per_s"], 3),
+                ]
+            )
+
+
+def _plot_quality(path: Path, records, labels, seeds, key) -> None:
+    import numpy as np
+
+    plt, fig, ax = plots._figure(size=(7.0, 4.4))
+    a = ax[0, 0]
+    for i, lab in enumerate(labels):
+        curves = [dict(quality_curve(records[(lab, s)], key)) for s in range(seeds)]
+        steps = sorted(set.intersection(*[set(c) for c in curves])) if all(curves) else []
+        if not steps:
+            continue
+        vals = np.array([[c[s] for s in steps] for c in curves])
+        lv = np.log(vals)
+        mean, lo, hi = np.exp(lv.mean(0)), vals.min(0), vals.max(0)
+        a.plot(steps, mean, color=f"C{i % 10}", label=lab)
+        a.fill_between(steps, lo, hi, color=f"C{i % 10}", alpha=0.15)
+    a.set_yscale("log")
+    a.set_xlabel("step")
+    a.set_ylabel(f"{key} (geometric mean over seeds; band = min..max)")
+    a.legend(fontsize=7)
+    plots.save_figure(plt, fig, path)
+
+
+def _plot_timesteps(path: Path, records, labels) -> None:
+    import numpy as np
+
+    plt, fig, ax = plots._figure(size=(7.0, 4.0))
+    a = ax[0, 0]
+    drawn = False
+    for i, lab in enumerate(labels):
+        hists = [r for (lb, _), recs in records.items() if lb == lab for r in recs if "t_hist" in r]
+        if not hists:
+            continue
+        h = np.sum([r["t_hist"] for r in hists], axis=0).astype(float)
+        edges = np.asarray(hists[0]["t_hist_edges"], dtype=float)
+        a.stairs(h / max(h.sum(), 1), edges, color=f"C{i % 10}", label=lab)
+        a.set_xlabel(hists[0].get("t_hist_unit", "t"))
+        drawn = True
+    if drawn:
+        a.set_ylabel("share of all draws over training")
+        a.legend(fontsize=7)
+        plots.save_figure(plt, fig, path)
+    else:
+        plt.close(fig)
+
+
+def format_table(results: dict) -> str:
+    """A Markdown table of the results (what BENCHMARKS.md shows)."""
+    k = results["metric"]
+    rows = [
+        f"| method | final {k} (mean ± std) | speed-up vs {results['baseline']} (mean) | per seed | steps/s |",
+        "|---|---|---|---|---|",
+    ]
+    for lab, r in results["methods"].items():
+        fm = "failed" if r["final_mean"] is None else f"{r['final_mean']:.4g} ± {r['final_std']:.2g}"
+        sp = r["speedup_mean"]
+        sp = f"{sp:.2f}×" if isinstance(sp, float) else str(sp)
+        per = ", ".join(f"{u:.2f}" if isinstance(u, float) else str(u) for u in r["speedup_per_seed"])
+        rows.append(f"| {lab} | {fm} | {sp} ({r['reached']} reached) | {per} | {_fmt(r['steps_per_s'], 3)} |")
+    return "\n".join(rows)

@@ -1,0 +1,87 @@
+"""compare: method parsing, the speed-up computation on synthetic curves, and a tiny end-to-end run."""
+
+import json
+import math
+
+import pytest
+
+from conftest import TINY
+from diffusion_curriculum import compare
+from diffusion_curriculum.errors import ConfigError
+
+
+def test_parse_method_parts():
+    m = compare.parse_method("ddc:clustering=snr,patience=50")
+    assert m.overrides == ["sampler.name=ddc", "sampler.clustering=snr", "sampler.patience=50"]
+    m = compare.parse_method("lognormal+min-snr:gamma=3")
+    assert m.overrides == ["sampler.name=lognormal", "weighting.name=min-snr", "weighting.gamma=3"]
+    m = compare.parse_method("toy2d")
+    assert m.preset == "toy2d" and m.overrides == []
+    with pytest.raises(ConfigError, match="'ddx'.*did you mean 'ddc'"):
+        compare.parse_method("ddx")
+    with pytest.raises(ConfigError, match="key=value"):
+        compare.parse_method("ddc:patience")
+    assert compare.run_dir_name("ddc:clustering=snr,patience=50") == "ddc_clustering=snr_patience=50"
+
+
+def test_steps_to_reach_interpolates_in_log_space():
+    curve = [(100, 8.0), (200, 2.0), (300, 1.0)]
+    # log-linear between (100, 8) and (200, 2): reaches 4 at the midpoint of log 8 .. log 2
+    assert compare.steps_to_reach(curve, 4.0) == pytest.approx(150.0)
+    assert compare.steps_to_reach(curve, 1.0) == pytest.approx(300.0)
+    assert compare.steps_to_reach(curve, 8.0) == pytest.approx(100.0)
+    assert compare.steps_to_reach(curve, 0.5) is None
+    q = math.exp((math.log(2) + math.log(1)) / 2)
+    assert compare.steps_to_reach(curve, q) == pytest.approx(250.0)
+
+
+def test_speedup_known_crossings_and_not_reached():
+    base = [(1000, 10.0), (2000, 5.0), (3000, 4.0), (4000, 4.0)]  # reaches its final 4.0 at step 3000
+    fast = [(1000, 6.0), (2000, 4.0), (3000, 3.0), (4000, 2.5)]  # reaches 4.0 at 2000
+    slow = [(1000, 20.0), (2000, 9.0), (3000, 6.0), (4000, 4.5)]
+    r = compare.speedup(base, fast)
+    assert r["target"] == 4.0 and r["baseline_steps"] == 3000 and r["method_steps"] == 2000
+    assert r["speedup"] == pytest.approx(1.5)
+    assert compare.speedup(base, slow)["speedup"] == "not reached"
+    assert compare.speedup(base, base)["speedup"] == pytest.approx(1.0)
+    # a baseline that dipped below its final value earlier reaches it earlier than B
+    dip = [(1000, 5.0), (2000, 3.0), (3000, 4.0)]
+    assert compare.speedup(dip, dip)["baseline_steps"] == pytest.approx(
+        1000 + 1000 * math.log(5 / 4) / math.log(5 / 3)
+    )
+
+
+def test_compare_end_to_end_tiny(tmp_path):
+    out = tmp_path / "cmp"
+    common = dict(out=out, seeds=2, steps=20, overrides=TINY + ["eval_every=10"], jobs=2, log=lambda m: None)
+    res = compare.compare(["uniform", "logit-normal"], **common)
+    assert res["metric"] == "eval_loss"
+    assert set(res["methods"]) == {"uniform", "logit-normal"}
+    u = res["methods"]["uniform"]
+    assert u["speedup_per_seed"] == [pytest.approx(1.0), pytest.approx(1.0)]
+    for f in ("results.csv", "results.json", "quality.png", "timesteps.png"):
+        assert (out / f).is_file(), f
+    assert json.loads((out / "results.json").read_text())["seeds"] == 2
+    header = (out / "results.csv").read_text().splitlines()[0]
+    assert header.startswith("method,final_eval_loss_mean")
+    # resumable: a second call reuses the finished runs (nothing retrained: metrics files unchanged)
+    before = (out / "runs" / "uniform" / "seed0" / "metrics.jsonl").read_text()
+    msgs = []
+    compare.compare(["uniform", "logit-normal"], **{**common, "log": msgs.append})
+    assert "4 already finished" in msgs[0]
+    assert (out / "runs" / "uniform" / "seed0" / "metrics.jsonl").read_text() == before
+    assert "| uniform |" in compare.format_table(res)
+
+
+def test_compare_rejects_bad_methods_before_running(tmp_path):
+    with pytest.raises(ValueError, match="sampler.bogus"):
+        compare.compare(
+            ["ddc:bogus=1"], out=tmp_path / "x", seeds=1, steps=5, overrides=TINY, log=lambda m: None
+        )
+    assert not (tmp_path / "x").exists()
+
+
+def test_split_methods_keeps_parameters_with_their_method():
+    assert compare.split_methods(
+        "uniform,ddc:clustering=snr,patience=100,clts+mdlrc:beta1_end=0.6, min-snr"
+    ) == ["uniform", "ddc:clustering=snr,patience=100", "clts+mdlrc:beta1_end=0.6", "min-snr"]
