@@ -2,17 +2,34 @@
 
 ``weighting.build(name, process, prediction, **params)`` returns a callable ``w(t) -> Tensor[B]`` (float32, on
 ``t``'s device). The trainer multiplies the per-sample loss by ``w(t) × draw.weight``.
+
+Names: ``none``, ``min-snr``, ``soft-min-snr``, ``p2``, ``edm``, ``speed`` (METHODS.md §4).
+
+One idea keeps every weighting consistent across prediction types: a weighting is first defined as a weight
+λ_x0 on the *clean-sample* error ‖x̂0 − x0‖², and :func:`x0_to` turns it into the weight on the error of the
+target the network is actually trained on (ε, v or x0), so that the weighted loss is the same number whatever
+the prediction type. The conversion factors follow from the process (derivation in :func:`x0_to`):
+
+* ``"eps"``: ‖ε̂ − ε‖² = SNR·‖x̂0 − x0‖² (discrete VP and EDM alike, SNR = ᾱ/(1 − ᾱ) or 1/σ²);
+* ``"v"``: ‖v̂ − v‖² = (SNR + 1)·‖x̂0 − x0‖² (discrete VP); on an EDM process "v" is the F-target and
+  ‖F̂ − F‖² = ‖x̂0 − x0‖²/c_out² = (SNR + 1/σ_d²)·‖x̂0 − x0‖² (σ_d = ``sigma_data``);
+* ``"x0"``: the clean-sample error itself.
+
+All weights are computed in float64 (from the process's float64 ᾱ table, or from σ) and cast to float32 at the
+end; discrete weightings are tabulated once over t ∈ {0, …, T−1} and gathered per batch.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from .errors import suggest, unknown
+from .process import PREDICTIONS
 
 Weighting = Callable[[Tensor], Tensor]
 REGISTRY: dict[str, Callable[..., Weighting]] = {}
@@ -26,6 +43,100 @@ def register(name: str):
     return deco
 
 
+# -- helpers ------------------------------------------------------------------------------------------------
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check(name: str, value, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"weighting.{name}={value!r} is invalid; allowed: {allowed}")
+
+
+def x0_to(prediction: str, lam_x0: Tensor, snr: Tensor, sigma_data: float = 1.0) -> Tensor:
+    """Convert a weight ``lam_x0`` on the clean-sample error ‖x̂0 − x0‖² into the weight on the error of the
+    ``prediction`` target that gives the *same* weighted loss: ε → λ/SNR, v → λ/(SNR + 1/σ_d²), x0 → λ.
+
+    Derivation for the variance-preserving process x_t = a·x0 + s·ε (a = √ᾱ, s = √(1−ᾱ), a² + s² = 1,
+    SNR = a²/s²). For a fixed x_t, an estimate x̂0 implies ε̂ = (x_t − a·x̂0)/s, so ε̂ − ε = −(a/s)(x̂0 − x0) and
+
+        ‖ε̂ − ε‖² = SNR·‖x̂0 − x0‖².
+
+    With v = a·ε − s·x0: v̂ − v = a(ε̂ − ε) − s(x̂0 − x0) = −(a²/s + s)(x̂0 − x0) = −(x̂0 − x0)/s, so
+
+        ‖v̂ − v‖² = ‖x̂0 − x0‖²/(1 − ᾱ) = (SNR + 1)·‖x̂0 − x0‖².
+
+    Hence λ_x0·‖x̂0 − x0‖² = (λ_x0/SNR)·‖ε̂ − ε‖² = (λ_x0/(SNR + 1))·‖v̂ − v‖² — the ε and v forms of Min-SNR
+    (Hang et al. 2023, arXiv 2303.09556: min(SNR, γ)/SNR and min(SNR, γ)/(SNR + 1)) are this conversion of λ_x0 = min(SNR, γ).
+
+    For the EDM process x = x0 + σ n (SNR = 1/σ²) the ε-factor is the same (n̂ − n = −(x̂0 − x0)/σ), and "v" is
+    EDM's F-target with D = c_skip·x + c_out·F, so ‖F̂ − F‖² = ‖x̂0 − x0‖²/c_out² and
+    1/c_out² = (σ² + σ_d²)/(σ σ_d)² = SNR + 1/σ_d². Pass ``sigma_data`` = σ_d there; the default 1 is the VP case.
+    """
+    if prediction == "x0":
+        return lam_x0
+    if prediction == "eps":
+        return lam_x0 / snr
+    if prediction == "v":
+        return lam_x0 / (snr + 1.0 / sigma_data**2)
+    raise ValueError(
+        f"prediction={prediction!r} is not known{suggest(prediction, PREDICTIONS)}; allowed: eps, v, x0"
+    )
+
+
+def _float_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+
+def _v_sigma_data(process) -> float:
+    """σ_d in the v-conversion factor: the EDM F-target uses the process's σ_data; VP v-prediction uses 1."""
+    return float(process.sigma_data) if process.continuous else 1.0
+
+
+def _from_x0(process, prediction: str, lam_x0: Callable[[Tensor], Tensor]) -> Weighting:
+    """A weighting from an x0-space weight ``lam_x0(snr)`` (float64 in, float64 out), converted by :func:`x0_to`."""
+    v_sd = _v_sigma_data(process)
+
+    def convert(snr: Tensor) -> Tensor:
+        return x0_to(prediction, lam_x0(snr), snr, v_sd)
+
+    return _tabulate(process, convert)
+
+
+def _tabulate(process, of_snr: Callable[[Tensor], Tensor]) -> Weighting:
+    """Evaluate ``of_snr`` (float64 SNR → weight): once over the whole table for a discrete process (gathered by
+    ``t``), per call from σ for an EDM process. The result is float32 on ``t``'s device."""
+    if process.continuous:
+
+        def w_cont(t: Tensor) -> Tensor:
+            if not t.is_floating_point():
+                raise ValueError(f"an EDM process weighting needs float noise levels σ, got dtype {t.dtype}")
+            sigma = t.to(_float_dtype(t.device))
+            return of_snr(sigma.pow(-2)).to(torch.float32).reshape(t.shape[0])
+
+        return w_cont
+
+    ac = process.alphas_cumprod.to(torch.float64)
+    table = of_snr(ac / (1.0 - ac)).to(torch.float32)
+    return _gather(table)
+
+
+def _gather(table: Tensor) -> Weighting:
+    """w(t) = table[t] for integer timesteps, with the table copied once per device."""
+    on: dict[torch.device, Tensor] = {}
+
+    def w(t: Tensor) -> Tensor:
+        if t.is_floating_point() or t.is_complex():
+            raise ValueError(f"a discrete process weighting needs integer timesteps, got dtype {t.dtype}")
+        tab = on.get(t.device)
+        if tab is None:
+            tab = on[t.device] = table.to(t.device)
+        return tab[t.long().reshape(t.shape[0])]
+
+    return w
+
+
+# -- the weightings -----------------------------------------------------------------------------------------
 @register("none")
 def none(process, prediction: str) -> Weighting:
     """Weight 1 everywhere: the plain MSE on the prediction target (Ho et al. 2020, eq. 14, L_simple)."""
@@ -36,10 +147,115 @@ def none(process, prediction: str) -> Weighting:
     return w
 
 
+@register("min-snr")
+def min_snr(process, prediction: str, gamma: float = 5.0) -> Weighting:
+    """Min-SNR-γ (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy", arXiv 2303.09556):
+    x0-space weight λ_x0 = min(SNR, γ), i.e. min(SNR, γ)/SNR for ε-, min(SNR, γ)/(SNR + 1) for v- and
+    min(SNR, γ) for x0-prediction (via :func:`x0_to`). γ = 5 is the paper's default. On an EDM process
+    SNR = 1/σ² and "v" (the F-target) converts with SNR + 1/σ_d² (see :func:`x0_to`).
+    """
+    _check("gamma", gamma, _is_number(gamma) and gamma > 0, "a finite number > 0 (the paper uses 5)")
+    g = float(gamma)
+    return _from_x0(process, prediction, lambda snr: snr.clamp(max=g))
+
+
+@register("soft-min-snr")
+def soft_min_snr(process, prediction: str, gamma: float | None = None) -> Weighting:
+    """Soft-min-SNR (Crowson et al. 2024, "Scalable High-Resolution Pixel-Space Image Synthesis with Hourglass
+    Diffusion Transformers", arXiv 2401.11605, loss weighting): the hard minimum of Min-SNR replaced by the harmonic soft minimum,
+    x0-space weight λ_x0 = 1/(1/SNR + 1/γ) = SNR·γ/(SNR + γ), converted by :func:`x0_to` (ε: γ/(SNR + γ),
+    v: SNR·γ/((SNR + γ)(SNR + 1)), x0: SNR·γ/(SNR + γ)).
+
+    On an EDM process with SNR = 1/σ² and ``gamma=None`` → γ = 1/σ_d², this is exactly the paper's weighting:
+    λ_x0 = 1/(σ² + σ_d²), which on the F-target is (σ σ_d)²/(σ² + σ_d²)² (the form written on EDM's F-loss).
+    [reconstruction] For a discrete process ``gamma=None`` → 5 (Min-SNR's γ): the project's documented choice,
+    not a number from the paper.
+    """
+    if gamma is None:
+        gamma = 1.0 / process.sigma_data**2 if process.continuous else 5.0
+    _check("gamma", gamma, _is_number(gamma) and gamma > 0, "a finite number > 0, or null for the default")
+    g = float(gamma)
+    return _from_x0(process, prediction, lambda snr: snr * g / (snr + g))
+
+
+@register("p2")
+def p2(process, prediction: str, k: float = 1.0, gamma: float = 1.0) -> Weighting:
+    """P2 weighting (Choi et al. 2022, "Perception Prioritized Training of Diffusion Models", arXiv 2204.00227):
+    λ_t = 1/(k + SNR(t))^γ on the ε-prediction loss (L_simple), k = 1, γ = 1 by default.
+
+    The paper defines it for ε-prediction; for the others it is converted so the weighted loss is unchanged
+    (the project's documented choice): λ_x0 = SNR/(k + SNR)^γ, then :func:`x0_to` (v: SNR/((k + SNR)^γ (SNR + 1)),
+    x0: SNR/(k + SNR)^γ). On an EDM process SNR = 1/σ².
+    """
+    _check("k", k, _is_number(k) and k >= 0, "a finite number >= 0 (the paper uses 1)")
+    _check("gamma", gamma, _is_number(gamma) and gamma >= 0, "a finite number >= 0 (the paper uses 0.5 to 2)")
+    kk, g = float(k), float(gamma)
+    return _from_x0(process, prediction, lambda snr: snr / (kk + snr).pow(g))
+
+
+@register("edm")
+def edm(process, prediction: str, sigma_data: float | None = None) -> Weighting:
+    """EDM's loss weight (Karras et al. 2022, arXiv 2206.00364, Table 1): λ(σ) = (σ² + σ_d²)/(σ σ_d)², applied so that
+    the *effective* loss is λ(σ)·‖D(x; σ) − x0‖² whatever the prediction type.
+
+    Since λ(σ) = 1/σ² + 1/σ_d² = SNR + 1/σ_d², this is λ_x0 = SNR + 1/σ_d² converted by :func:`x0_to`:
+
+    * ``"x0"`` → λ(σ);
+    * ``"eps"`` → λ(σ)/SNR = λ(σ)·σ² = (σ² + σ_d²)/σ_d²;
+    * ``"v"`` on an EDM process (the F-target) → λ(σ)·c_out² = 1 exactly: EDM's preconditioned MSE already *is*
+      its weighted loss, so the trainer's plain MSE needs no extra factor;
+    * ``"v"`` on a discrete (VP) process → (SNR + 1/σ_d²)/(SNR + 1).
+
+    A discrete process uses its equivalent noise level σ = √((1 − ᾱ)/ᾱ) (``process.sigma(t)``), i.e. SNR = 1/σ².
+    ``sigma_data=None`` → the EDM process's ``sigma_data``, or EDM's 0.5 for a discrete process (data in [−1, 1]).
+    """
+    if sigma_data is None:
+        sigma_data = process.sigma_data if process.continuous else 0.5
+    _check("sigma_data", sigma_data, _is_number(sigma_data) and sigma_data > 0, "a finite number > 0")
+    inv_sd2 = 1.0 / float(sigma_data) ** 2
+    if process.continuous and prediction == "v" and inv_sd2 == 1.0 / process.sigma_data**2:
+        # the identical expression in numerator and denominator: λ(σ)·c_out² is exactly 1 (no rounding)
+        return none(process, prediction)
+    return _from_x0(process, prediction, lambda snr: snr + inv_sd2)
+
+
+@register("speed")
+def speed(process, prediction: str, tau: int | None = None, lam: float = 0.6) -> Weighting:
+    """SpeeD's change-aware weighting (Wang et al. 2024, arXiv 2405.17403, §4.2; METHODS.md §4), discrete only:
+    w_t = (1 − λ) + (2λ − 1)·(d_t − min d)/(max d − min d) for t < τ, 1 for t ≥ τ, d_t = d/dt (1 − ᾱ_t),
+    from :func:`diffusion_curriculum.timesteps.speed.change_aware_weights` (τ = None → 700·T/1000, λ = 0.6).
+
+    SpeeD defines w_t on the ε-prediction loss; for v and x0 it is converted so the weighted loss is unchanged
+    (the project's documented choice): λ_x0 = w_t·SNR, then :func:`x0_to`.
+    """
+    if process.continuous:
+        raise ValueError(
+            "weighting.name='speed' needs a discrete process (SpeeD weights integer timesteps t ∈ {0, …, T−1}); "
+            "use min-snr, soft-min-snr, p2 or edm with an EDM process"
+        )
+    T = int(process.T)
+    _check(
+        "tau",
+        tau,
+        tau is None or (isinstance(tau, int) and not isinstance(tau, bool) and 0 < tau < T),
+        f"an integer with 0 < tau < T = {T}, or null for 700·T/1000",
+    )
+    _check("lam", lam, _is_number(lam) and 0.5 <= lam <= 1, "a number in [0.5, 1] (SpeeD uses 0.6)")
+    from .timesteps.speed import change_aware_weights
+
+    w_eps = change_aware_weights(process, tau=tau, lam=lam).to(torch.float64).cpu()
+    ac = process.alphas_cumprod.to(torch.float64)
+    snr = ac / (1.0 - ac)
+    table = w_eps if prediction == "eps" else x0_to(prediction, w_eps * snr, snr)
+    return _gather(table.to(torch.float32))
+
+
 def build(name: str, process, prediction: str = "eps", **params) -> Weighting:
-    """A weighting by name; unknown names or parameters raise ``ValueError`` naming them."""
+    """A weighting by name; unknown names, parameters or prediction types raise ``ValueError`` naming them."""
     if name not in REGISTRY:
         raise ValueError(unknown("weighting.name", name, sorted(REGISTRY)))
+    if prediction not in PREDICTIONS:
+        raise ValueError(unknown("prediction", prediction, PREDICTIONS))
     fn = REGISTRY[name]
     allowed = [p for p in inspect.signature(fn).parameters if p not in ("process", "prediction")]
     for k in params:
