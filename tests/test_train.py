@@ -46,7 +46,16 @@ def test_training_reduces_loss(tmp_path):
     assert losses[-1] < 0.7 * losses[0]
 
 
-@pytest.mark.parametrize("extra", [[], ["optim.schedule=cosine", "optim.warmup_steps=5"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["optim.schedule=cosine", "optim.warmup_steps=5"],
+        ["sampler.name=ddc", "sampler.clusters=4", "sampler.patience=4", "momentum.enabled=true"],
+        ["sampler.name=loss-second-moment", "sampler.history=1", "process.T=20", "weighting.name=min-snr"],
+    ],
+    ids=["plain", "cosine-lr", "ddc-mdlrc", "importance"],
+)
 def test_resume_is_exact(tmp_path, monkeypatch, extra):
     """Interrupt at step 17 (Ctrl-C writes a checkpoint), resume: the logged losses and final weights equal an
     unbroken run's to the bit."""
@@ -73,6 +82,10 @@ def test_resume_is_exact(tmp_path, monkeypatch, extra):
     _, sb = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "b" / "checkpoints")[0])
     for k in sa["ema"]:
         assert torch.equal(sa["ema"][k], sb["ema"][k]), k
+    assert sa["sampler"].keys() == sb["sampler"].keys()
+    for k, a in sa["sampler"].items():
+        b = sb["sampler"][k]
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, k
     assert sa["optimizer"]["param_groups"][0]["lr"] == sb["optimizer"]["param_groups"][0]["lr"]
 
 
