@@ -1,5 +1,12 @@
+import os
+import tempfile
+
 import pytest
 import torch
+
+# Feature nets for the metrics are cached on disk; keep the tests' cache out of the user's home (subprocesses
+# started by the tests inherit this).
+os.environ.setdefault("DIFFUSION_CURRICULUM_CACHE", tempfile.mkdtemp(prefix="dc-test-cache-"))
 
 # Small, fast settings shared by the trainer and CLI tests (an 8x8 digits UNet with 8 channels).
 TINY = [
@@ -14,6 +21,7 @@ TINY = [
     "checkpoint_every=10",
     "log_every=5",
     "progress=false",
+    "metrics.enabled=false",
 ]
 
 

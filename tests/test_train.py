@@ -148,3 +148,35 @@ def test_eval_logs_drawn_timestep_histogram_and_plot(tmp_path):
     total = torch.tensor([e["t_hist"] for e in evals]).sum(0)
     assert total[8:12].sum() > total[:2].sum() + total[-2:].sum()  # logit-normal: mass in the middle
     assert (tmp_path / "r" / "timesteps.png").is_file()
+
+
+def test_eval_reports_quality_metrics(tmp_path):
+    cfg = config.resolve(overrides=TINY + ["metrics.enabled=true", "eval.samples=40", "eval_every=15"])
+    Trainer(cfg, tmp_path / "r").run()
+    evals = [
+        json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if "eval_loss" in x
+    ]
+    assert [e["step"] for e in evals] == [15, 30]
+    for e in evals:
+        assert e["fd"] > 0 and 0 <= e["precision"] <= 1 and 0 <= e["recall"] <= 1
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["final_eval"]["fd"] == evals[-1]["fd"]
+
+
+def test_toy_points_report_sliced_wasserstein(tmp_path):
+    cfg = config.resolve(
+        preset="toy2d",
+        overrides=[
+            "steps=20",
+            "eval.samples=200",
+            "eval.steps=5",
+            "progress=false",
+            "checkpoint_every=0",
+            "model.hidden=32",
+            "model.depth=1",
+        ],
+    )
+    Trainer(cfg, tmp_path / "r").run()
+    last = json.loads((tmp_path / "r" / "summary.json").read_text())["final_eval"]
+    assert last["swd"] > 0 and "mmd" in last
+    assert (tmp_path / "r" / "samples" / "final.png").is_file()

@@ -51,7 +51,8 @@ DEFAULTS: dict[str, Any] = {
         "schedule": "constant",
     },
     "ema": {"decay": 0.999, "warmup": 10},
-    "eval": {"samples": 64, "method": "auto", "steps": 50, "eta": 0.0, "seed": 12345, "batch_size": 256},
+    "eval": {"samples": 1000, "method": "auto", "steps": 50, "eta": 0.0, "seed": 12345, "batch_size": 500},
+    "metrics": {"enabled": True, "n_real": None, "inception_weights": None},
     "eval_every": 1000,
     "checkpoint_every": 1000,
     "keep_checkpoints": 3,
@@ -102,6 +103,16 @@ def _str(v):
     return isinstance(v, str) and v.strip() != "", "a non-empty string"
 
 
+def _optional(check):
+    def opt(v):
+        if v is None:
+            return True, ""
+        ok, allowed = check(v)
+        return ok, f"null or {allowed}"
+
+    return opt
+
+
 # The checks of every fixed key. Named sections are checked by their builders (see train.build_components).
 SCHEMA: dict[str, Any] = {
     "seed": _int(0, 2**63 - 1),
@@ -127,6 +138,7 @@ SCHEMA: dict[str, Any] = {
         "seed": _int(0, 2**63 - 1),
         "batch_size": _int(1, 2**20),
     },
+    "metrics": {"enabled": _bool, "n_real": _optional(_int(2, 10**9)), "inception_weights": _optional(_str)},
     "eval_every": _int(0, 10**9),
     "checkpoint_every": _int(0, 10**9),
     "keep_checkpoints": _int(1, 10**6),

@@ -33,6 +33,9 @@ from . import checkpoint, config, data, generate, models, plots, timesteps, weig
 from . import process as process_mod
 from .errors import ConfigError
 
+#: samples shown in a grid PNG (image data; 2-D points are all plotted)
+GRID = 64
+
 #: bins of the drawn-noise-level histogram logged at every evaluation
 T_HIST_BINS = 20
 
@@ -202,6 +205,19 @@ class Trainer:
         self.loss_sum, self.loss_count, self.skipped = 0.0, 0, 0
         self.train_time = 0.0
         self.eval_hooks: list[Callable[[Trainer, torch.Tensor, int], dict]] = []
+        mc = cfg["metrics"]
+        if mc["enabled"] and self.rank == 0:
+            from . import metrics
+
+            # the feature net's seed is fixed (not the run's) so quality numbers compare across seeds and runs
+            evaluator = metrics.Evaluator(
+                self.dataset,
+                seed=0,
+                n_real=mc["n_real"],
+                inception_weights=mc["inception_weights"],
+                device=self.device,
+            )
+            self.eval_hooks.append(lambda trainer, samples, step: evaluator(samples))
         self.t_hist = torch.zeros(T_HIST_BINS, dtype=torch.long, device=self.device)
         self.last_eval: dict[str, Any] = {}
         self._saved_step: int | None = None
@@ -443,7 +459,8 @@ class Trainer:
 
     def evaluate(self) -> dict[str, Any]:
         samples = self.generate()
-        data.save_grid(samples, self.out / "samples" / f"step_{self.step:08d}.png")
+        shown = samples if self.dataset.kind == "points" else samples[:GRID]
+        data.save_grid(shown, self.out / "samples" / f"step_{self.step:08d}.png")
         rec: dict[str, Any] = {"step": self.step, "eval_loss": self.eval_loss()}
         for hook in self.eval_hooks:
             rec.update(hook(self, samples, self.step))
@@ -532,7 +549,9 @@ class Trainer:
             self.evaluate()
         if self._saved_step != self.step:
             self.save_checkpoint()
-        data.save_grid(self.generate(), self.out / "samples" / "final.png")
+        data.save_grid(
+            self.generate(None if self.dataset.kind == "points" else GRID), self.out / "samples" / "final.png"
+        )
         summary = {
             "steps": self.step,
             "final_loss": self._last_logged_loss(),
