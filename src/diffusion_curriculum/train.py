@@ -222,8 +222,11 @@ class Trainer:
         self.last_eval: dict[str, Any] = {}
         self._saved_step: int | None = None
         self._tb = None
+        self._bar = None
+        self._t_log, self._s_log = time.perf_counter(), 0
         self._ema_params = [p for p in self.ema.parameters()]
         self._model_params = [p for p in self.model.parameters()]
+        self._buffer_pairs = list(zip(self.ema.buffers(), self.model.buffers()))  # listed once: not per step
         self._prepare_dir(resume)
 
     # -- set-up ---------------------------------------------------------------------------------------
@@ -403,7 +406,7 @@ class Trainer:
         s = self.step
         decay = min(ec["decay"], (1 + s) / (ec["warmup"] + s))
         torch._foreach_lerp_(self._ema_params, self._model_params, 1.0 - decay)
-        for b_ema, b in zip(self.ema.buffers(), self.model.buffers()):
+        for b_ema, b in self._buffer_pairs:
             b_ema.copy_(b)
 
     def _t_bin(self, t: torch.Tensor) -> torch.Tensor:
@@ -487,6 +490,38 @@ class Trainer:
                     self._tb.add_scalar(k, v, rec["step"])
 
     # -- the loop -------------------------------------------------------------------------------------
+    def advance(self) -> None:
+        """One iteration of :meth:`run`: a training step, then the logging, evaluation and checkpoint cadence.
+        ``train_time`` counts the training steps only, so steps/s is not diluted by evaluations."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        self.train_step()
+        self.train_time += time.perf_counter() - t0
+        if self._bar is not None:
+            self._bar.update(1)
+        if self.step % cfg["log_every"] == 0:
+            now = time.perf_counter()
+            rec = {
+                "step": self.step,
+                "loss": self.loss_sum / max(1, self.loss_count),
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "steps_per_s": (self.step - self._s_log) / max(now - self._t_log, 1e-9),
+            }
+            status = self.sampler.status()
+            if status:
+                rec["sampler"] = status
+            self._log(rec)
+            if self._bar is not None:
+                self._bar.set_postfix(loss=f"{rec['loss']:.4f}", **status, refresh=False)
+            self.loss_sum, self.loss_count = 0.0, 0
+            self._t_log, self._s_log = now, self.step
+        if cfg["eval_every"] and self.step % cfg["eval_every"] == 0:
+            self.model.eval()
+            self.evaluate()
+            self.model.train()
+        if cfg["checkpoint_every"] and self.step % cfg["checkpoint_every"] == 0:
+            self.save_checkpoint()
+
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         steps = cfg["steps"]
@@ -496,7 +531,7 @@ class Trainer:
             self._tb = SummaryWriter(str(self.out / "tensorboard"))
         from tqdm import tqdm
 
-        bar = tqdm(
+        self._bar = tqdm(
             total=steps,
             initial=self.step,
             unit="step",
@@ -506,44 +541,17 @@ class Trainer:
             file=sys.stderr,
         )
         self.model.train()
-        t_log, s_log = time.perf_counter(), self.step
-        t_start = time.perf_counter()
-        time_base = self.train_time
+        self._t_log, self._s_log = time.perf_counter(), self.step
         try:
             while self.step < steps:
-                self.train_step()
-                self.train_time = time_base + time.perf_counter() - t_start
-                bar.update(1)
-                if self.step % cfg["log_every"] == 0:
-                    now = time.perf_counter()
-                    rec = {
-                        "step": self.step,
-                        "loss": self.loss_sum / max(1, self.loss_count),
-                        "lr": self.optimizer.param_groups[0]["lr"],
-                        "steps_per_s": (self.step - s_log) / max(now - t_log, 1e-9),
-                    }
-                    status = self.sampler.status()
-                    if status:
-                        rec["sampler"] = status
-                    self._log(rec)
-                    bar.set_postfix(
-                        loss=f"{rec['loss']:.4f}", **{k: v for k, v in status.items()}, refresh=False
-                    )
-                    self.loss_sum, self.loss_count = 0.0, 0
-                    t_log, s_log = now, self.step
-                if cfg["eval_every"] and self.step % cfg["eval_every"] == 0:
-                    self.model.eval()
-                    self.evaluate()
-                    self.model.train()
-                if cfg["checkpoint_every"] and self.step % cfg["checkpoint_every"] == 0:
-                    self.save_checkpoint()
+                self.advance()
         except KeyboardInterrupt:
-            bar.close()
+            self._bar.close()
             if self.step > 0:
                 path = self.save_checkpoint()
                 self.say(f"interrupted at step {self.step}; saved {path}; continue with --resume")
             raise
-        bar.close()
+        self._bar.close()
         if self.last_eval.get("step") != self.step:
             self.model.eval()
             self.evaluate()
