@@ -225,8 +225,8 @@ UNET_8 = dict(channels=16, channel_mult=[1, 2], num_res_blocks=1, attention_reso
     "name, shape, params, expected",
     [
         ("foo", (2,), {}, r"model.name='foo' is not known; allowed: mlp, unet, dit"),
-        ("unet", (1, 8, 8), dict(chanels=3), r"model\.chanels.*did you mean model\.channels"),
-        ("dit", (3, 8, 8), dict(patchsize=2), r"model\.patchsize.*did you mean model\.patch_size"),
+        ("unet", (1, 8, 8), dict(chanels=3), r"model\.chanels.*did you mean 'channels'"),
+        ("dit", (3, 8, 8), dict(patchsize=2), r"model\.patchsize.*did you mean 'patch_size'"),
         ("mlp", (2,), dict(zzz=1), r"model\.zzz.*allowed: hidden, depth, time_dim, dropout"),
         ("unet", (1, 8, 8), {**UNET_8, "channels": -4}, r"model\.channels=-4"),
         ("unet", (1, 8, 8), {**UNET_8, "channels": True}, r"model\.channels=True"),

@@ -22,3 +22,18 @@ def unknown(kind: str, name: str, allowed) -> str:
     """One sentence for an unknown name: what was given, what is allowed, the nearest match."""
     allowed = list(allowed)
     return f"{kind}={name!r} is not known{suggest(name, allowed)}; allowed: {', '.join(map(str, allowed))}"
+
+
+def check_params(section: str, owner: str, fn, params, skip=("self",)) -> list[str]:
+    """Raise ``ValueError`` for a config parameter that ``fn``'s signature does not take, as
+    "<section>.<key> is not a parameter of <owner> (did you mean X?); allowed: ..."; return the allowed names."""
+    import inspect
+
+    allowed = [p for p in inspect.signature(fn).parameters if p not in skip]
+    for k in params:
+        if k not in allowed:
+            raise ValueError(
+                f"{section}.{k} is not a parameter of {owner}{suggest(k, allowed)}; "
+                f"allowed: {', '.join(allowed) or 'none'}"
+            )
+    return allowed

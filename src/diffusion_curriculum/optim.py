@@ -28,11 +28,12 @@ Use::
 from __future__ import annotations
 
 import difflib
-import inspect
 import math
 
 import torch
 from torch import Tensor
+
+from .errors import check_params
 
 SHAPES = ("linear", "cosine")
 COMPENSATIONS = ("none", "noise", "linear")
@@ -255,15 +256,11 @@ class MomentumDecay:
 def build_momentum(optimizer: torch.optim.Optimizer, total_steps: int, **params) -> MomentumDecay:
     """A :class:`MomentumDecay` from config parameters; an unknown or invalid parameter raises ``ValueError``
     naming ``momentum.<param>`` (with the nearest known name)."""
-    allowed = [
-        p for p in inspect.signature(MomentumDecay.__init__).parameters if p not in ("self", "optimizer")
-    ]
-    for k in params:
-        if k not in allowed:
-            close = difflib.get_close_matches(str(k), allowed, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(
-                f"momentum.{k} is not a parameter of the momentum schedule{hint}; "
-                f"allowed: enabled, {', '.join(allowed)}"
-            )
+    check_params(
+        "momentum",
+        "the momentum schedule (besides 'enabled')",
+        MomentumDecay.__init__,
+        params,
+        skip=("self", "optimizer"),
+    )
     return MomentumDecay(optimizer, total_steps, **params)

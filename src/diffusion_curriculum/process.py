@@ -303,18 +303,16 @@ def build(name: str = "linear", **params) -> Process:
 
     Unknown names or parameters raise :class:`ProcessError` (a ``ValueError``) naming them.
     """
-    import inspect
+    from .errors import check_params, unknown
 
     makers = {"linear": DiscreteProcess.linear, "cosine": DiscreteProcess.cosine, "edm": EDMProcess}
     if name not in makers:
-        raise ProcessError(f"process.name={name!r} is not known; allowed: {', '.join(makers)}")
+        raise ProcessError(unknown("process.name", name, makers))
+    try:
+        check_params("process", f"the {name!r} process", makers[name], params, skip=("self", "cls"))
+    except ValueError as e:
+        raise ProcessError(str(e)) from None
     maker = makers[name]
-    allowed = [p for p in inspect.signature(maker).parameters if p not in ("self", "cls")]
-    for k in params:
-        if k not in allowed:
-            raise ProcessError(
-                f"process.{k} is not a parameter of the {name!r} process; allowed: {', '.join(allowed)}"
-            )
     try:
         return maker(**params)
     except TypeError as e:  # wrong type reaching math

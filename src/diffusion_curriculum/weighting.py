@@ -21,14 +21,13 @@ end; discrete weightings are tabulated once over t ∈ {0, …, T−1} and gathe
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from .errors import suggest, unknown
+from .errors import check_params, suggest, unknown
 from .process import PREDICTIONS
 
 Weighting = Callable[[Tensor], Tensor]
@@ -257,11 +256,5 @@ def build(name: str, process, prediction: str = "eps", **params) -> Weighting:
     if prediction not in PREDICTIONS:
         raise ValueError(unknown("prediction", prediction, PREDICTIONS))
     fn = REGISTRY[name]
-    allowed = [p for p in inspect.signature(fn).parameters if p not in ("process", "prediction")]
-    for k in params:
-        if k not in allowed:
-            raise ValueError(
-                f"weighting.{k} is not a parameter of the {name!r} weighting{suggest(k, allowed)}; "
-                f"allowed: {', '.join(allowed) or 'none'}"
-            )
+    check_params("weighting", f"the {name!r} weighting", fn, params, skip=("process", "prediction"))
     return fn(process, prediction, **params)

@@ -10,12 +10,12 @@ index 0..T-1 for discrete processes, or EDM's c_noise = ln(σ)/4.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Any
 
 from torch import nn
 
+from ..errors import check_params
 from .dit import DiT
 from .mlp import MLP
 from .unet import UNet
@@ -44,14 +44,7 @@ def build(name: str, data_shape: tuple[int, ...], **params: Any) -> nn.Module:
     ``ValueError`` that names ``model.<param>``, the value and what is allowed.
     """
     cls = _model_class(name)
-    allowed = list(defaults(name))
-    for key in params:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f"did you mean model.{close[0]}? " if close else ""
-            raise ValueError(
-                f"model.{key} is not a parameter of model.name='{name}'; {hint}allowed: {', '.join(allowed)}"
-            )
+    check_params("model", f"the {name!r} model", cls, params, skip=("data_shape",))
     return cls(data_shape, **params)
 
 

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..errors import suggest, unknown
+from ..errors import check_params, unknown
 
 
 @dataclass
@@ -171,11 +171,7 @@ def build(name: str, process, **params) -> TimestepSampler:
     """
     if name not in REGISTRY:
         raise ValueError(unknown("sampler.name", name, sorted(REGISTRY)))
-    allowed = parameters(name)
-    for k in params:
-        if k not in allowed:
-            raise ValueError(
-                f"sampler.{k} is not a parameter of the {name!r} sampler{suggest(k, allowed)}; "
-                f"allowed: {', '.join(allowed)}"
-            )
+    check_params(
+        "sampler", f"the {name!r} sampler", REGISTRY[name].__init__, params, skip=("self", "process")
+    )
     return REGISTRY[name](process, **params)
