@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from . import config, plots, timesteps, weighting
-from .errors import ConfigError
+from .errors import ConfigError, suggest
+from .train import build_components
 
 #: quality keys in order of preference (lower is better for all of them)
 QUALITY_KEYS = ("fd", "fid", "swd", "mmd", "eval_loss")
@@ -89,8 +90,6 @@ def parse_method(spec: str) -> Method:
             method.overrides += ["momentum.enabled=true"] + [f"momentum.{x}" for x in kv]
         else:
             known = presets + timesteps.names() + sorted(weighting.REGISTRY) + ["mdlrc"]
-            from .errors import suggest
-
             raise ConfigError(
                 f"method part {name!r} in {spec!r} is not a preset, sampler, weighting or 'mdlrc'"
                 f"{suggest(name, known)}; known: {', '.join(known)}"
@@ -203,22 +202,15 @@ def compare(
     # Resolve every configuration up front: a bad method or override fails before any run starts.
     plans = []
     for m in parsed:
-        base_preset = m.preset or preset
-        cfg = config.resolve(
-            base_preset if not config_file or m.preset else None,
-            None if m.preset else config_file,
-            shared + m.overrides,
+        # a method's own preset wins over the shared --config / --preset
+        src_preset, src_file = (
+            (m.preset or preset, None) if m.preset or not config_file else (None, config_file)
         )
-        from .train import build_components
-
-        build_components(config.validate(cfg))  # checks the named sections' parameters too
+        cfg = config.resolve(src_preset, src_file, shared + m.overrides)
+        build_components(cfg)  # checks the named sections' parameters too
+        src = ["--preset", src_preset] if src_preset else ["--config", str(src_file)] if src_file else []
         for seed in range(seeds):
             run = out / "runs" / run_dir_name(m.label) / f"seed{seed}"
-            src = (
-                ["--preset", base_preset]
-                if (m.preset or not config_file) and base_preset
-                else (["--config", str(config_file)] if config_file else [])
-            )
             cmd = [
                 sys.executable,
                 "-m",

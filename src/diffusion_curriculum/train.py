@@ -77,8 +77,6 @@ def build_components(cfg: dict) -> Components:
     """Build process, data, model, sampler and weighting from a validated config; every error names its key."""
     pname, pparams = _named(cfg, "process")
     proc = process_mod.build(pname, **pparams)
-    if proc.continuous and cfg["prediction"] == "eps":
-        pass  # allowed (ε in σ-space), but EDM's own choice is "v" (its preconditioned target)
     dname, dparams = _named(cfg, "dataset")
     dparams.setdefault("seed", cfg["seed"])
     dataset = data.load(dname, **dparams)
