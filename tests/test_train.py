@@ -180,3 +180,16 @@ def test_toy_points_report_sliced_wasserstein(tmp_path):
     last = json.loads((tmp_path / "r" / "summary.json").read_text())["final_eval"]
     assert last["swd"] > 0 and "mmd" in last
     assert (tmp_path / "r" / "samples" / "final.png").is_file()
+
+
+def test_tensorboard_needs_its_package(tmp_path):
+    import importlib.util
+
+    cfg = config.resolve(overrides=TINY + ["tensorboard=true", "steps=5"])
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(ConfigError, match=r"tensorboard=true needs the tensorboard package"):
+            Trainer(cfg, tmp_path / "r")
+        assert not (tmp_path / "r").exists()
+    else:
+        Trainer(cfg, tmp_path / "r").run()
+        assert any((tmp_path / "r" / "tensorboard").iterdir())
