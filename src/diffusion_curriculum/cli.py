@@ -77,6 +77,48 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_args(c)
 
     sub.add_parser("presets", help="list the shipped presets")
+
+    an = sub.add_parser("analyze", help="reproduce the papers' analyses (entropy, difficulty, consistency)")
+    asub = an.add_subparsers(dest="kind", metavar="KIND", required=True)
+    ae = asub.add_parser("entropy", help="D_KL(p_{t-1} || p_t) between consecutive noised data marginals")
+    ae.add_argument("--stride", type=int, default=10, help="evaluate every stride-th t (default 10)")
+    ae.add_argument("--samples-per-t", type=int, default=256, help="Monte Carlo samples per t (default 256)")
+    ae.add_argument("--subsample", type=int, default=2000, help="data points used, M (default 2000; 0 = all)")
+    ae.add_argument(
+        "--sigmas", type=int, default=100, help="sigma grid size for an EDM process (default 100)"
+    )
+    ae.add_argument("--seed", type=int, default=0)
+    ad = asub.add_parser("difficulty", help="convergence speed of the loss per timestep interval")
+    ad.add_argument("--mode", choices=["per-interval", "per-bucket"], default="per-interval")
+    ad.add_argument("--intervals", type=int, default=10, help="intervals / buckets N (default 10)")
+    ad.add_argument(
+        "--jobs", type=int, help="per-interval runs in parallel (default: the number of CPU cores)"
+    )
+    ad.add_argument(
+        "--final-window", type=int, default=3, help="logged losses averaged as the final loss (default 3)"
+    )
+    ac = asub.add_parser("consistency", help="do two independently trained models agree on the same noise?")
+    ac.add_argument(
+        "--checkpoints", nargs=2, metavar="RUN", help="two run directories to load instead of training"
+    )
+    ac.add_argument(
+        "--b-override",
+        action="append",
+        default=[],
+        metavar="key=value",
+        help="extra override for model B only",
+    )
+    ac.add_argument("--seed-offset", type=int, default=1, help="model B's seed = seed + this (default 1)")
+    ac.add_argument("--n", type=int, default=64, help="samples per model (default 64)")
+    ac.add_argument(
+        "--n-real", type=int, default=256, help="real images for the per-t agreement (default 256)"
+    )
+    ac.add_argument("--t-points", type=int, default=20, help="t values for the per-t agreement (default 20)")
+    ac.add_argument("--sample-seed", type=int, default=0)
+    ac.add_argument("--jobs", type=int, help="models trained in parallel (default: the number of CPU cores)")
+    for p in (ae, ad, ac):
+        p.add_argument("--out", help="output directory (default runs/analyze-<kind>)")
+        _add_config_args(p)
     return ap
 
 
@@ -200,6 +242,79 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from . import config
+
+    out = Path(args.out) if args.out else Path("runs") / f"analyze-{args.kind}"
+    cfg = config.resolve(args.preset, args.config, args.overrides)
+    if getattr(args, "jobs", None) is not None and args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs} is invalid; allowed: a positive integer")
+    if args.kind == "entropy":
+        from .analysis import entropy
+
+        if args.stride < 1 or args.samples_per_t < 2 or args.subsample < 0 or args.sigmas < 2:
+            raise ConfigError("--stride must be >= 1, --samples-per-t >= 2, --subsample >= 0, --sigmas >= 2")
+        res = entropy.run(
+            cfg,
+            out,
+            stride=args.stride,
+            samples_per_t=args.samples_per_t,
+            subsample=args.subsample or None,
+            seed=args.seed,
+            sigmas=args.sigmas,
+        )
+        cols = ("t", "kl", "kl_stderr", "kl_gaussian")
+    elif args.kind == "difficulty":
+        from .analysis import difficulty
+
+        if args.mode == "per-bucket":
+            cfg = config.resolve(args.preset, args.config, [*difficulty.QUIET, *args.overrides])
+        res = difficulty.run(
+            cfg,
+            out,
+            mode=args.mode,
+            intervals=args.intervals,
+            preset=args.preset,
+            config_file=args.config,
+            overrides=args.overrides,
+            jobs=args.jobs,
+            final_window=args.final_window,
+        )
+        cols = ("interval", "initial", "final", "steps_90", "steps_95", "steps_99")
+    else:
+        from .analysis import consistency
+
+        res = consistency.run(
+            cfg,
+            out,
+            checkpoints=args.checkpoints,
+            preset=args.preset,
+            config_file=args.config,
+            overrides=args.overrides,
+            b_overrides=args.b_override,
+            seed_offset=args.seed_offset,
+            n=args.n,
+            n_real=args.n_real,
+            t_points=args.t_points,
+            sample_seed=args.sample_seed,
+            jobs=args.jobs,
+        )
+        print(
+            f"paired distance {res['paired_distance']:.4g}, unpaired {res['unpaired_distance']:.4g}, "
+            f"ratio {res['ratio']:.4g}"
+        )
+        cols = ("t", "cosine", "rel_error")
+
+    def fmt(v):
+        return f"{v:.4g}" if isinstance(v, float) else "" if v is None else str(v)
+
+    print("\t".join(cols))
+    for r in res["rows"]:
+        print("\t".join(fmt(r.get(c)) for c in cols))
+    print(f"wrote {out}/{args.kind}.csv, .json, .png", file=sys.stderr)
+    return 0
+
+
 def cmd_presets(args) -> int:
     from . import config
 
@@ -209,37 +324,60 @@ def cmd_presets(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     from .checkpoint import CheckpointError
     from .data import DataError
     from .train import TrainingError
+
+    def _one_line(e: BaseException) -> str:
+        """An exception's first line (a torch error can run to many), at most 500 characters."""
+        text = str(e).strip()
+        line = text.splitlines()[0] if text else type(e).__name__
+        return line if len(line) <= 500 else line[:497] + "..."
 
     ap = _parser()
     args = ap.parse_args(argv)
     if args.command is None:
         ap.print_help()
         return 2
-    handler = {"train": cmd_train, "sample": cmd_sample, "compare": cmd_compare, "presets": cmd_presets}[
-        args.command
-    ]
+    handler = {
+        "train": cmd_train,
+        "sample": cmd_sample,
+        "compare": cmd_compare,
+        "presets": cmd_presets,
+        "analyze": cmd_analyze,
+    }[args.command]
     try:
         return handler(args)
     except TrainingError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
     except (ConfigError, DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except ValueError as e:  # a builder's check of a named section's parameter (sampler, model, process, ...)
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:
+        where = e.filename or "file system"
         print(
-            f"error: {e.strerror or e} ({e.filename or 'file system'}); nothing already written was removed",
+            f"error: {e.strerror or _one_line(e)} ({where}); nothing already written was removed",
             file=sys.stderr,
         )
         return 2
     except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, not a person's mistake: still one sentence, the traceback on request
+        if os.environ.get("DIFFUSION_CURRICULUM_DEBUG"):
+            raise
+        print(
+            f"error: unexpected {type(e).__name__}: {_one_line(e)} (this is a bug; rerun with "
+            "DIFFUSION_CURRICULUM_DEBUG=1 for the traceback and please report it)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":
