@@ -134,22 +134,83 @@ def save(ckpt_root: str | Path, step: int, state: dict[str, Any], keep: int | No
         slow = float(os.environ.get("DIFFUSION_CURRICULUM_TEST_SLOW_CHECKPOINT", "0") or 0)
         if slow > 0:  # test hook: widen the window in which a kill lands inside the write
             time.sleep(slow)
-        doc = {"format": FORMAT, "step": step, "sha256": _sha256(tmp / TENSORS), "state": meta}
+        doc = {
+            "format": FORMAT,
+            "step": step,
+            "sha256": _sha256(tmp / TENSORS),
+            "state": meta,
+        }
+        doc["state_sha256"] = _json_digest(doc)
         with open(tmp / STATE, "w") as f:
             json.dump(doc, f)
             f.flush()
             os.fsync(f.fileno())
         if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+            # never delete the old copy before the new one is in place: move it aside, rename, then remove it
+            # (a crash in between leaves the previous step's checkpoint as the newest, never a half-deleted one)
+            aside = root / f".old-{final.name}-{os.getpid()}"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.rename(final, aside)
+            os.rename(tmp, final)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
         _fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if keep is not None:
         for old in list_checkpoints(root)[keep:]:
-            shutil.rmtree(old, ignore_errors=True)
+            # renamed first, so a crash mid-delete never leaves a half-deleted step_* directory behind
+            doomed = root / f".del-{old.name}-{os.getpid()}"
+            try:
+                os.rename(old, doomed)
+            except OSError:
+                continue
+            shutil.rmtree(doomed, ignore_errors=True)
     return final
+
+
+def _json_digest(doc: dict) -> str:
+    """SHA-256 of a state.json document's content (every field but the digest itself)."""
+    rest = {k: v for k, v in doc.items() if k != "state_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
+_LEFTOVER = re.compile(r"^\.(tmp|old|del)-(step_\d{8,})-(\d+)$")
+
+
+def remove_leftovers(ckpt_root: str | Path) -> list[Path]:
+    """Tidy what a killed writer left behind, once the process that wrote it is gone: ``.tmp-*`` (half written)
+    and ``.del-*`` (half deleted) are removed; an ``.old-*`` (a complete checkpoint moved aside while being
+    replaced) is put back if its replacement never arrived, else removed. Returns the paths handled."""
+    root = Path(ckpt_root)
+    handled = []
+    if not root.is_dir():
+        return handled
+    for p in sorted(root.iterdir()):
+        m = _LEFTOVER.match(p.name)
+        if not m:
+            continue
+        kind, name, pid = m.group(1), m.group(2), int(m.group(3))
+        if pid != os.getpid() and _alive(pid):
+            continue  # another live process may be writing it
+        if kind == "old" and not (root / name).exists():
+            os.rename(p, root / name)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+        handled.append(p)
+    return handled
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
 
 
 def list_checkpoints(ckpt_root: str | Path) -> list[Path]:
@@ -180,8 +241,18 @@ def load(path: str | Path) -> tuple[int, dict[str, Any]]:
         raise CheckpointError(
             f"checkpoint {str(p)!r} is corrupt: {TENSORS} does not match its recorded checksum"
         )
+    if "state_sha256" in doc and _json_digest(doc) != doc["state_sha256"]:
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} is corrupt: {STATE} does not match its recorded checksum"
+        )
     try:
         tensors = load_file(str(js))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {str(p)!r} cannot be read: {e}") from None
-    return step, unflatten(meta, tensors)
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"checkpoint {str(p)!r} cannot be read: {msg[:200]}") from None
+    try:
+        return step, unflatten(meta, tensors)
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint {str(p)!r} is unusable: {e}") from None
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {str(p)!r} has a malformed {STATE} ({type(e).__name__})") from None

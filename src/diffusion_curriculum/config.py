@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "log_every": 50,
     "device": "auto",
     "precision": "auto",
+    "on_nonfinite": "error",
     "tensorboard": False,
     "progress": True,
 }
@@ -76,7 +77,12 @@ def _int(lo: int | None = None, hi: int = MAX_INT):
 
 def _float(lo: float | None = None, hi: float | None = None, lo_open: bool = False):
     def check(v):
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if ok:
+            try:  # an int too large for a float (10**400) is not finite either, and must not raise
+                ok = math.isfinite(float(v))
+            except OverflowError:
+                ok = False
         if ok and lo is not None:
             ok = v > lo if lo_open else v >= lo
         if ok and hi is not None:
@@ -145,6 +151,7 @@ SCHEMA: dict[str, Any] = {
     "log_every": _int(1, 10**9),
     "device": _str,
     "precision": _choice("auto", "fp32", "bf16"),
+    "on_nonfinite": _choice("error", "skip"),
     "tensorboard": _bool,
     "progress": _bool,
 }

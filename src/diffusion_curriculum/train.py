@@ -18,7 +18,9 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +52,13 @@ RESUMABLE_KEYS = (
     "progress",
     "tensorboard",
     "eval",
+    "metrics",
+    "on_nonfinite",
 )
+
+#: errors a builder may raise for a parameter it does not check itself (a wrong type, an impossible size); each
+#: is turned into one ConfigError sentence naming the section
+_BUILD_ERRORS = (TypeError, RuntimeError, ArithmeticError, IndexError, KeyError, AttributeError, MemoryError)
 
 
 class TrainingError(RuntimeError):
@@ -73,20 +81,34 @@ def _named(cfg: dict, section: str) -> tuple[str, dict]:
     return sec.pop("name"), sec
 
 
+def _build(section: str, params: dict, fn: Callable, *args, **kwargs):
+    """Call one builder. Its own ``ValueError`` already names the key and passes through; any other error on a
+    parameter it does not check (a wrong type, an impossible size) becomes a ConfigError naming the section."""
+    try:
+        return fn(*args, **kwargs)
+    except ValueError:
+        raise
+    except _BUILD_ERRORS as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{section} settings {params!r} cannot be used: {msg[:200]}") from None
+
+
 def build_components(cfg: dict) -> Components:
     """Build process, data, model, sampler and weighting from a validated config; every error names its key."""
     pname, pparams = _named(cfg, "process")
-    proc = process_mod.build(pname, **pparams)
+    proc = _build("process", cfg["process"], process_mod.build, pname, **pparams)
     dname, dparams = _named(cfg, "dataset")
     dparams.setdefault("seed", cfg["seed"])
-    dataset = data.load(dname, **dparams)
+    dataset = _build("dataset", cfg["dataset"], data.load, dname, **dparams)
     mname, mparams = _named(cfg, "model")
-    model = models.build(mname, dataset.shape, **mparams)
+    model = _build("model", cfg["model"], models.build, mname, dataset.shape, **mparams)
     sname, sparams = _named(cfg, "sampler")
     sparams.setdefault("total_steps", cfg["steps"])
-    sampler = timesteps.build(sname, proc, **sparams)
+    sampler = _build("sampler", cfg["sampler"], timesteps.build, sname, proc, **sparams)
     wname, wparams = _named(cfg, "weighting")
-    weight_fn = weighting.build(wname, proc, cfg["prediction"], **wparams)
+    weight_fn = _build(
+        "weighting", cfg["weighting"], weighting.build, wname, proc, cfg["prediction"], **wparams
+    )
     return Components(proc, dataset, model, sampler, weight_fn)
 
 
@@ -240,6 +262,9 @@ class Trainer:
     def _prepare_dir(self, resume: bool) -> None:
         self.ckpt_dir = self.out / "checkpoints"
         self.metrics_path = self.out / "metrics.jsonl"
+        if resume:
+            for p in checkpoint.remove_leftovers(self.ckpt_dir):
+                self.say(f"tidied {p.name}, left behind by an interrupted checkpoint write")
         existing = checkpoint.list_checkpoints(self.ckpt_dir)
         if not resume and (existing or self.metrics_path.exists()):
             raise ConfigError(
@@ -376,10 +401,20 @@ class Trainer:
             loss.detach()
         )  # one sync per step: needed to catch a non-finite loss before it reaches the weights
         if not math.isfinite(value):
-            raise TrainingError(
-                f"the loss became {value} at step {self.step + 1}; the last good checkpoint is kept in "
-                f"{str(self.ckpt_dir)!r}. Lower lr or check the data"
-            )
+            if cfg["on_nonfinite"] != "skip":
+                raise TrainingError(
+                    f"the loss became {value} at step {self.step + 1}; the last good checkpoint is kept in "
+                    f"{str(self.ckpt_dir)!r}. Lower lr, check the data, or set on_nonfinite=skip"
+                )
+            # on_nonfinite=skip: the step is spent (the data, timestep and noise streams moved on, and the LR
+            # and momentum schedules follow the step count) but nothing learns from it: no optimizer update,
+            # no EMA update, no sampler.observe, no loss or histogram entry
+            self.lr_schedule.step()
+            if self.momentum is not None:
+                self.momentum.step()
+            self.step += 1
+            self.skipped += 1
+            return None
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg["optim"]["grad_clip"] > 0:
@@ -504,13 +539,17 @@ class Trainer:
                 "loss": self.loss_sum / max(1, self.loss_count),
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "steps_per_s": (self.step - self._s_log) / max(now - self._t_log, 1e-9),
+                "skipped": self.skipped,
             }
+            if self.loss_count == 0:  # every step of the interval was skipped: there is no loss to report
+                rec["loss"] = None
             status = self.sampler.status()
             if status:
                 rec["sampler"] = status
             self._log(rec)
             if self._bar is not None:
-                self._bar.set_postfix(loss=f"{rec['loss']:.4f}", **status, refresh=False)
+                shown = "skipped" if rec["loss"] is None else f"{rec['loss']:.4f}"
+                self._bar.set_postfix(loss=shown, **status, refresh=False)
             self.loss_sum, self.loss_count = 0.0, 0
             self._t_log, self._s_log = now, self.step
         if cfg["eval_every"] and self.step % cfg["eval_every"] == 0:
@@ -540,15 +579,41 @@ class Trainer:
         )
         self.model.train()
         self._t_log, self._s_log = time.perf_counter(), self.step
+        # Ctrl-C is taken at a step boundary: a KeyboardInterrupt raised mid-step (after the batch or the
+        # timesteps were drawn, or the optimizer stepped, but before the step count moved) would save a state that
+        # does not match its step, and the resumed run would silently diverge. A second Ctrl-C stops at once.
+        sigint = {"n": 0}
+
+        def on_sigint(signum, frame):
+            sigint["n"] += 1
+            if sigint["n"] > 1:
+                raise KeyboardInterrupt
+
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, on_sigint)
         try:
             while self.step < steps:
                 self.advance()
+                if sigint["n"]:
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
             self._bar.close()
-            if self.step > 0:
+            if sigint["n"] > 1:  # stopped mid-step: this state is not a consistent one to save
+                self.say(
+                    f"interrupted twice, mid-step; nothing saved; continue with --resume from the last "
+                    f"checkpoint in {str(self.ckpt_dir)!r}"
+                )
+            elif self.step > 0 and self._saved_step != self.step:
                 path = self.save_checkpoint()
                 self.say(f"interrupted at step {self.step}; saved {path}; continue with --resume")
+            elif self.step > 0:  # the checkpoint of this very step is already on disk: do not rewrite it
+                path = checkpoint.step_dir(self.ckpt_dir, self.step)
+                self.say(f"interrupted at step {self.step}; {path} is saved; continue with --resume")
             raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         self._bar.close()
         if self.last_eval.get("step") != self.step:
             self.model.eval()
@@ -574,7 +639,7 @@ class Trainer:
         return summary
 
     def _last_logged_loss(self) -> float | None:
-        losses = [r["loss"] for r in plots.read_metrics(self.metrics_path) if "loss" in r]
+        losses = [r["loss"] for r in plots.read_metrics(self.metrics_path) if r.get("loss") is not None]
         return losses[-1] if losses else None
 
 
