@@ -111,6 +111,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def step_dir(ckpt_root: Path, step: int) -> Path:
+    """The directory of checkpoint ``step`` under ``ckpt_root``: ``step_00001234``."""
     return Path(ckpt_root) / f"step_{step:08d}"
 
 

@@ -160,10 +160,12 @@ def _train(cmd: list[str], run: Path, threads: int) -> tuple[int, str]:
 
 
 def quality_curve(records: list[dict], key: str) -> list[tuple[int, float]]:
+    """[(step, value)] of every evaluation record that holds ``key``, sorted by step."""
     return sorted((r["step"], float(r[key])) for r in records if isinstance(r.get(key), (int, float)))
 
 
 def pick_quality_key(records: list[dict], wanted: str = "auto") -> str:
+    """The quality key to compare runs on: ``wanted``, or with ``auto`` the first of QUALITY_KEYS any record has (``eval_loss`` as a last resort)."""
     if wanted != "auto":
         return wanted
     for k in QUALITY_KEYS:

@@ -482,6 +482,7 @@ class Batcher:
 
     @property
     def global_batch_size(self) -> int:
+        """Entries drawn per step over all ranks: ``batch_size × world_size``."""
         return self.batch_size * self.world_size
 
     def _take(self, k: int) -> Tensor:

@@ -277,6 +277,7 @@ class AutoEncoder(nn.Module):
         return self.encoder(x)
 
     def decode(self, z: Tensor) -> Tensor:
+        """Reconstruct images from the bottleneck features ``z`` (the autoencoder's decoder half)."""
         h, w = self._hw
         y = F.relu(self.expand(z)).view(z.shape[0], -1, 4, 4)
         y = F.interpolate(

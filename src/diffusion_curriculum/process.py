@@ -236,6 +236,7 @@ class EDMProcess:
         return t.float().pow(-2)
 
     def sigma(self, t: Tensor) -> Tensor:
+        """The noise level σ itself: an EDM process is indexed by σ, so this is the identity (the common interface with DiscreteProcess.sigma)."""
         return t.float()
 
     def precondition(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -282,6 +283,7 @@ class EDMProcess:
         return _bcast(c_skip, x_t) * x_t + _bcast(c_out, x_t) * out
 
     def predict_eps(self, out: Tensor, x_t: Tensor, t: Tensor, prediction: str = "v") -> Tensor:
+        """Noise estimate ε̂ = (x − D(x; σ))/σ from the network output ``out`` at (x, σ) (Karras et al. 2022, eq. 7 with the preconditioned denoiser D)."""
         if prediction == "eps":
             _check_prediction(prediction)
             return out

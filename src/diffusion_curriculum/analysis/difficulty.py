@@ -131,6 +131,7 @@ def run_parallel(plans: list[tuple], jobs: int | None, say) -> dict[str, str]:
 
 
 def config_args(preset: str | None, config_file: str | None) -> list[str]:
+    """The CLI arguments that select the same preset or config file in a subprocess."""
     return ["--preset", preset] if preset else ["--config", str(config_file)] if config_file else []
 
 
@@ -150,6 +151,7 @@ def per_interval(
     final_window: int,
     say,
 ) -> tuple[list[dict], dict[str, list]]:
+    """Mode ``per-interval``: one model per t interval, trained for the same steps in parallel ``train`` subprocesses; returns (table rows, curves)."""
     from .. import config, plots
     from ..train import build_components
 
@@ -196,6 +198,7 @@ class BucketLossRecorder:
         sampler.observe = self.observe
 
     def bucket(self, t):
+        """Bucket index in [0, buckets) of each t (discrete: equal t ranges; EDM: equal ranges of ln σ)."""
         p = self.process
         if not p.continuous:
             return (t.long() * self.buckets // p.T).clamp(0, self.buckets - 1)
@@ -208,6 +211,7 @@ class BucketLossRecorder:
         )
 
     def observe(self, t, per_sample_loss) -> None:
+        """Accumulate the step's per-sample losses into their buckets, then pass the call on to the wrapped sampler."""
         b = self.bucket(t.detach().cpu())
         loss = per_sample_loss.detach().double().cpu()
         self.sum.index_add_(0, b, loss)
@@ -224,6 +228,7 @@ class BucketLossRecorder:
 def per_bucket(
     cfg: dict, out: Path, *, intervals: int, final_window: int, say
 ) -> tuple[list[dict], dict[str, list]]:
+    """Mode ``per-bucket``: one model trained on all t, its per-sample losses averaged per t-bucket every ``log_every`` steps; returns (table rows, curves)."""
     from ..train import Trainer
 
     trainer = Trainer(cfg, out / "run", log=say)  # refuses a folder that already holds a run

@@ -147,4 +147,5 @@ def divisors(n: int) -> list[int]:
 
 
 def join(values: Sequence[Any]) -> str:
+    """``values`` as one comma-separated string (for error messages)."""
     return ", ".join(str(v) for v in values)

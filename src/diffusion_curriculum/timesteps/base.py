@@ -45,10 +45,12 @@ def check_param(name: str, value, ok: bool, allowed: str) -> None:
 
 
 def is_number(v) -> bool:
+    """True for a finite ``int`` or ``float`` that is not a ``bool``."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def is_int(v) -> bool:
+    """True for an ``int`` that is not a ``bool``."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -122,6 +124,7 @@ class TimestepSampler:
         return {"name": self.name, "step": self.step, **self._state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; refuses the state of a different strategy with a ``ValueError``."""
         if state.get("name", self.name) != self.name:
             raise ValueError(f"sampler state is for {state.get('name')!r}, not {self.name!r}")
         self.step = int(state["step"])
