@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -6,7 +8,9 @@ import torch
 
 # Feature nets for the metrics are cached on disk; keep the tests' cache out of the user's home (subprocesses
 # started by the tests inherit this).
-os.environ.setdefault("DIFFUSION_CURRICULUM_CACHE", tempfile.mkdtemp(prefix="dc-test-cache-"))
+if "DIFFUSION_CURRICULUM_CACHE" not in os.environ:
+    os.environ["DIFFUSION_CURRICULUM_CACHE"] = tempfile.mkdtemp(prefix="dc-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["DIFFUSION_CURRICULUM_CACHE"], ignore_errors=True)
 
 # Small, fast settings shared by the trainer and CLI tests (an 8x8 digits UNet with 8 channels).
 TINY = [

@@ -36,6 +36,7 @@ REGISTRY: dict[str, Callable[..., Weighting]] = {}
 
 def register(name: str):
     """Decorator: register a weighting builder under ``name`` (``weighting.build(name, ...)`` finds it)."""
+
     def deco(fn):
         REGISTRY[name] = fn
         return fn

@@ -105,8 +105,9 @@ class TimestepSampler:
 
     # -- the public interface ---------------------------------------------------------------------
     def sample(self, batch_size: int, device=None, generator: torch.Generator | None = None) -> Draw:
-        """Draw noise levels and weights for a batch. Random numbers come from ``generator`` (on its device)
-        or torch's global generator; results are moved to ``device``."""
+        """Draw noise levels and weights for a batch. Random numbers come from ``generator`` — a CPU
+        ``torch.Generator``: the draw is a few hundred numbers, made on the CPU whatever ``device`` is — or from
+        torch's global CPU generator; results are moved to ``device``."""
         if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} is invalid; allowed: a positive integer")
         t, w = self._draw(batch_size, generator)
