@@ -73,8 +73,20 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--baseline", default="uniform", help="the method speed-ups are measured against (default uniform)"
     )
+    c.add_argument(
+        "--eval-samples",
+        type=int,
+        help="measure quality offline on every kept checkpoint with this many samples (results-nN.*) instead "
+        "of the runs' own evaluations",
+    )
     c.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
     _add_config_args(c)
+
+    ev = sub.add_parser("evaluate", help="measure every kept checkpoint of runs offline (EMA model, any sample count)")
+    ev.add_argument("--run", nargs="+", required=True, metavar="RUN", help="run directories")
+    ev.add_argument("--samples", type=int, help="samples per checkpoint (default: the run's eval.samples)")
+    ev.add_argument("--inception-weights", help="local FID Inception-v3 weights file: adds 'fid'")
+    ev.add_argument("--device", default="cpu", help="where to sample (default cpu)")
 
     sub.add_parser("presets", help="list the shipped presets")
 
@@ -222,6 +234,8 @@ def cmd_compare(args) -> int:
     methods = compare.split_methods(args.methods)
     if args.jobs is not None and args.jobs < 1:
         raise ConfigError(f"--jobs {args.jobs} is invalid; allowed: a positive integer")
+    if args.eval_samples is not None and args.eval_samples < 2:
+        raise ConfigError(f"--eval-samples {args.eval_samples} is invalid; allowed: an integer >= 2")
     res = compare.compare(
         methods,
         out=args.out,
@@ -233,12 +247,32 @@ def cmd_compare(args) -> int:
         jobs=args.jobs,
         metric=args.metric,
         baseline=args.baseline,
+        eval_samples=args.eval_samples,
     )
     print(compare.format_table(res))
     failed = [lab for lab, r in res["methods"].items() if any("error" in e for e in r["per_seed"])]
     if failed:
         print(f"error: some runs failed ({', '.join(failed)}); see their train.log", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    """``evaluate``: offline metrics of every kept checkpoint of each run (``<run>/eval-n<N>.jsonl``)."""
+    from . import evaluate
+
+    for run in args.run:
+        recs = evaluate.evaluate_run(
+            run,
+            samples=args.samples,
+            inception_weights=args.inception_weights,
+            device=args.device,
+            log=lambda m: print(m, file=sys.stderr),
+        )
+        keys = [k for k in recs[0] if k not in ("step", "samples")] if recs else []
+        print(f"{run}\nstep\t" + "\t".join(keys))
+        for r in recs:
+            print(f"{r['step']}\t" + "\t".join(f"{r[k]:.4g}" for k in keys))
     return 0
 
 
@@ -347,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         "compare": cmd_compare,
         "presets": cmd_presets,
         "analyze": cmd_analyze,
+        "evaluate": cmd_evaluate,
     }[args.command]
     try:
         return handler(args)

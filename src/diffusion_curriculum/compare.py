@@ -186,9 +186,14 @@ def compare(
     jobs: int | None = None,
     metric: str = "auto",
     baseline: str = "uniform",
+    eval_samples: int | None = None,
     log=None,
 ) -> dict[str, Any]:
-    """Run every method × seed (resumably), then write ``results.csv``, ``results.json`` and plots into ``out``."""
+    """Run every method × seed (resumably), then write ``results.csv``, ``results.json`` and plots into ``out``.
+
+    With ``eval_samples`` N the quality curves come from an offline evaluation of every kept checkpoint with N
+    samples (:func:`diffusion_curriculum.evaluate.evaluate_run`, reused while newer than the run's newest
+    checkpoint) instead of the runs' own periodic evaluations, and the outputs are named ``results-nN.*``."""
     say = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds} is invalid; allowed: a positive integer")
@@ -248,8 +253,30 @@ def compare(
                 failures[(label, seed)] = err
             say(f"[{i}/{len(todo)}] {label} seed {seed}: {status} ({time.time() - t0:.0f} s)")
     return summarize(
-        out, [m.label for m in parsed], seeds, metric=metric, baseline=baseline, failures=failures
+        out,
+        [m.label for m in parsed],
+        seeds,
+        metric=metric,
+        baseline=baseline,
+        failures=failures,
+        eval_samples=eval_samples,
+        log=say,
     )
+
+
+def _offline_records(run: Path, samples: int, say) -> list[dict]:
+    """The run's offline evaluation with ``samples`` samples, computed now unless a file newer than its newest
+    checkpoint exists."""
+    from . import checkpoint, evaluate
+
+    path = run / evaluate.eval_file_name(samples)
+    ckpts = checkpoint.list_checkpoints(run / "checkpoints")
+    if not ckpts:
+        return []
+    if not path.is_file() or path.stat().st_mtime < ckpts[0].stat().st_mtime:
+        say(f"evaluating {run} with {samples} samples")
+        evaluate.evaluate_run(run, samples=samples, log=lambda m: None)
+    return plots.read_metrics(path)
 
 
 def summarize(
@@ -260,22 +287,29 @@ def summarize(
     metric: str = "auto",
     baseline: str = "uniform",
     failures: dict | None = None,
+    eval_samples: int | None = None,
+    log=None,
 ) -> dict[str, Any]:
-    """Read every run's metrics and write the results table and plots."""
+    """Read every run's metrics and write the results table and plots (from the offline evaluation with
+    ``eval_samples`` samples when given: see :func:`compare`)."""
     failures = failures or {}
-    records = {
-        (lab, s): plots.read_metrics(out / "runs" / run_dir_name(lab) / f"seed{s}" / "metrics.jsonl")
-        for lab in labels
-        for s in range(seeds)
-    }
-    key = pick_quality_key([r for recs in records.values() for r in recs], metric)
+    say = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    runs = {(lab, s): out / "runs" / run_dir_name(lab) / f"seed{s}" for lab in labels for s in range(seeds)}
+    records = {k: plots.read_metrics(run / "metrics.jsonl") for k, run in runs.items()}
+    quality = records
+    suffix = ""
+    if eval_samples is not None:
+        quality = {k: _offline_records(run, eval_samples, say) for k, run in runs.items()}
+        suffix = f"-n{eval_samples}"
+    key = pick_quality_key([r for recs in quality.values() for r in recs], metric)
     results: dict[str, Any] = {"metric": key, "baseline": baseline, "seeds": seeds, "methods": {}}
+    if eval_samples is not None:
+        results["eval_samples"] = eval_samples
     for lab in labels:
         per_seed = []
         for s in range(seeds):
-            recs = records[(lab, s)]
-            curve = quality_curve(recs, key)
-            base = quality_curve(records[(baseline, s)], key)
+            curve = quality_curve(quality[(lab, s)], key)
+            base = quality_curve(quality[(baseline, s)], key)
             summ = _summary(out / "runs" / run_dir_name(lab) / f"seed{s}")
             entry = {
                 "seed": s,
@@ -302,9 +336,9 @@ def summarize(
             "steps_per_s": statistics.fmean(sps) if sps else None,
             "per_seed": per_seed,
         }
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    _write_csv(out / "results.csv", results)
-    _plot_quality(out / "quality.png", records, labels, seeds, key)
+    (out / f"results{suffix}.json").write_text(json.dumps(results, indent=2))
+    _write_csv(out / f"results{suffix}.csv", results)
+    _plot_quality(out / f"quality{suffix}.png", quality, labels, seeds, key)
     _plot_timesteps(out / "timesteps.png", records, labels)
     return results
 

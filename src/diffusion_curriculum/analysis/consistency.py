@@ -34,20 +34,17 @@ from . import write_table
 
 def load_ema(run: str | Path):
     """(config, components, model with EMA weights, step) of a run directory's newest usable checkpoint."""
-    from .. import checkpoint, config
-    from ..train import build_components
+    from .. import checkpoint
+    from ..evaluate import load_ema as load_ema_weights
+    from ..evaluate import load_run
 
     run = Path(run)
-    if not (run / "config.yaml").is_file():
-        raise ConfigError(f"{str(run)!r} is not a run directory (no config.yaml)")
-    cfg = config.validate(config.merge(config.DEFAULTS, config.load_yaml(run / "config.yaml")))
-    comps = build_components(cfg)
+    cfg, comps = load_run(run)
     for ck in checkpoint.list_checkpoints(run / "checkpoints"):
         try:
-            step, state = checkpoint.load(ck)
-            comps.model.load_state_dict(state["ema"])
+            step = load_ema_weights(comps.model, ck)
             return cfg, comps, comps.model.eval(), step
-        except (checkpoint.CheckpointError, RuntimeError, KeyError):
+        except checkpoint.CheckpointError:
             continue
     raise checkpoint.CheckpointError(f"no usable checkpoint under {str(run / 'checkpoints')!r}")
 
