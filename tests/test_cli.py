@@ -100,10 +100,14 @@ def test_every_registered_sampler_trains_from_the_cli_on_digits(tmp_path, capsys
     from diffusion_curriculum import timesteps
 
     names = timesteps.names()
-    assert {"uniform", "ddc", "clts", "speed", "loss-second-moment", "lognormal", "logit-normal"} <= set(names)
+    assert {"uniform", "ddc", "clts", "speed", "loss-second-moment", "lognormal", "logit-normal"} <= set(
+        names
+    )
     for name in names:
         out = tmp_path / name
-        rc = cli_mod.main(["train", "--out", str(out), *TINY, "steps=4", "log_every=2", f"sampler.name={name}"])
+        rc = cli_mod.main(
+            ["train", "--out", str(out), *TINY, "steps=4", "log_every=2", f"sampler.name={name}"]
+        )
         err = capsys.readouterr().err
         assert rc == 0, (name, err)
         summary = json.loads((out / "summary.json").read_text())

@@ -82,7 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
     _add_config_args(c)
 
-    ev = sub.add_parser("evaluate", help="measure every kept checkpoint of runs offline (EMA model, any sample count)")
+    ev = sub.add_parser(
+        "evaluate", help="measure every kept checkpoint of runs offline (EMA model, any sample count)"
+    )
     ev.add_argument("--run", nargs="+", required=True, metavar="RUN", help="run directories")
     ev.add_argument("--samples", type=int, help="samples per checkpoint (default: the run's eval.samples)")
     ev.add_argument("--inception-weights", help="local FID Inception-v3 weights file: adds 'fid'")
@@ -140,6 +142,7 @@ def _default_out(preset: str | None, config_file: str | None) -> Path:
 
 
 def cmd_train(args) -> int:
+    """``train``: build the run from the preset/config/overrides (a new ``--out`` or ``--resume``), train it, print the summary."""
     from . import config
     from .train import RESUMABLE_KEYS, Trainer
 
@@ -166,13 +169,16 @@ def cmd_train(args) -> int:
     else:
         cfg = config.resolve(args.preset, args.config, args.overrides)
     trainer = Trainer(cfg, out, resume=args.resume)
-    print(f"run directory: {out}", file=sys.stderr)
+    if trainer.rank == 0:  # under torchrun every process runs this; rank 0 speaks for the run
+        print(f"run directory: {out}", file=sys.stderr)
     summary = trainer.run()
-    print(json.dumps({k: summary[k] for k in ("steps", "final_loss", "train_time_s", "steps_per_s")}))
+    if trainer.rank == 0:
+        print(json.dumps({k: summary[k] for k in ("steps", "final_loss", "train_time_s", "steps_per_s")}))
     return 0
 
 
 def cmd_sample(args) -> int:
+    """``sample``: load a run's (or one checkpoint's) EMA model and write a PNG grid (and optionally an npz) of samples."""
     from . import checkpoint, config, data, generate
     from .train import build_components, resolve_device
 
@@ -229,6 +235,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    """``compare``: train every method × seed side by side and print the speed-up table (exit 1 if a run failed)."""
     from . import compare
 
     methods = compare.split_methods(args.methods)
@@ -277,6 +284,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_analyze(args) -> int:
+    """``analyze entropy|difficulty|consistency``: run one of the papers' analyses, write its table and plot."""
     from . import config
 
     out = Path(args.out) if args.out else Path("runs") / f"analyze-{args.kind}"
@@ -350,6 +358,7 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_presets(args) -> int:
+    """``presets``: list the shipped preset names."""
     from . import config
 
     for name in config.preset_names():
@@ -358,6 +367,7 @@ def cmd_presets(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``diffusion-curriculum`` entry point: returns the exit status (0 ok, 1 training failure or bug, 2 bad input, 130 interrupted); every error is one line on stderr."""
     import os
 
     from .checkpoint import CheckpointError

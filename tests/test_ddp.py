@@ -1,0 +1,199 @@
+"""Data-parallel training under torchrun (2 CPU processes, gloo): identical sampler state on every rank, the
+global batch of a single process, rank 0 alone writes, and an interrupted run resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY
+from diffusion_curriculum import checkpoint, config, plots
+from diffusion_curriculum import train as train_mod
+from diffusion_curriculum.errors import ConfigError
+from diffusion_curriculum.train import DistContext, Trainer
+
+pytestmark = pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+    reason="needs torch.distributed with gloo",
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = ROOT / "tests" / "ddp_worker.py"
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    "DIFFUSION_CURRICULUM_DIST_TIMEOUT_MIN": "2",  # a hung test fails within minutes, not half an hour
+}
+# 2 processes share the global batch of 16; 20 steps with a checkpoint every 10 and a log line every 2
+SMALL = [*TINY, "steps=20", "log_every=2", "device=cpu"]
+DDC = ["sampler.name=ddc", "sampler.clusters=4", "sampler.patience=2"]
+IMPORTANCE = ["sampler.name=loss-second-moment", "sampler.history=1", "process.T=20"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def torchrun(*args: str, expect: int = 0) -> subprocess.CompletedProcess:
+    r = subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, env=ENV, timeout=240, cwd=ROOT)
+    assert r.returncode == expect, r.stdout + r.stderr
+    return r
+
+
+def losses(run: Path) -> list[tuple]:
+    return [(r["step"], r["loss"]) for r in plots.read_metrics(run / "metrics.jsonl") if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, tuple[Path, list[dict]]]:
+    """2-process runs in one torchrun launch (torch starts once), in order: DDC; DDC again in the same directory
+    without --resume (refused); loss-second-moment importance sampling; DDC with a NaN loss on rank 1 only —
+    these four in process groups the worker creates — then DDC with Ctrl-C reaching rank 1 after step 7, in a group the Trainer creates from
+    torchrun's environment, as the CLI does. Name -> (run directory, each rank's record)."""
+    root = tmp_path_factory.mktemp("ddp")
+    short = ["steps=6", "checkpoint_every=0"]
+    jobs = {  # name: (run directory, overrides, worker's group store, more settings for the worker)
+        "ddc": ("ddc", [*SMALL, *DDC], "store-ddc", {}),
+        "occupied": ("ddc", [*SMALL, *DDC], "store-occupied", {}),
+        "importance": ("importance", [*SMALL, *IMPORTANCE, *short], "store-imp", {}),
+        "skip": ("skip", [*SMALL, *DDC, *short, "on_nonfinite=skip"], "store-skip", {"poison_step": 3}),
+        "interrupted": ("interrupted", [*SMALL, *DDC], None, {"interrupt_after": 7}),
+    }
+    spec = []
+    for name, (out, overrides, store, more) in jobs.items():
+        spec.append(
+            {
+                "out": str(root / out),
+                "dump": str(root / f"{name}-ranks"),
+                "overrides": overrides,
+                "store": str(root / store) if store else None,
+                **more,
+            }
+        )
+    (root / "jobs.json").write_text(json.dumps(spec))
+    torchrun(str(WORKER), str(root / "jobs.json"))
+    return {
+        name: (
+            root / out,
+            [json.loads((root / f"{name}-ranks" / f"rank{r}.json").read_text()) for r in range(2)],
+        )
+        for name, (out, *_) in jobs.items()
+    }
+
+
+@pytest.fixture
+def ddc_run(runs):
+    return runs["ddc"]
+
+
+def test_ddc_sampler_state_and_weights_are_identical_on_every_rank(ddc_run):
+    _, ranks = ddc_run
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world"] == 2 for r in ranks)
+    assert all(r["step"] == 20 and not r["interrupted"] for r in ranks)
+    assert ranks[0]["sampler"] == ranks[1]["sampler"]
+    assert ranks[0]["sampler"]["stage"] > 1  # the pacing decided something (on the all-reduced loss)
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+
+
+def test_union_of_rank_batches_is_the_single_process_global_batch(ddc_run, tmp_path):
+    _, ranks = ddc_run
+    single = Trainer(config.resolve(overrides=[*SMALL, *DDC]), tmp_path / "single")
+    assert single.world == 1 and single.batcher.batch_size == 16
+    for step, (a, b) in enumerate(zip(ranks[0]["indices"], ranks[1]["indices"], strict=True)):
+        assert len(a) == len(b) == 8
+        single.batcher.next()
+        assert a + b == single.batcher.last_indices.tolist(), step
+    assert len(ranks[0]["indices"]) == 20
+
+
+def test_only_rank_0_writes(ddc_run):
+    out, ranks = ddc_run
+    w0, w1 = ranks[0]["writes"], ranks[1]["writes"]
+    assert w1 == {"checkpoint": 0, "grid": 0, "file": 0}
+    assert w0["checkpoint"] == 2 and w0["grid"] >= 2 and w0["file"] >= 2  # config.yaml, summary.json
+    assert [p.name for p in checkpoint.list_checkpoints(out / "checkpoints")] == [
+        "step_00000020",
+        "step_00000010",
+    ]
+    steps = [s for s, _ in losses(out)]
+    assert steps == list(range(2, 21, 2))  # each line once: no second writer
+    evals = [r for r in plots.read_metrics(out / "metrics.jsonl") if "t_hist" in r]
+    assert len(evals) == 1 and sum(evals[0]["t_hist"]) == 20 * 16  # the histogram sums both ranks' draws
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 20
+    _, state = checkpoint.load(out / "checkpoints" / "step_00000020")
+    assert state["world_size"] == 2 and set(state["ranks"]) == {"1"}
+
+
+def test_rank_0s_refusal_reaches_every_rank(runs):
+    """Rank 0 alone checks the run directory; the other ranks raise its sentence instead of waiting."""
+    _, (r0, r1) = runs["occupied"]
+    assert r0["error"] == r1["error"] == "ConfigError"
+    assert "already holds a run; pass --resume" in r0["message"]
+    assert r1["message"] == r0["message"] + " (reported by rank 0)"
+
+
+def test_loss_second_moment_history_is_identical_on_every_rank(runs):
+    _, ranks = runs["importance"]
+    a, b = ranks[0]["sampler"], ranks[1]["sampler"]
+    assert a == b
+    # every rank saw both ranks' (t, loss): 6 steps of the global batch of 16
+    assert sum(a["counts"]["values"]) == 6 * 16
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+
+
+def test_a_nonfinite_loss_on_one_rank_is_skipped_on_every_rank(runs):
+    out, ranks = runs["skip"]
+    assert [(r["step"], r["skipped"]) for r in ranks] == [(6, 1), (6, 1)]
+    assert ranks[0]["weights"] == ranks[1]["weights"] and ranks[0]["sampler"] == ranks[1]["sampler"]
+    assert json.loads((out / "summary.json").read_text())["skipped_steps"] == 1
+
+
+def test_resume_with_another_number_of_processes_is_one_config_error(ddc_run, tmp_path):
+    out, _ = ddc_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    with pytest.raises(ConfigError, match=r"written by 2 process\(es\) but this run has 1; resume with 2"):
+        Trainer(config.resolve(overrides=[*SMALL, *DDC]), copy, resume=True, log=lambda _: None)
+
+
+def test_interrupted_run_resumes_exactly(runs):
+    """Ctrl-C reaches rank 1 after step 7: both ranks stop after step 8 (agreed in that step's all-reduce)
+    and save one checkpoint; `torchrun ... train --resume` then logs the unbroken run's losses to the bit."""
+    ref, _ = runs["ddc"]
+    out, ranks = runs["interrupted"]
+    assert all(r["interrupted"] and r["step"] == 8 for r in ranks)
+    assert all(r["group_destroyed"] for r in ranks)  # the Trainer created the group, and destroyed it
+    assert ranks[0]["sampler"] == ranks[1]["sampler"]
+    assert checkpoint.list_checkpoints(out / "checkpoints")[0].name == "step_00000008"
+    r = torchrun("-m", "diffusion_curriculum", "train", "--out", str(out), "--resume")
+    assert r.stderr.count("resumed from step_00000008") == 1  # rank 0 alone speaks
+    assert losses(out) == losses(ref)
+    _, a = checkpoint.load(out / "checkpoints" / "step_00000020")
+    _, b = checkpoint.load(ref / "checkpoints" / "step_00000020")
+    for k in a["ema"]:
+        assert torch.equal(a["ema"][k], b["ema"][k]), k
+    assert a["sampler"] == b["sampler"]
+
+
+def test_batch_size_must_split_over_the_processes(tmp_path, monkeypatch):
+    """Checked on every rank before anything collective or written (here as rank 0 of 2, without a group)."""
+    monkeypatch.setattr(train_mod, "setup_distributed", lambda name: (DistContext(0, 2), torch.device("cpu")))
+    with pytest.raises(
+        ConfigError, match="batch_size=15 is the global batch and must split evenly over the 2"
+    ):
+        Trainer(config.resolve(overrides=[*SMALL, "batch_size=15"]), tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_single_process_needs_no_process_group(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    t = Trainer(config.resolve(overrides=[*SMALL, "steps=2"]), tmp_path / "r")
+    assert (t.rank, t.world, t.net) == (0, 1, t.model) and not torch.distributed.is_initialized()
+    t.run()
+    assert not torch.distributed.is_initialized()
