@@ -390,3 +390,25 @@ def test_edm_rejects_discrete_clusterings():
     with pytest.raises(ValueError, match="clustering='snr' needs a discrete process"):
         timesteps.build("ddc", EDMProcess(), clustering="snr")
     assert "ddc" in timesteps.names()
+
+
+def test_warns_when_the_curriculum_needs_half_the_budget():
+    """N·(τ+1) ≥ total/2 (the digits failure: τ=200, N=20, 4000 steps) warns and names the knobs; a budget that
+    leaves room, an unknown budget, or a stage cap that shortens the curriculum does not."""
+    import warnings
+
+    p = DiscreteProcess.linear(1000)
+    with pytest.warns(
+        UserWarning, match=r"20 curriculum stages need at least 4020 of the 4000 planned steps"
+    ):
+        s = timesteps.build("ddc", p, total_steps=4000)
+    assert s.min_curriculum_steps() == 20 * 201
+    with pytest.warns(UserWarning, match="lower steps_per_stage"):
+        timesteps.build("ddc", p, total_steps=1000, pacing="fixed", steps_per_stage=25)  # 500 = half
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        timesteps.build("ddc", p, total_steps=4000, patience=20)  # 420 steps
+        timesteps.build("ddc", p)  # budget unknown
+        s = timesteps.build("ddc", p, total_steps=4000, max_steps_per_stage=50)
+        assert s.min_curriculum_steps() == 1000
+        timesteps.build("ddc", p, total_steps=1000, pacing="fixed", steps_per_stage=24)  # 480 < 500

@@ -9,6 +9,7 @@ moving on when the training loss stops improving (patience), and finish uniform 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -70,7 +71,9 @@ class DDC(TimestepSampler):
 
     **Defaults** [reconstruction]: N = 20 uniform clusters and τ = 200 are the project's documented choice, not
     numbers from the paper; ``loss_ema`` (default 0 = no smoothing), ``max_steps_per_stage`` (default none) and
-    ``pacing="fixed"`` / ``steps_per_stage`` are [reconstruction] options.
+    ``pacing="fixed"`` / ``steps_per_stage`` are [reconstruction] options. The curriculum takes at least
+    :meth:`min_curriculum_steps`; building the sampler warns when that is half of ``total_steps`` or more (on
+    digits, τ = 200 with N = 20 in 4000 steps never left the noisiest stages: size τ to the budget).
     """
 
     name = "ddc"
@@ -143,6 +146,7 @@ class DDC(TimestepSampler):
         self.per_cluster_share = per_cluster_share
         if cont:
             self.P_mean, self.P_std = float(process.P_mean), float(process.P_std)
+        self._warn_if_budget_too_short()
         # the pacing state (all plain values; see _state)
         self.phase = "curriculum"
         self.stage = 1
@@ -150,6 +154,35 @@ class DDC(TimestepSampler):
         self.wait = 0
         self.stage_steps = 0
         self.ema = 0.0
+
+    def min_curriculum_steps(self) -> int:
+        """The fewest steps the N stages can take before the joint phase: N·S with fixed pacing; with adaptive
+        pacing N·(τ + 1) (a stage whose loss never improves after its first step), or N·``max_steps_per_stage``
+        when that cap is smaller. A loss that keeps improving makes the real curriculum longer."""
+        if self.pacing == "fixed":
+            per_stage = self.steps_per_stage
+        else:
+            per_stage = self.patience + 1
+            if self.max_steps_per_stage is not None:
+                per_stage = min(per_stage, self.max_steps_per_stage)
+        return self.n_clusters * per_stage
+
+    def _warn_if_budget_too_short(self) -> None:
+        """Warn when the curriculum alone needs at least half of ``total_steps``: then the cleanest noise
+        levels are reached late or never (measured on digits: τ = 200, N = 20 in 4000 steps never got past stage
+        5 and produced noise; BENCHMARKS.md, "Strategy comparison on digits")."""
+        if self.total_steps is None:
+            return
+        need = self.min_curriculum_steps()
+        if 2 * need >= self.total_steps:
+            knob = "steps_per_stage" if self.pacing == "fixed" else "patience or set max_steps_per_stage"
+            warnings.warn(
+                f"ddc: the {self.n_clusters} curriculum stages need at least {need} of the {self.total_steps} "
+                f"planned steps (more while the loss keeps improving), so the cleanest noise levels are trained "
+                f"late or never; lower {knob} so the stages end well before the budget",
+                UserWarning,
+                stacklevel=3,
+            )
 
     # -- stages -------------------------------------------------------------------------------------
     def active_clusters(self) -> list[int]:
