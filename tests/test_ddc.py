@@ -412,3 +412,25 @@ def test_warns_when_the_curriculum_needs_half_the_budget():
         s = timesteps.build("ddc", p, total_steps=4000, max_steps_per_stage=50)
         assert s.min_curriculum_steps() == 1000
         timesteps.build("ddc", p, total_steps=1000, pacing="fixed", steps_per_stage=24)  # 480 < 500
+
+
+def test_shipped_ddc_presets_fit_their_budget():
+    """Every shipped preset that trains with DDC leaves room for joint training (no budget warning)."""
+    import warnings
+
+    from diffusion_curriculum import config, process
+
+    found = 0
+    for name in config.preset_names():
+        cfg = config.resolve(name)
+        if cfg["sampler"]["name"] != "ddc":
+            continue
+        found += 1
+        params = {k: v for k, v in cfg["sampler"].items() if k != "name"}
+        proc_params = {k: v for k, v in cfg["process"].items() if k != "name"}
+        proc = process.build(cfg["process"]["name"], **proc_params)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            s = timesteps.build("ddc", proc, total_steps=cfg["steps"], **params)
+        assert 2 * s.min_curriculum_steps() < cfg["steps"], name
+    assert found >= 1
