@@ -3,6 +3,7 @@
 import itertools
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -395,8 +396,6 @@ def test_edm_rejects_discrete_clusterings():
 def test_warns_when_the_curriculum_needs_half_the_budget():
     """N·(τ+1) ≥ total/2 (the digits failure: τ=200, N=20, 4000 steps) warns and names the knobs; a budget that
     leaves room, an unknown budget, or a stage cap that shortens the curriculum does not."""
-    import warnings
-
     p = DiscreteProcess.linear(1000)
     with pytest.warns(
         UserWarning, match=r"20 curriculum stages need at least 4020 of the 4000 planned steps"
@@ -415,10 +414,10 @@ def test_warns_when_the_curriculum_needs_half_the_budget():
 
 
 def test_shipped_ddc_presets_fit_their_budget():
-    """Every shipped preset that trains with DDC leaves room for joint training (no budget warning)."""
-    import warnings
-
-    from diffusion_curriculum import config, process
+    """Every shipped preset that trains with DDC leaves room for joint training: the trainer's own builder
+    (which passes ``steps`` as the sampler's budget) raises no budget warning."""
+    from diffusion_curriculum import config
+    from diffusion_curriculum.train import build_components
 
     found = 0
     for name in config.preset_names():
@@ -426,11 +425,8 @@ def test_shipped_ddc_presets_fit_their_budget():
         if cfg["sampler"]["name"] != "ddc":
             continue
         found += 1
-        params = {k: v for k, v in cfg["sampler"].items() if k != "name"}
-        proc_params = {k: v for k, v in cfg["process"].items() if k != "name"}
-        proc = process.build(cfg["process"]["name"], **proc_params)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            s = timesteps.build("ddc", proc, total_steps=cfg["steps"], **params)
+            s = build_components(cfg).sampler
         assert 2 * s.min_curriculum_steps() < cfg["steps"], name
     assert found >= 1
