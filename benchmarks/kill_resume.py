@@ -3,7 +3,7 @@ kills aimed inside a checkpoint write), resume with ``--resume`` until the run c
 losses with an unbroken run of the same seed — to the bit, on CPU.
 
 After every kill the newest ``step_*`` checkpoint on disk must load (a half-written one is never picked as the
-latest). The run uses DDC (``sampler.name=ddc sampler.clusters=4 sampler.patience=4``) so stage changes — and
+latest). The run uses DDC (``sampler.name=ddc sampler.clusters=4 sampler.pacing=patience sampler.patience=4``) so stage changes — and
 so the sampler's state — fall between kills. ``DIFFUSION_CURRICULUM_TEST_SLOW_CHECKPOINT`` makes each
 checkpoint write sleep between the tensor file and the rename, so a kill aimed at a write lands inside it.
 
@@ -48,6 +48,7 @@ SETTINGS = [
     "metrics.enabled=false",
     "sampler.name=ddc",
     "sampler.clusters=4",
+    "sampler.pacing=patience",
     "sampler.patience=4",
 ]
 SLOW_CHECKPOINT_S = 0.4

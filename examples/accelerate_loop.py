@@ -39,7 +39,11 @@ def build(args, seed: int):
     model = models.build("mlp", (2,), hidden=args.hidden, depth=2, time_dim=32)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     sampler = timesteps.build(
-        "ddc", process, total_steps=args.steps, clusters=args.clusters, patience=args.patience
+        "ddc",
+        process,
+        total_steps=args.steps,
+        clusters=args.clusters,
+        max_steps_per_stage=args.max_steps_per_stage,
     )
     batches = Batcher(load("8gaussians", n=4096, seed=0), args.batch_size, generator_seed=seed)
     return process, model, optimizer, sampler, batches
@@ -86,7 +90,12 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--hidden", type=int, default=64, help="MLP width")
     ap.add_argument("--timesteps", type=int, default=1000)
     ap.add_argument("--clusters", type=int, default=5, help="DDC clusters")
-    ap.add_argument("--patience", type=int, default=5, help="DDC patience in steps")
+    ap.add_argument(
+        "--max-steps-per-stage",
+        type=int,
+        default=None,
+        help="DDC's cap on a curriculum stage (default: derived from --steps)",
+    )
     ap.add_argument("--out", default=None, help="checkpoint folder (default: a temporary one)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

@@ -41,7 +41,12 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--timesteps", type=int, default=1000, help="the scheduler's num_train_timesteps")
     ap.add_argument("--sampler", default="ddc", choices=timesteps.names())
     ap.add_argument("--clusters", type=int, default=10, help="DDC clusters (ddc only)")
-    ap.add_argument("--patience", type=int, default=20, help="DDC patience in steps (ddc only)")
+    ap.add_argument(
+        "--max-steps-per-stage",
+        type=int,
+        default=None,
+        help="DDC's cap on a curriculum stage (ddc only; default: derived from --steps)",
+    )
     ap.add_argument("--weighting", default="min-snr", choices=sorted(weighting.REGISTRY))
     ap.add_argument("--prediction", default="epsilon", choices=sorted(PREDICTION))
     ap.add_argument("--mdlrc", action="store_true", help="decay Adam's beta1 with LR compensation")
@@ -70,7 +75,9 @@ def main(argv: list[str] | None = None) -> float:
 
     # --- the library: the scheduler's own alphas_cumprod, a sampler, a weighting ---------------------------
     process = DiscreteProcess.from_alphas_cumprod(scheduler.alphas_cumprod)
-    params = {"clusters": args.clusters, "patience": args.patience} if args.sampler == "ddc" else {}
+    params = {}
+    if args.sampler == "ddc":
+        params = {"clusters": args.clusters, "max_steps_per_stage": args.max_steps_per_stage}
     sampler = timesteps.build(args.sampler, process, total_steps=args.steps, **params)
     weight_of = weighting.build(args.weighting, process, PREDICTION[args.prediction])
 

@@ -166,3 +166,72 @@ def test_state_roundtrip_reproduces_draws():
 def test_bad_params_raise_naming_them(kw, name):
     with pytest.raises(ValueError, match=rf"\b{name}="):
         timesteps.build("clts", DiscreteProcess.linear(100), **kw)
+
+
+# -- the coordinate of the Gaussian ----------------------------------------------------------------------
+def _coordinate_law(process, coordinate):
+    """Mean and std of the Gaussian part's noise rate √(1 − ᾱ_t) (or log-SNR) under the sampler's mass."""
+    s = timesteps.build("clts", process, total_steps=100, coordinate=coordinate)
+    ac = process.alphas_cumprod.double()
+    c = (1 - ac).sqrt() if coordinate == "noise-rate" else (ac / (1 - ac)).log()
+    p = s._gauss
+    m = (p * c).sum().item()
+    return m, ((p * (c - m) ** 2).sum().sqrt()).item()
+
+
+@pytest.mark.parametrize("coordinate", ["noise-rate", "log-snr"])
+def test_schedule_free_coordinates_give_the_same_law_on_both_schedules(coordinate):
+    lin, cos = DiscreteProcess.linear(1000), DiscreteProcess.cosine(1000)
+    (m1, s1), (m2, s2) = _coordinate_law(lin, coordinate), _coordinate_law(cos, coordinate)
+    scale = 1.0 if coordinate == "noise-rate" else 10.0
+    assert abs(m1 - m2) < 0.02 * scale and abs(s1 - s2) < 0.02 * scale
+    # in t the two schedules differ a lot: the same law of noise levels sits at other timesteps
+    t = torch.arange(1000, dtype=torch.float64)
+    mean_t = [
+        (timesteps.build("clts", p, total_steps=100, coordinate=coordinate)._gauss * t).sum().item()
+        for p in (lin, cos)
+    ]
+    assert mean_t[1] > mean_t[0] + 100
+
+
+def test_coordinate_t_is_the_original_density():
+    p = DiscreteProcess.cosine(1000)
+    a = timesteps.build("clts", p, total_steps=100)
+    b = timesteps.build("clts", p, total_steps=100, coordinate="t", mu=0.3, sigma=0.2)
+    x = torch.arange(1000, dtype=torch.float64) / 1000
+    g = torch.exp(-0.5 * ((x - 0.3) / 0.2) ** 2)
+    assert torch.equal(a._gauss, g / g.sum()) and torch.equal(a._gauss, b._gauss)
+    assert a.coordinate == "t"
+
+
+def test_noise_rate_mass_is_the_gaussian_in_noise_rate():
+    p = DiscreteProcess.linear(1000)
+    s = timesteps.build("clts", p, total_steps=10, coordinate="noise-rate", mu=0.5, sigma=0.1, end=1)
+    s.observe(torch.zeros(1, dtype=torch.long), torch.zeros(1))  # λ = 1 from step 1
+    nr = (1 - p.alphas_cumprod.double()).sqrt()
+    t = s.sample(200_000, generator=torch.Generator().manual_seed(0)).t
+    drawn = nr[t]
+    # a Gaussian N(0.5, 0.1²) in the noise rate, truncated to the schedule's range (≈ [0.01, 1])
+    assert drawn.mean().item() == pytest.approx(0.5, abs=0.005)
+    assert drawn.std().item() == pytest.approx(0.1, abs=0.005)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"coordinate": "noise_rate"}, "coordinate='noise_rate'.*did you mean 'noise-rate'"),
+        ({"coordinate": "log-snr", "sigma": 0}, "sigma=0.*log-SNR"),
+        ({"coordinate": "noise-rate", "mu": 1.5}, "mu=1.5.*noise-rate"),
+        ({"coordinate": "log-snr", "mu": 500.0, "sigma": 0.1}, "no mass"),
+    ],
+)
+def test_coordinate_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        timesteps.build("clts", DiscreteProcess.linear(1000), **kw)
+
+
+def test_edm_keeps_its_quantile_coordinate():
+    with pytest.raises(ValueError, match="coordinate='noise-rate'.*EDM"):
+        timesteps.build("clts", EDMProcess(), coordinate="noise-rate")
+    assert timesteps.build("clts", EDMProcess(), coordinate="t").coordinate == "t"
+    assert timesteps.build("clts", DiscreteProcess.linear(100), coordinate="log-snr", mu=3.0).mu == 3.0

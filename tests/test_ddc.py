@@ -175,7 +175,9 @@ def test_default_stages_draw_inside_the_cumulative_union():
         "phase": "curriculum",
         "stage": 1,
         "stages": 20,
-        "wait": 0,
+        "stage_steps": 0,
+        "converged": 0,
+        "capped": 0,
     }
     d = s.sample(5000, generator=gen())
     assert d.t.dtype == torch.long and d.t.min() >= 950 and d.t.max() == 999
@@ -252,28 +254,28 @@ def test_edm_stages_draw_inside_the_union():
 
 # -- pacing ----------------------------------------------------------------------------------------------
 def test_flat_loss_advances_after_patience():
-    s = timesteps.build("ddc", LIN, clusters=4, patience=5)
+    s = timesteps.build("ddc", LIN, clusters=4, pacing="patience", patience=5)
     stages = run(s, [1.0] * 30)
     # the first step of a stage sets the best; τ = 5 non-improving steps later the stage changes
     assert stages[:6] == [1] * 5 + [2]
     assert stages[6:12] == [2] * 5 + [3]
     assert stages[12:24] == [3] * 5 + [4] * 6 + ["joint"]  # stage N = 4 also lasts τ + 1 steps
-    assert s.status() == {"phase": "joint", "stage": 4, "stages": 4}
+    assert s.status() == {"phase": "joint", "stage": 4, "stages": 4, "ended": "patience"}
 
 
 def test_improving_loss_holds_the_stage_and_min_delta():
-    s = timesteps.build("ddc", LIN, clusters=4, patience=3)
+    s = timesteps.build("ddc", LIN, clusters=4, pacing="patience", patience=3)
     assert run(s, [1.0 / (i + 1) for i in range(50)]) == [1] * 50
     # improvements smaller than min_delta do not count
-    s = timesteps.build("ddc", LIN, clusters=4, patience=3, min_delta=0.01)
+    s = timesteps.build("ddc", LIN, clusters=4, pacing="patience", patience=3, min_delta=0.01)
     stages = run(s, [1.0 - 0.001 * i for i in range(10)])
     assert stages[:4] == [1, 1, 1, 2]
-    s = timesteps.build("ddc", LIN, clusters=4, patience=3, min_delta=0.01)
+    s = timesteps.build("ddc", LIN, clusters=4, pacing="patience", patience=3, min_delta=0.01)
     assert run(s, [1.0 - 0.02 * i for i in range(10)]) == [1] * 10
 
 
 def test_wait_counter_resets_on_improvement():
-    s = timesteps.build("ddc", LIN, clusters=4, patience=3)
+    s = timesteps.build("ddc", LIN, clusters=4, pacing="patience", patience=3)
     stages = run(s, [1.0, 1.0, 1.0, 0.5, 0.6, 0.6, 0.6])
     assert stages == [1, 1, 1, 1, 1, 1, 2]
 
@@ -281,15 +283,15 @@ def test_wait_counter_resets_on_improvement():
 def test_loss_ema_smooths_the_watched_loss():
     # alternating loss: raw it improves on the best only at the start; smoothed it keeps falling for a while
     losses = [1.0, 0.0] * 10
-    raw = run(timesteps.build("ddc", LIN, clusters=4, patience=3), losses)
+    raw = run(timesteps.build("ddc", LIN, clusters=4, pacing="patience", patience=3), losses)
     assert raw[:5] == [1, 1, 1, 1, 2]  # 1.0, 0.0 (improves), then 1.0, 0.0, 1.0 do not
-    s = timesteps.build("ddc", LIN, clusters=4, patience=3, loss_ema=0.5)
+    s = timesteps.build("ddc", LIN, clusters=4, pacing="patience", patience=3, loss_ema=0.5)
     run(s, [1.0, 0.0])
     assert s.ema == 0.5 and s.best == 0.5 and s.wait == 0
 
 
 def test_max_steps_per_stage_forces_advance():
-    s = timesteps.build("ddc", LIN, clusters=3, patience=100, max_steps_per_stage=4)
+    s = timesteps.build("ddc", LIN, clusters=3, pacing="patience", patience=100, max_steps_per_stage=4)
     assert run(s, [1.0 / (i + 1) for i in range(13)]) == [1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, "joint", "joint"]
 
 
@@ -319,12 +321,12 @@ def test_joint_phase_is_plain_randint_over_everything():
 
 
 # -- state -----------------------------------------------------------------------------------------------
-PLAIN = (int, float, str, bool)
+PLAIN = (int, float, str, bool, type(None))
 
 
 @pytest.mark.parametrize("process,kw", [(LIN, {}), (EDMProcess(), {}), (LIN, {"per_cluster_share": True})])
 def test_state_roundtrip_mid_curriculum(process, kw):
-    kw = dict(clusters=5, patience=3, loss_ema=0.3, **kw)
+    kw = dict(clusters=5, pacing="patience", patience=3, loss_ema=0.3, **kw)
     a = timesteps.build("ddc", process, **kw)
     g = gen(7)
     rng = np.random.default_rng(0)
@@ -333,7 +335,11 @@ def test_state_roundtrip_mid_curriculum(process, kw):
         d = a.sample(6, generator=g)
         a.observe(d.t, torch.full((6,), x))
     state = a.state_dict()
+    joint = state.pop("joint")
+    assert all(isinstance(k, str) and isinstance(v, PLAIN) for k, v in joint.items())
+    assert all(isinstance(v, PLAIN) for v in state.pop("window_losses"))
     assert all(isinstance(k, str) and isinstance(v, PLAIN) for k, v in state.items())
+    state = a.state_dict()
     assert a.status()["phase"] == "curriculum" and a.stage > 1
     json.loads(json.dumps(state))  # best may be +inf: JSON in Python holds it
     b = timesteps.build("ddc", process, **kw)
@@ -364,8 +370,8 @@ def test_state_from_other_settings_is_refused():
         ({"clusters": 0}, "clusters=0"),
         ({"clusters": 1001}, "clusters=1001.*T=1000"),
         ({"clusters": 2.5}, "clusters=2.5"),
-        ({"patience": -1}, "patience=-1"),
-        ({"patience": 0}, "patience=0"),
+        ({"pacing": "patience", "patience": -1}, "patience=-1"),
+        ({"pacing": "patience", "patience": 0}, "patience=0"),
         ({"clustering": "foo"}, "clustering='foo'.*allowed: uniform, snr, log-snr, quantile"),
         ({"clustering": "snrr"}, "clustering='snrr'.*did you mean 'snr'"),
         ({"clustering": "quantile"}, "clustering='quantile'"),
@@ -374,9 +380,22 @@ def test_state_from_other_settings_is_refused():
         ({"steps_per_stage": 3}, "steps_per_stage=3"),
         ({"pacing": "fixed", "steps_per_stage": 0}, "steps_per_stage=0"),
         ({"order": "x"}, "order='x'.*allowed: easy-to-hard, anti"),
-        ({"min_delta": -1}, "min_delta=-1"),
-        ({"loss_ema": 1.0}, "loss_ema=1.0"),
-        ({"loss_ema": -0.1}, "loss_ema=-0.1"),
+        ({"pacing": "patience", "min_delta": -1}, "min_delta=-1"),
+        ({"pacing": "patience", "loss_ema": 1.0}, "loss_ema=1.0"),
+        ({"pacing": "patience", "loss_ema": -0.1}, "loss_ema=-0.1"),
+        ({"patience": 20}, "patience=20 belongs to pacing='patience', but pacing='adaptive'"),
+        ({"loss_ema": 0.5}, "loss_ema=0.5 belongs to pacing='patience'"),
+        ({"pacing": "patience", "window": 10}, "window=10 belongs to pacing='adaptive'"),
+        ({"pacing": "fixed", "steps_per_stage": 3, "rel_tol": 0.1}, "rel_tol=0.1 belongs to pacing='adaptive'"),
+        ({"curriculum_fraction": 0}, "curriculum_fraction=0"),
+        ({"curriculum_fraction": 1.5}, "curriculum_fraction=1.5"),
+        ({"window": 0}, "window=0"),
+        ({"rel_tol": -0.1}, "rel_tol=-0.1"),
+        ({"rel_tol": 1}, "rel_tol=1"),
+        ({"joint": "unifrom"}, "joint='unifrom' is not a registered sampler.*did you mean 'uniform'"),
+        ({"joint": "ddc"}, "joint='ddc'"),
+        ({"joint": 3}, "joint=3"),
+        ({"joint": {"name": "speed", "kk": 2}}, "joint: .*kk"),
         ({"max_steps_per_stage": 0}, "max_steps_per_stage=0"),
         ({"per_cluster_share": 1}, "per_cluster_share=1"),
         ({"total_steps": 0}, "total_steps=0"),
@@ -400,15 +419,15 @@ def test_warns_when_the_curriculum_needs_half_the_budget():
     with pytest.warns(
         UserWarning, match=r"20 curriculum stages need at least 4020 of the 4000 planned steps"
     ):
-        s = timesteps.build("ddc", p, total_steps=4000)
+        s = timesteps.build("ddc", p, total_steps=4000, pacing="patience")
     assert s.min_curriculum_steps() == 20 * 201
     with pytest.warns(UserWarning, match="lower steps_per_stage"):
         timesteps.build("ddc", p, total_steps=1000, pacing="fixed", steps_per_stage=25)  # 500 = half
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        timesteps.build("ddc", p, total_steps=4000, patience=20)  # 420 steps
+        timesteps.build("ddc", p, total_steps=4000, pacing="patience", patience=20)  # 420 steps
         timesteps.build("ddc", p)  # budget unknown
-        s = timesteps.build("ddc", p, total_steps=4000, max_steps_per_stage=50)
+        s = timesteps.build("ddc", p, total_steps=4000, pacing="patience", max_steps_per_stage=50)
         assert s.min_curriculum_steps() == 1000
         timesteps.build("ddc", p, total_steps=1000, pacing="fixed", steps_per_stage=24)  # 480 < 500
 
@@ -430,3 +449,172 @@ def test_shipped_ddc_presets_fit_their_budget():
             s = build_components(cfg).sampler
         assert 2 * s.min_curriculum_steps() < cfg["steps"], name
     assert found >= 1
+
+
+# -- adaptive pacing: converged or τ_max -----------------------------------------------------------------
+def feed(sampler, losses):
+    """Observe a loss stream (a flat batch per step); return each stage's (length, how it ended)."""
+    ends, last = [], 0
+    for x in losses:
+        sampler.observe(torch.zeros(2, dtype=torch.long), torch.full((2,), float(x)))
+        st = sampler.status()
+        if sampler.converged_stages + sampler.capped_stages > len(ends):
+            ends.append((sampler.step - last, st["ended"]))
+            last = sampler.step
+        if st["phase"] == "joint":
+            break
+    return ends
+
+
+@pytest.mark.parametrize(
+    "total,kw,cap,window",
+    [
+        (4000, {}, 50, 12),
+        (500, {}, 6, 5),
+        (100_000, {}, 1250, 200),
+        (400_000, {}, 5000, 200),
+        (None, {}, 2000, 200),
+        (4000, {"curriculum_fraction": 0.5}, 100, 25),
+        (4000, {"clusters": 5}, 200, 50),
+        (4000, {"max_steps_per_stage": 30, "window": 3}, 30, 3),
+    ],
+)
+def test_tau_max_and_window_from_the_budget(total, kw, cap, window):
+    s = timesteps.build("ddc", LIN, total_steps=total, **kw)
+    assert (s.max_steps_per_stage, s.window) == (cap, window)
+    assert s.max_curriculum_steps() == s.n_clusters * cap
+
+
+def test_default_never_warns_from_500_steps_on():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for total in (500, 501, 777, 1000, 4000, 10_007, 100_000, 400_000, 10**7):
+            s = timesteps.build("ddc", LIN, total_steps=total)
+            assert s.max_curriculum_steps() <= 0.25 * total
+    with pytest.warns(UserWarning, match="20 of the 30 planned steps.*lower clusters, max_steps_per_stage"):
+        timesteps.build("ddc", LIN, total_steps=30)  # τ_max = 1: 20 stages need 20 steps
+
+
+def test_flat_noisy_loss_converges_after_two_windows():
+    rng = np.random.default_rng(0)
+    s = timesteps.build("ddc", LIN, total_steps=100_000, clusters=4)  # τ_max 6250, W 200
+    ends = feed(s, 1.0 + 0.1 * rng.standard_normal(20_000))
+    assert [why for _, why in ends] == ["converged"] * 4
+    assert all(n % 200 == 0 and 400 <= n <= 1000 for n, _ in ends), ends
+
+
+def test_converging_loss_moves_on_soon_after_its_plateau():
+    rng = np.random.default_rng(1)
+    s = timesteps.build("ddc", LIN, total_steps=100_000, clusters=2)
+    ends, last = [], 0
+    while s.phase != "joint":
+        # each stage: a fast exponential fall (time constant 300 steps) onto a plateau, noisy
+        x = (0.2 + np.exp(-s.stage_steps / 300.0)) * (1 + 0.05 * rng.standard_normal())
+        stage = s.stage
+        s.observe(torch.zeros(2, dtype=torch.long), torch.full((2,), float(x)))
+        if s.stage != stage or s.phase == "joint":
+            ends.append((s.step - last, s.status()["ended"]))
+            last = s.step
+    assert [why for _, why in ends] == ["converged", "converged"]
+    # not while it still falls by ≥ 1 % per window (until ~5 time constants), long before τ_max = 25 000
+    assert all(1000 <= n <= 3000 for n, _ in ends), ends
+
+
+def test_slowly_but_steadily_improving_loss_no_longer_stalls():
+    """The patience rule's failure: a loss that inches down makes a new best every step and held stage 1 of 20
+    for 50 000 steps. Adaptive pacing calls an improvement under 1 % per window converged, and the cap ends a
+    stage whose loss improves faster than that for good."""
+    slow = 1.0 * np.exp(-np.arange(50_000) / 1e5)  # 0.2 % per 200-step window
+    s = timesteps.build("ddc", LIN, total_steps=100_000)
+    ends = feed(s, slow)
+    assert s.phase == "joint" and [w for _, w in ends] == ["converged"] * 20
+    p = timesteps.build("ddc", LIN, total_steps=100_000, pacing="patience")
+    feed(p, slow)
+    assert p.stage == 1 and p.phase == "curriculum" and p.step == 50_000
+    # 3 % per window: never converged, so every stage ends at τ_max = 1250
+    steady = np.exp(-np.arange(30_000) * (0.03 / 200))
+    s = timesteps.build("ddc", LIN, total_steps=100_000)
+    ends = feed(s, steady)
+    assert ends == [(1250, "cap")] * 20 and s.step == 25_000
+    assert s.status() == {"phase": "joint", "stage": 20, "stages": 20, "ended": "cap", "converged": 0, "capped": 20}
+
+
+def test_spikes_neither_end_nor_hold_a_stage():
+    rng = np.random.default_rng(2)
+    spikes = np.where(rng.uniform(size=30_000) < 0.05, 20.0, 1.0)  # 5 % of batches 20× the loss
+    s = timesteps.build("ddc", LIN, total_steps=100_000, clusters=3)
+    assert [w for _, w in feed(s, spikes * (1 + 0.05 * rng.standard_normal(30_000)))] == ["converged"] * 3
+    improving = np.exp(-np.arange(30_000) * (0.05 / 200)) * spikes
+    s = timesteps.build("ddc", LIN, total_steps=100_000, clusters=3)
+    assert feed(s, improving) == [(s.max_steps_per_stage, "cap")] * 3
+
+
+def test_adaptive_state_round_trip_mid_window_gives_the_same_decisions():
+    rng = np.random.default_rng(3)
+    losses = 1.0 + 0.2 * rng.standard_normal(400)
+    a = timesteps.build("ddc", LIN, total_steps=2000, clusters=5, window=7)  # τ_max 100
+    feed(a, losses[:45])
+    assert a.window_losses and a.stage_steps % 7 != 0
+    b = timesteps.build("ddc", LIN, total_steps=2000, clusters=5, window=7)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    for x in losses[45:]:
+        for s in (a, b):
+            s.observe(torch.zeros(2, dtype=torch.long), torch.full((2,), float(x)))
+        assert a.status() == b.status() and a.state_dict() == b.state_dict()
+    with pytest.raises(ValueError, match="pacing='adaptive' but this sampler has pacing='patience'"):
+        timesteps.build("ddc", LIN, clusters=5, pacing="patience").load_state_dict(a.state_dict())
+
+
+def test_state_written_before_adaptive_pacing_still_loads():
+    old = {"name": "ddc", "step": 12, "phase": "curriculum", "stage": 3, "stages": 20, "clustering": "uniform",
+           "order": "easy-to-hard", "best": 0.5, "wait": 2, "stage_steps": 4, "ema": 0.0}  # fmt: skip
+    s = timesteps.build("ddc", LIN, pacing="patience")
+    s.load_state_dict(old)
+    assert (s.stage, s.wait, s.stage_steps, s.step) == (3, 2, 4, 12)
+
+
+# -- the joint phase's sampler ---------------------------------------------------------------------------
+def _to_joint(s, B=8):
+    g = gen(4)
+    while s.phase != "joint":
+        d = s.sample(B, generator=g)
+        s.observe(d.t, torch.ones(B))
+    return g
+
+
+def test_joint_sampler_takes_over_after_the_curriculum():
+    s = timesteps.build("ddc", LIN, clusters=2, pacing="fixed", steps_per_stage=1, joint={"name": "speed", "k": 5})
+    _to_joint(s)
+    ref = timesteps.build("speed", LIN, k=5)
+    for seed in range(3):
+        d, r = s.sample(64, generator=gen(seed)), ref.sample(64, generator=gen(seed))
+        assert torch.equal(d.t, r.t) and torch.equal(d.weight, r.weight)
+    assert not torch.equal(d.weight, torch.ones(64))  # SpeeD's change-aware weights come through
+    assert s.status()["phase"] == "joint" and repr(s).count("joint='speed'") == 1
+
+
+def test_joint_loss_second_moment_is_observed_only_in_the_joint_phase_and_round_trips():
+    from diffusion_curriculum import checkpoint
+
+    P = DiscreteProcess.linear(20)
+    kw = dict(clusters=2, pacing="fixed", steps_per_stage=3, joint={"name": "loss-second-moment", "history": 2})
+    a = timesteps.build("ddc", P, **kw)
+    g = _to_joint(a)
+    assert a.joint.step == 0  # the curriculum's steps were not shown to it
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        d = a.sample(16, generator=g)
+        a.observe(d.t, torch.tensor(rng.uniform(0.1, 2.0, 16), dtype=torch.float32) * (d.t + 1))
+    assert a.joint.step == 30 and a.status()["joint_warm"] is True
+    assert not torch.allclose(a.sample(16, generator=gen()).weight, torch.ones(16))  # importance weights
+    # through the checkpoint's own flattening (tensors inside the nested joint state)
+    tensors: dict = {}
+    flat = checkpoint.flatten(a.state_dict(), tensors, "sampler")
+    b = timesteps.build("ddc", P, **kw)
+    b.load_state_dict(checkpoint.unflatten(json.loads(json.dumps(flat)), tensors))
+    for seed in range(5):
+        da, db = a.sample(16, generator=gen(seed)), b.sample(16, generator=gen(seed))
+        assert torch.equal(da.t, db.t) and torch.equal(da.weight, db.weight)
+        loss = torch.rand(16, generator=gen(seed + 10))
+        a.observe(da.t, loss)
+        b.observe(db.t, loss)

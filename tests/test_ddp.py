@@ -34,7 +34,8 @@ ENV = {
 }
 # 2 processes share the global batch of 16; 20 steps with a checkpoint every 10 and a log line every 2
 SMALL = [*TINY, "steps=20", "log_every=2", "device=cpu"]
-DDC = ["sampler.name=ddc", "sampler.clusters=4", "sampler.patience=2"]
+# adaptive pacing with 2-step windows: stage decisions by convergence (or by the 5-step cap) on both ranks
+DDC = ["sampler.name=ddc", "sampler.clusters=4", "sampler.window=2", "sampler.max_steps_per_stage=5"]
 IMPORTANCE = ["sampler.name=loss-second-moment", "sampler.history=1", "process.T=20"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 

@@ -56,10 +56,10 @@ def test_diffusers_example_runs():
     out = run_example(
         "diffusers_loop.py",
         *("--steps", "4", "--batch-size", "8", "--channels", "4", "--timesteps", "100"),
-        *("--clusters", "4", "--patience", "1", "--log-every", "2", "--mdlrc"),
+        *("--clusters", "4", "--max-steps-per-stage", "1", "--log-every", "2", "--mdlrc"),
     )
     check_done(out, 4)
-    assert "'stage': 2" in out or "'stage': 3" in out  # patience 1 on a falling loss advances the curriculum
+    assert "'stage': 2" in out or "'stage': 3" in out  # a 1-step cap advances the curriculum every step
 
 
 def test_accelerate_example_resumes_exactly(tmp_path):
@@ -67,7 +67,7 @@ def test_accelerate_example_resumes_exactly(tmp_path):
     out = run_example(
         "accelerate_loop.py",
         *("--steps", "6", "--batch-size", "16", "--hidden", "8", "--timesteps", "100"),
-        *("--clusters", "3", "--patience", "1", "--out", str(tmp_path / "ckpt")),
+        *("--clusters", "3", "--max-steps-per-stage", "2", "--out", str(tmp_path / "ckpt")),
     )
     check_done(out, 6)
     saved = re.search(r"^saved at step 3 to .*: sampler (\{.*\})$", out, re.MULTILINE)
@@ -141,7 +141,7 @@ def fresh_accelerate_state():
 
 
 def _ddc(process):
-    return timesteps.build("ddc", process, total_steps=1000, clusters=5, patience=2)
+    return timesteps.build("ddc", process, total_steps=1000, clusters=5, max_steps_per_stage=3)
 
 
 def test_accelerate_restores_ddc_mid_curriculum(tmp_path, fresh_accelerate_state):
@@ -156,7 +156,7 @@ def test_accelerate_restores_ddc_mid_curriculum(tmp_path, fresh_accelerate_state
     accelerator.register_for_checkpointing(sampler, momentum)
 
     torch.manual_seed(0)
-    for _ in range(7):  # a flat loss: each stage lasts patience + 1 = 3 steps
+    for _ in range(7):  # a flat loss: each stage lasts its cap of 3 steps (judged after 2 windows of 5)
         draw = sampler.sample(8)
         optimizer.step()
         momentum.step()

@@ -286,7 +286,7 @@ def test_sgd_is_refused():
         ({"start": -1}, r"momentum\.start=-1 is invalid"),
         (
             {"shape": "cos"},
-            r"momentum\.shape='cos' is not known \(did you mean 'cosine'\?\); allowed: linear, cosine",
+            r"momentum\.shape='cos' is not known \(did you mean 'cosine'\?\); allowed: linear, cosine, demon",
         ),
         (
             {"compensation": "sqrt"},
@@ -329,3 +329,62 @@ def test_trainer_resume_with_momentum_is_exact(tmp_path):
     assert c.optimizer.param_groups[0]["lr"] == a.optimizer.param_groups[0]["lr"]
     for pa, pc in zip(a.model.parameters(), c.model.parameters()):
         assert torch.equal(pa, pc)
+
+
+# -- shape="demon" ----------------------------------------------------------------------------------------
+def demon_beta1(s, b0, s0, s1, floor=0.0):
+    """Chen et al. (Demon), eq. 2: β(x) = β0·(1 − x)/((1 − β0) + β0·(1 − x)), x the progress of the decay."""
+    x = min(1.0, max(0.0, (s - s0) / (s1 - s0)))
+    return max(floor, b0 * (1 - x) / ((1 - b0) + b0 * (1 - x)))
+
+
+@pytest.mark.parametrize("floor,comp", [(None, None), (0.3, None), (None, "noise"), (0.2, "none")])
+def test_demon_trajectory_against_the_formula(floor, comp):
+    p, opt = _adam()
+    kw = {} if floor is None else {"beta1_end": floor}
+    if comp is not None:
+        kw["compensation"] = comp
+    m = optim.MomentumDecay(opt, 100, start=10, end=90, shape="demon", **kw)
+    assert m.compensation == (comp or "linear") and m.beta1_end == (floor or 0.0)
+    for s in range(0, 101):
+        beta = demon_beta1(s, 0.9, 10, 90, floor or 0.0)
+        assert opt.param_groups[0]["betas"][0] == pytest.approx(beta, abs=1e-15)
+        assert opt.param_groups[0]["lr"] == pytest.approx(LR * expected_c(beta, 0.9, comp or "linear"), rel=1e-12)
+        opt.step()
+        m.step()
+    # at the end with no floor: β1 = 0 and (linear compensation) lr·(1 − 0.9)
+    if floor is None and comp is None:
+        assert opt.param_groups[0]["betas"][0] == 0.0
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * LR, rel=1e-12)
+    # half-way the rule is well above the linear decay: β(½) = 0.9·0.5/(0.1 + 0.45) ≈ 0.818
+    assert demon_beta1(50, 0.9, 10, 90) == pytest.approx(0.9 * 0.5 / 0.55)
+
+
+def test_demon_composes_with_a_scheduler_and_resumes():
+    p, opt = _adam()
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=40)
+    m = optim.MomentumDecay(opt, 40, shape="demon")
+    for s in range(1, 41):
+        opt.step()
+        sched.step()
+        m.step()
+        cos = 0.5 * (1 + math.cos(math.pi * s / 40))
+        assert opt.param_groups[0]["lr"] == pytest.approx(
+            LR * cos * expected_c(demon_beta1(s, 0.9, 0, 40), 0.9, "linear"), rel=1e-9, abs=1e-15
+        )
+        if s == 17:
+            state = json.loads(json.dumps(m.state_dict()))
+            p2, opt2 = _adam()
+            opt2.load_state_dict(opt.state_dict())
+            m2 = optim.MomentumDecay(opt2, 40, shape="demon")
+            m2.load_state_dict(state)
+    for _ in range(5):
+        m2.step()
+        opt2.step()
+    assert m2.beta1() == pytest.approx(demon_beta1(22, 0.9, 0, 40))
+
+
+def test_demon_floor_above_start_is_refused():
+    _, opt = _adam()
+    with pytest.raises(ValueError, match=r"momentum\.beta1_end=0\.95 .*floor <= beta1_start=0\.9"):
+        optim.MomentumDecay(opt, 10, shape="demon", beta1_end=0.95)

@@ -414,7 +414,7 @@ def test_nan_loss_via_cli_is_exit_1_one_sentence_and_keeps_the_last_checkpoint(t
 def test_skip_makes_no_update(tmp_path, poison):
     poison.update({3, 4})
     t = Trainer(config.resolve(overrides=TINY + ["on_nonfinite=skip", "sampler.name=ddc", "sampler.clusters=4",
-                                                 "sampler.patience=4"]), tmp_path / "r")  # fmt: skip
+                                                 "sampler.pacing=patience", "sampler.patience=4"]), tmp_path / "r")  # fmt: skip
     t.advance()
     t.advance()
     before = {k: v.clone() for k, v in t.state()["model"].items()}

@@ -1,13 +1,20 @@
 """Optimizer schedules: MDLRC, momentum decay with learning-rate compensation.
 
 Xu et al. 2024, "Towards Faster Training of Diffusion Models: An Inspiration of A Consistency Phenomenon"
-(arXiv 2404.07946), METHODS.md §3. **[reconstruction]**: the paper's exact schedule was not available; the
-formulas below are the project's documented choice and every constant is a parameter.
+(arXiv 2404.07946); docs/methods.md, "MDLRC". **[reconstruction]**: the paper's exact schedule was not available;
+the formulas below are the project's documented choice and every constant is a parameter.
 
     β1(s) = β1_start + (β1_end − β1_start) · shape(clip((s − s_start)/(s_end − s_start), 0, 1))
     lr(s) = lr_base(s) · c(β1(s))
 
-with shape ``linear`` (x) or ``cosine`` ((1 − cos πx)/2) and compensation c(β):
+with shape ``linear`` (x) or ``cosine`` ((1 − cos πx)/2) and compensation c(β) — or ``shape="demon"``, the rule of
+Chen et al., "Demon: Improved Neural Network Training with Momentum Decay" (eq. 2 there), which the one public
+transcription citing arXiv 2404.07946 uses: with x the same progress and β0 = β1_start,
+
+    β1(x) = max(β1_end, β0·(1 − x) / ((1 − β0) + β0·(1 − x)))
+
+reaching 0 at the end of the decay unless the floor β1_end (default 0 for this shape) stops it earlier; its
+default compensation is ``linear``, the pairing of that transcription. Compensation options:
 
 * ``none``   → 1;
 * ``noise``  → √[(1 − β1_start)(1 + β)] / √[(1 + β1_start)(1 − β)] (default). Under white gradient noise of
@@ -35,7 +42,9 @@ from torch import Tensor
 
 from .errors import check_params
 
-SHAPES = ("linear", "cosine")
+SHAPES = ("linear", "cosine", "demon")
+#: (beta1_end, compensation) when not given: demon decays to 0 with linear compensation, the others to 0.5 with noise
+SHAPE_DEFAULTS = {"linear": (0.5, "noise"), "cosine": (0.5, "noise"), "demon": (0.0, "linear")}
 COMPENSATIONS = ("none", "noise", "linear")
 
 
@@ -86,15 +95,16 @@ class MomentumDecay:
     total_steps:
         the planned number of optimizer steps (the default ``end``, and the unit of fractional start/end).
     beta1_start, beta1_end:
-        β1 at the start and at the end of the decay, each in [0, 1) (defaults 0.9 → 0.5, [reconstruction]).
+        β1 at the start and at the end of the decay, each in [0, 1) (defaults 0.9 → 0.5, [reconstruction]); for
+        ``shape="demon"`` ``beta1_end`` is a floor (default 0) and must not exceed ``beta1_start``.
     start, end:
         where the decay runs. An ``int`` is a step count; a ``float`` in [0, 1] is a fraction of
         ``total_steps`` (so ``end=1.0`` is ``total_steps`` but ``end=1`` is step 1). ``end=None`` →
         ``total_steps``. Needs end > start. Before ``start`` β1 = ``beta1_start``; after ``end`` β1 = ``beta1_end``.
     shape:
-        ``"linear"`` or ``"cosine"`` ((1 − cos πx)/2: slow, fast, slow).
+        ``"linear"``, ``"cosine"`` ((1 − cos πx)/2: slow, fast, slow) or ``"demon"`` (see the module docstring).
     compensation:
-        ``"noise"`` (default), ``"linear"`` or ``"none"`` (see the module docstring).
+        ``"noise"`` (the default for linear/cosine), ``"linear"`` (the default for demon) or ``"none"``.
 
     On construction every group's β1 is set to β1(0) (β2 kept) and its lr multiplied by c(β1(0)) (which is 1,
     since β1(0) = β1_start). Each :meth:`step` sets β1(s) and multiplies each group's *current* lr by
@@ -114,11 +124,11 @@ class MomentumDecay:
         optimizer: torch.optim.Optimizer,
         total_steps: int,
         beta1_start: float = 0.9,
-        beta1_end: float = 0.5,
+        beta1_end: float | None = None,
         start: int | float = 0,
         end: int | float | None = None,
         shape: str = "linear",
-        compensation: str = "noise",
+        compensation: str | None = None,
     ):
         groups = getattr(optimizer, "param_groups", None)
         if not groups or not all("betas" in g for g in groups):
@@ -134,9 +144,18 @@ class MomentumDecay:
                     "MomentumDecay needs an optimizer with betas (Adam, AdamW)"
                 )
         _check("total_steps", total_steps, _is_int(total_steps) and total_steps >= 1, "an integer >= 1")
+        _choice("shape", shape, SHAPES)
+        beta1_end = SHAPE_DEFAULTS[shape][0] if beta1_end is None else beta1_end
+        compensation = SHAPE_DEFAULTS[shape][1] if compensation is None else compensation
         for name, v in (("beta1_start", beta1_start), ("beta1_end", beta1_end)):
             _check(name, v, _is_number(v) and 0.0 <= v < 1.0, "a number in [0, 1)")
-        _choice("shape", shape, SHAPES)
+        if shape == "demon":
+            _check(
+                "beta1_end",
+                beta1_end,
+                beta1_end <= beta1_start,
+                f"a floor <= beta1_start={beta1_start!r} with shape='demon'",
+            )
         _choice("compensation", compensation, COMPENSATIONS)
         s_start = _resolve_step("start", start, total_steps)
         s_end = total_steps if end is None else _resolve_step("end", end, total_steps)
@@ -159,6 +178,9 @@ class MomentumDecay:
         """β1 at ``step`` (default: the current step)."""
         s = self._step if step is None else step
         x = min(1.0, max(0.0, (s - self.start) / (self.end - self.start)))
+        if self.shape == "demon":
+            b0, rest = self.beta1_start, 1.0 - x
+            return max(self.beta1_end, b0 * rest / ((1.0 - b0) + b0 * rest))
         if self.shape == "cosine":
             x = (1.0 - math.cos(math.pi * x)) / 2.0
         return self.beta1_start + (self.beta1_end - self.beta1_start) * x

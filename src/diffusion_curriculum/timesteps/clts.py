@@ -4,7 +4,7 @@ Xu et al. 2024, "Towards Faster Training of Diffusion Models: An Inspiration of 
 (arXiv 2404.07946). Finding: as t → T the ε-prediction task is easy (x_t ≈ ε), so those steps need less
 training as training goes on; CLTS moves sampling mass away from large t over training.
 
-**[reconstruction]** (METHODS.md §2): the paper's exact density could not be read, so this module implements
+**[reconstruction]** (docs/methods.md, "CLTS"): the paper's exact density could not be read, so this module implements
 the project's documented reconstruction — a uniform density mixed with a Gaussian centred at μ·T (the centre
 0.3·T the authors' ablation is reported to prefer; the mixing form follows an independent re-implementation,
 SpeeD's CLTS baseline), the Gaussian's share ramping linearly:
@@ -15,6 +15,17 @@ with Z = Σ_{t=0}^{T−1} φ((t/T − μ)/σ), so both parts are normalised over
 Every default (μ = 0.3, σ = 0.2, λ_max = 1, s_start = 0, s_end = 50 % of the planned steps or 50 000) is the
 project's documented choice, not a number from the paper. Weights are 1: CLTS changes what is trained, not the
 objective.
+
+**Coordinate** [reconstruction]: the paper says CLTS "leverages the noise rate as an explicit indicator of the
+learning difficulty", and a Gaussian in t/T is tied to one noise schedule (t = 0.3·T is √(1 − ᾱ) = 0.78 on the
+linear schedule, 0.46 on the cosine one). ``coordinate`` puts the Gaussian in a schedule-free quantity c(t)
+instead: ``noise-rate`` c = √(1 − ᾱ_t) ∈ [0, 1], or ``log-snr`` c = log(ᾱ_t/(1 − ᾱ_t)) in nats (μ and σ then in
+log-SNR units: a range normalised by the schedule's own ends would tie it to the schedule again — the cosine
+schedule's log-SNR ends at −19.8, the linear one's at −10.1). The Gaussian is a density *in c*, so the mass at
+t is φ((c(t) − μ)/σ)·|Δc(t)| (Δc the central difference of c between neighbouring steps), normalised over t:
+the drawn noise rates (or log-SNRs) follow the same law whatever the schedule. Defaults per coordinate place the
+centre and the ±σ band where ``t``'s defaults put them on the linear schedule (t = 0.3·T ± 0.2·T): noise-rate
+μ = 0.78, σ = 0.25; log-snr μ = −0.4, σ = 2.3.
 """
 
 from __future__ import annotations
@@ -23,10 +34,16 @@ import math
 
 import torch
 
+from ..errors import suggest
 from .base import TimestepSampler, check_param, is_int, is_number, register
 
-#: s_end when a fractional ``end`` is given but the planned number of steps is unknown (METHODS.md §2)
+#: s_end when a fractional ``end`` is given but the planned number of steps is unknown (docs/methods.md, "CLTS")
 DEFAULT_END_STEPS = 50_000
+
+COORDINATES = ("t", "noise-rate", "log-snr")
+#: (μ, σ) per coordinate when not given [reconstruction]: where t's (0.3, 0.2) fall on the linear schedule
+DEFAULT_MU_SIGMA = {"t": (0.3, 0.2), "noise-rate": (0.78, 0.25), "log-snr": (-0.4, 2.3)}
+DEFAULT_COORDINATE = "t"
 
 # keep u strictly inside (0, 1) so Φ⁻¹(u) stays finite
 _U_EPS = 2.0**-60
@@ -43,8 +60,12 @@ class CLTS(TimestepSampler):
 
     Parameters
     ----------
+    coordinate:
+        where the Gaussian lives (discrete processes): ``t`` (t/T, the original form), ``noise-rate``
+        (√(1 − ᾱ_t)) or ``log-snr`` (log-SNR in nats); see the module docstring. Default ``t``.
     mu, sigma:
-        centre and width of the Gaussian, as fractions of T (μ ∈ [0, 1], σ > 0); defaults 0.3 and 0.2.
+        centre and width of the Gaussian in that coordinate (μ ∈ [0, 1] for ``t`` and ``noise-rate``, any
+        finite μ for ``log-snr``; σ > 0); defaults per coordinate (``t``: 0.3 and 0.2).
     lambda_max:
         the Gaussian's final share λ_max ∈ [0, 1] (default 1: pure Gaussian at the end of the ramp).
     start, end:
@@ -73,15 +94,39 @@ class CLTS(TimestepSampler):
         self,
         process,
         total_steps: int | None = None,
-        mu: float = 0.3,
-        sigma: float = 0.2,
+        mu: float | None = None,
+        sigma: float | None = None,
         lambda_max: float = 1.0,
         start: float | int = 0.0,
         end: float | int = 0.5,
+        coordinate: str | None = None,
     ):
         super().__init__(process, total_steps)
-        check_param("mu", mu, is_number(mu) and 0 <= mu <= 1, "a number in [0, 1] (a fraction of T)")
-        check_param("sigma", sigma, is_number(sigma) and sigma > 0, "a number > 0 (a fraction of T)")
+        coordinate = DEFAULT_COORDINATE if coordinate is None else coordinate
+        if coordinate not in COORDINATES:
+            raise ValueError(
+                f"sampler parameter coordinate={coordinate!r} is invalid{suggest(coordinate, COORDINATES)}; "
+                f"allowed: {', '.join(COORDINATES)}"
+            )
+        check_param(
+            "coordinate",
+            coordinate,
+            coordinate == "t" or not process.continuous,
+            "'t' on an EDM process (CLTS works in the quantile coordinate of its training log-normal there)",
+        )
+        mu = DEFAULT_MU_SIGMA[coordinate][0] if mu is None else mu
+        sigma = DEFAULT_MU_SIGMA[coordinate][1] if sigma is None else sigma
+        unit = (
+            "in log-SNR nats" if coordinate == "log-snr" else "a fraction of T" if coordinate == "t" else ""
+        )
+        if coordinate == "log-snr":
+            check_param("mu", mu, is_number(mu), "a finite number (log-SNR)")
+        else:
+            check_param(
+                "mu", mu, is_number(mu) and 0 <= mu <= 1, f"a number in [0, 1] ({unit or coordinate})"
+            )
+        check_param("sigma", sigma, is_number(sigma) and sigma > 0, f"a number > 0 ({unit or coordinate})")
+        self.coordinate = coordinate
         check_param(
             "lambda_max", lambda_max, is_number(lambda_max) and 0 <= lambda_max <= 1, "a number in [0, 1]"
         )
@@ -104,16 +149,32 @@ class CLTS(TimestepSampler):
         self._lam_cached: float | None = None
         self._p_cached: torch.Tensor | None = None
         if not process.continuous:
-            T = int(process.T)
-            x = torch.arange(T, dtype=torch.float64) / T
-            g = torch.exp(-0.5 * ((x - self.mu) / self.sigma) ** 2)  # φ up to a constant, which Z absorbs
-            self._gauss = g / g.sum()
+            self._gauss = self._gaussian_mass()
         else:
             self.P_mean, self.P_std = float(process.P_mean), float(process.P_std)
             # truncation of N(μ, σ²) to (0, 1) in CDF space
             n = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0)
             self._cdf_lo = float(n.cdf(torch.tensor(-self.mu / self.sigma, dtype=torch.float64)))
             self._cdf_hi = float(n.cdf(torch.tensor((1 - self.mu) / self.sigma, dtype=torch.float64)))
+
+    def _gaussian_mass(self) -> torch.Tensor:
+        """The Gaussian part of p_s over the discrete t (float64, sums to 1), in :attr:`coordinate`."""
+        T = int(self.process.T)
+        if self.coordinate == "t":
+            x = torch.arange(T, dtype=torch.float64) / T
+            g = torch.exp(-0.5 * ((x - self.mu) / self.sigma) ** 2)  # φ up to a constant, which Z absorbs
+            return g / g.sum()
+        ac = self.process.alphas_cumprod.double()
+        c = (1 - ac).sqrt() if self.coordinate == "noise-rate" else (ac / (1 - ac)).log()
+        # a density in c: the mass at t is φ(c(t))·|Δc(t)|
+        width = torch.gradient(c)[0].abs() if T > 1 else torch.ones(1, dtype=torch.float64)
+        g = torch.exp(-0.5 * ((c - self.mu) / self.sigma) ** 2) * width
+        if not (g.sum() > 0):
+            raise ValueError(
+                f"clts: the Gaussian (coordinate={self.coordinate!r}, mu={self.mu}, sigma={self.sigma}) has no "
+                "mass on this process's noise levels; move mu into their range or widen sigma"
+            )
+        return g / g.sum()
 
     def _resolve(self, v, is_end: bool) -> float:
         """A ``start`` / ``end`` value in optimizer steps (a float; no rounding)."""
@@ -156,3 +217,9 @@ class CLTS(TimestepSampler):
 
     def status(self):
         return {"lambda": round(self.lam(), 4)}
+
+    def __repr__(self) -> str:
+        return (
+            f"CLTS(process={self.process!r}, coordinate={self.coordinate!r}, mu={self.mu}, sigma={self.sigma}, "
+            f"step={self.step})"
+        )

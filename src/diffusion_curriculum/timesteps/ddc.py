@@ -1,14 +1,17 @@
 """DDC: the denoising-task-difficulty curriculum of Kim et al., "Denoising Task Difficulty-based Curriculum for
-Training Diffusion Models" (arXiv 2403.10348), as specified in METHODS.md §1.
+Training Diffusion Models" (arXiv 2403.10348); the formulas and the reconstructed details are in
+docs/methods.md, "DDC".
 
 Finding: denoising is harder at small t (low noise) — per-interval models converge more slowly there and
 D_KL(p_{t−1} ‖ p_t) is larger there — so train easy → hard: the noisiest cluster first, then add cleaner ones,
-moving on when the training loss stops improving (patience), and finish uniform over all noise levels.
+moving on when the stage's training loss has converged (or a step cap is reached), and finish with joint
+training over all noise levels.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import warnings
 from typing import Any
 
@@ -19,8 +22,14 @@ from ..errors import suggest
 from . import clusters as _clusters
 from .base import TimestepSampler, check_param, global_mean, is_int, is_number, register
 
-PACINGS = ("adaptive", "fixed")
+PACINGS = ("adaptive", "patience", "fixed")
 ORDERS = ("easy-to-hard", "anti")
+
+#: τ_max of adaptive pacing when the planned number of steps is unknown [reconstruction]
+DEFAULT_MAX_STEPS_PER_STAGE = 2000
+#: adaptive pacing's convergence window is at most this many steps, and at least _MIN_WINDOW
+DEFAULT_WINDOW = 200
+_MIN_WINDOW = 5
 
 #: the largest float64 below 1 — keeps the inverse normal CDF finite
 _P_MAX = 1.0 - 2.0**-53
@@ -35,9 +44,46 @@ def _name_check(name: str, value, allowed: tuple[str, ...]) -> None:
         )
 
 
+def _optional_int(name: str, value, rest: str = "") -> None:
+    check_param(
+        name, value, value is None or (is_int(value) and value >= 1), f"an integer >= 1 or None{rest}"
+    )
+
+
+def _build_joint(spec, process, total_steps):
+    """The sampler of the joint phase from ``joint``: ``None`` (the process's own training distribution:
+    ``uniform`` for a discrete process, ``lognormal`` for EDM), a registered name, or a mapping
+    ``{"name": ..., **parameters}``."""
+    from .base import REGISTRY, build
+
+    if spec is None:
+        spec = "lognormal" if process.continuous else "uniform"
+    if isinstance(spec, str):
+        name, params = spec, {}
+    elif isinstance(spec, dict) and isinstance(spec.get("name"), str):
+        params = {k: v for k, v in spec.items() if k != "name"}
+        name = spec["name"]
+    else:
+        raise ValueError(
+            f"sampler parameter joint={spec!r} is invalid; allowed: a registered sampler name or a mapping "
+            "with 'name' and that sampler's parameters"
+        )
+    if name == "ddc":
+        raise ValueError("sampler parameter joint='ddc' is invalid; allowed: any registered sampler but ddc")
+    if name not in REGISTRY:
+        raise ValueError(
+            f"sampler parameter joint={name!r} is not a registered sampler{suggest(name, sorted(REGISTRY))}; "
+            f"allowed: {', '.join(n for n in sorted(REGISTRY) if n != 'ddc')}"
+        )
+    try:
+        return build(name, process, total_steps=total_steps, **params)
+    except ValueError as e:
+        raise ValueError(f"sampler parameter joint: {e}") from None
+
+
 @register
 class DDC(TimestepSampler):
-    """Denoising-task-difficulty curriculum (Kim et al. 2024, arXiv 2403.10348; METHODS.md §1).
+    """Denoising-task-difficulty curriculum (Kim et al. 2024, arXiv 2403.10348; docs/methods.md, "DDC").
 
     **Clusters.** The noise levels are split into N = ``clusters`` clusters C_1 (cleanest, hardest) … C_N
     (noisiest, easiest) by ``clustering`` (see :mod:`~diffusion_curriculum.timesteps.clusters`): ``uniform``
@@ -54,26 +100,46 @@ class DDC(TimestepSampler):
     (ordered cleanest first), so the extras rotate and every cluster gets exactly the same count over k
     consecutive steps; the batch is then shuffled with the generator.
 
-    **Joint phase.** After stage N the draw is uniform over all noise levels for the rest of training: exactly
-    ``torch.randint(0, T, (B,), generator=g)`` for a discrete process, and ``exp(P_mean + P_std·randn)`` (the
-    ``lognormal`` sampler's draw) for an EDM process.
+    **Joint phase.** After stage N the ``joint`` sampler draws for the rest of training (its draws, weights
+    and state are DDC's from then on; it is observed only in the joint phase, so its step counter counts joint
+    steps). ``joint=None`` (the default) is the process's own training distribution: exactly
+    ``torch.randint(0, T, (B,), generator=g)`` (the ``uniform`` sampler) for a discrete process and the
+    ``lognormal`` sampler's exp(P_mean + P_std·randn) for an EDM process. Any other registered sampler may be
+    named, with its parameters as a mapping: ``joint="loss-second-moment"`` or ``joint={"name": "speed",
+    "k": 5}``; it is built with the same ``total_steps``.
 
-    **Pacing.** ``pacing="adaptive"`` (the paper's): each :meth:`observe` takes the mean of the per-sample
-    losses, all-reduced across ranks (so every rank takes the same decision), optionally smoothed,
-    value = loss_ema·previous + (1 − loss_ema)·loss. It keeps the best value of the stage and a counter of steps
-    without improvement (improvement = value < best − ``min_delta``); when the counter reaches τ = ``patience``
-    the next stage starts and best, counter and smoothing restart. The first step of a stage always improves on
-    the initial best (+∞), so a flat loss holds each stage for exactly τ + 1 steps. ``max_steps_per_stage``
-    forces the advance after that many steps in a stage. ``pacing="fixed"`` (the non-adaptive baseline the paper
-    compares against) advances every ``steps_per_stage`` steps — stage n covers steps [(n−1)·S, n·S) and the
-    joint phase starts at step N·S; ``steps_per_stage`` is required then (there is no default) and rejected
-    with adaptive pacing. Weights are always 1.
+    **Pacing.** Every :meth:`observe` in the curriculum takes the mean of the batch's per-sample losses,
+    all-reduced across ranks, so every rank takes the same decision.
 
-    **Defaults** [reconstruction]: N = 20 uniform clusters and τ = 200 are the project's documented choice, not
-    numbers from the paper; ``loss_ema`` (default 0 = no smoothing), ``max_steps_per_stage`` (default none) and
-    ``pacing="fixed"`` / ``steps_per_stage`` are [reconstruction] options. The curriculum takes at least
-    :meth:`min_curriculum_steps`; building the sampler warns when that is half of ``total_steps`` or more (on
-    digits, τ = 200 with N = 20 in 4000 steps never left the noisiest stages: size τ to the budget).
+    * ``pacing="adaptive"`` (the default; the paper's "transitions to the next curriculum stage when the
+      current training loss converges within a maximum patience iteration"): a stage ends when its loss has
+      converged or after τ_max = ``max_steps_per_stage`` steps, whichever is first. Convergence
+      [reconstruction]: the stage's steps are cut into consecutive windows of W = ``window`` steps; at the end
+      of each window after the first, with m_prev and m the medians of the watched loss over the previous and
+      the latest window, the stage has converged when (m_prev − m)/m_prev < ``rel_tol`` — the loss improved by
+      less than that fraction over one window (medians, so single spiky batches do not decide). A stage thus
+      lasts at least 2W steps (unless τ_max is smaller). Defaults: τ_max = max(1, ⌊``curriculum_fraction``·
+      ``total_steps``/N⌋), so the whole curriculum takes at most that fraction of the run
+      (``DEFAULT_MAX_STEPS_PER_STAGE`` = 2000 per stage when ``total_steps`` is unknown); W =
+      clip(⌊τ_max/4⌋, 5, 200); ``rel_tol`` = 0.01.
+    * ``pacing="patience"`` (the library's earlier rule): the watched value, optionally smoothed
+      (value = loss_ema·previous + (1 − loss_ema)·loss), is compared with the stage's best; the stage ends
+      after τ = ``patience`` steps without improvement (improvement = value < best − ``min_delta``), or after
+      ``max_steps_per_stage`` steps when that is set. The first step of a stage always improves on the initial
+      best (+∞), so a flat loss holds each stage for exactly τ + 1 steps. A loss that keeps inching down makes a
+      new best every few steps and holds the stage indefinitely — the reason it is no longer the default.
+    * ``pacing="fixed"`` (the non-adaptive baseline the paper compares against) advances every
+      ``steps_per_stage`` steps — stage n covers steps [(n−1)·S, n·S) and the joint phase starts at step N·S;
+      ``steps_per_stage`` is required then (there is no default) and rejected with the other pacings.
+
+    :meth:`status` shows the stage and how the last stage ended (``converged`` or ``cap``). Weights are 1
+    during the curriculum.
+
+    **Defaults** [reconstruction]: N = 20 uniform clusters (the interval count of the paper's observational
+    study), ``curriculum_fraction``, ``window``, ``rel_tol``, τ = 200 for ``pacing="patience"``, ``loss_ema``
+    (0 = no smoothing) are the project's documented choices (docs/methods.md, "DDC"), not numbers from the
+    paper. Building the sampler warns when the stages need at least half of ``total_steps``
+    (:meth:`min_curriculum_steps`).
     """
 
     name = "ddc"
@@ -84,14 +150,18 @@ class DDC(TimestepSampler):
         total_steps: int | None = None,
         clusters: int = 20,
         clustering: str | None = None,
-        patience: int = 200,
-        min_delta: float = 0.0,
-        loss_ema: float = 0.0,
-        max_steps_per_stage: int | None = None,
         pacing: str = "adaptive",
+        curriculum_fraction: float | None = None,
+        max_steps_per_stage: int | None = None,
+        window: int | None = None,
+        rel_tol: float | None = None,
+        patience: int | None = None,
+        min_delta: float | None = None,
+        loss_ema: float | None = None,
         steps_per_stage: int | None = None,
         order: str = "easy-to-hard",
         per_cluster_share: bool = False,
+        joint: str | dict | None = None,
     ):
         super().__init__(process, total_steps)
         cont = bool(process.continuous)
@@ -100,22 +170,18 @@ class DDC(TimestepSampler):
         check_param("clusters", clusters, is_int(clusters) and clusters >= 1, "an integer >= 1")
         if not isinstance(clustering, str):
             check_param("clustering", clustering, False, ", ".join(_clusters.KINDS))
-        check_param("patience", patience, is_int(patience) and patience >= 1, "an integer >= 1")
-        check_param("min_delta", min_delta, is_number(min_delta) and min_delta >= 0, "a finite number >= 0")
-        check_param("loss_ema", loss_ema, is_number(loss_ema) and 0 <= loss_ema < 1, "a number in [0, 1)")
-        check_param(
-            "max_steps_per_stage",
-            max_steps_per_stage,
-            max_steps_per_stage is None or (is_int(max_steps_per_stage) and max_steps_per_stage >= 1),
-            "an integer >= 1 or None",
-        )
         _name_check("pacing", pacing, PACINGS)
-        check_param(
-            "steps_per_stage",
-            steps_per_stage,
-            steps_per_stage is None or (is_int(steps_per_stage) and steps_per_stage >= 1),
-            "an integer >= 1 (with pacing='fixed') or None",
+        pace = self._pacing_params(
+            pacing,
+            curriculum_fraction=curriculum_fraction,
+            window=window,
+            rel_tol=rel_tol,
+            patience=patience,
+            min_delta=min_delta,
+            loss_ema=loss_ema,
         )
+        _optional_int("max_steps_per_stage", max_steps_per_stage)
+        _optional_int("steps_per_stage", steps_per_stage, " (with pacing='fixed')")
         check_param(
             "steps_per_stage",
             steps_per_stage,
@@ -126,7 +192,7 @@ class DDC(TimestepSampler):
             "steps_per_stage",
             steps_per_stage,
             pacing == "fixed" or steps_per_stage is None,
-            "None with pacing='adaptive' (set pacing='fixed' to advance every steps_per_stage steps)",
+            f"None with pacing={pacing!r} (set pacing='fixed' to advance every steps_per_stage steps)",
         )
         _name_check("order", order, ORDERS)
         check_param(
@@ -136,46 +202,127 @@ class DDC(TimestepSampler):
         self.intervals = _clusters.build(clustering, process, clusters)
         self.n_clusters = int(clusters)
         self.clustering = clustering
-        self.patience = int(patience)
-        self.min_delta = float(min_delta)
-        self.loss_ema = float(loss_ema)
-        self.max_steps_per_stage = max_steps_per_stage
         self.pacing = pacing
+        self.curriculum_fraction = float(pace["curriculum_fraction"])
+        self.rel_tol = float(pace["rel_tol"])
+        self.patience = int(pace["patience"])
+        self.min_delta = float(pace["min_delta"])
+        self.loss_ema = float(pace["loss_ema"])
+        self.max_steps_per_stage = self._resolve_cap(max_steps_per_stage)
+        self.window = self._resolve_window(pace["window"])
         self.steps_per_stage = steps_per_stage
         self.order = order
         self.per_cluster_share = per_cluster_share
+        self.joint = _build_joint(joint, process, total_steps)
         if cont:
             self.P_mean, self.P_std = float(process.P_mean), float(process.P_std)
         self._warn_if_budget_too_short()
         # the pacing state (all plain values; see _state)
         self.phase = "curriculum"
         self.stage = 1
-        self.best = math.inf
-        self.wait = 0
         self.stage_steps = 0
+        self.best = math.inf  # patience pacing
+        self.wait = 0
         self.ema = 0.0
+        self.window_losses: list[float] = []  # adaptive pacing
+        self.prev_median: float | None = None
+        self.last_end = ""  # how the previous stage ended: "converged", "cap", "patience" or "fixed"
+        self.converged_stages = 0
+        self.capped_stages = 0
+
+    #: each pacing's own parameters and their defaults (None = derived); the others must stay unset
+    PACING_PARAMS = {
+        "adaptive": {"curriculum_fraction": 0.25, "window": None, "rel_tol": 0.01},
+        "patience": {"patience": 200, "min_delta": 0.0, "loss_ema": 0.0},
+        "fixed": {},
+    }
+
+    @classmethod
+    def _pacing_params(cls, pacing: str, **given) -> dict[str, Any]:
+        """Check the pacing parameters and fill in the defaults of ``pacing``'s own; a parameter that belongs
+        to another pacing is an error (today's configs that set ``patience`` must say ``pacing: patience``)."""
+        own = cls.PACING_PARAMS[pacing]
+        for name, value in given.items():
+            if value is not None and name not in own:
+                other = next(p for p, ps in cls.PACING_PARAMS.items() if name in ps)
+                raise ValueError(
+                    f"sampler parameter {name}={value!r} belongs to pacing={other!r}, but pacing={pacing!r}; "
+                    f"set pacing={other!r} to use it"
+                    + (
+                        " (with pacing='adaptive' a stage ends at convergence or after max_steps_per_stage)"
+                        if pacing == "adaptive"
+                        else ""
+                    )
+                )
+        defaults = {k: v for ps in cls.PACING_PARAMS.values() for k, v in ps.items()}
+        out = {name: defaults[name] if v is None else v for name, v in given.items()}
+        f, w, tol = out["curriculum_fraction"], out["window"], out["rel_tol"]
+        check_param(
+            "curriculum_fraction",
+            f,
+            is_number(f) and 0 < f <= 1,
+            "a number in (0, 1] (the largest share of total_steps the curriculum may take)",
+        )
+        _optional_int("window", w)
+        check_param("rel_tol", tol, is_number(tol) and 0 <= tol < 1, "a number in [0, 1)")
+        tau, md, ema = out["patience"], out["min_delta"], out["loss_ema"]
+        check_param("patience", tau, is_int(tau) and tau >= 1, "an integer >= 1")
+        check_param("min_delta", md, is_number(md) and md >= 0, "a finite number >= 0")
+        check_param("loss_ema", ema, is_number(ema) and 0 <= ema < 1, "a number in [0, 1)")
+        return out
+
+    def _resolve_cap(self, cap: int | None) -> int | None:
+        """τ_max: the given cap; for adaptive pacing without one, ⌊curriculum_fraction·total_steps/N⌋ (at least
+        1), or DEFAULT_MAX_STEPS_PER_STAGE when total_steps is unknown."""
+        if cap is not None or self.pacing != "adaptive":
+            return cap
+        if self.total_steps is None:
+            return DEFAULT_MAX_STEPS_PER_STAGE
+        return max(1, int(self.curriculum_fraction * self.total_steps) // self.n_clusters)
+
+    def _resolve_window(self, window: int | None) -> int | None:
+        if self.pacing != "adaptive":
+            return None
+        if window is not None:
+            return int(window)
+        return min(DEFAULT_WINDOW, max(_MIN_WINDOW, self.max_steps_per_stage // 4))
 
     def min_curriculum_steps(self) -> int:
-        """The fewest steps the N stages can take before the joint phase: N·S with fixed pacing; with adaptive
-        pacing N·(τ + 1) (a stage whose loss never improves after its first step), or N·``max_steps_per_stage``
-        when that cap is smaller. A loss that keeps improving makes the real curriculum longer."""
+        """The fewest steps the N stages can take before the joint phase: N·S with fixed pacing; N·min(2W, τ_max)
+        with adaptive pacing (a stage is judged after two windows); N·(τ + 1) with patience pacing (a stage whose
+        loss never improves after its first step), or N·``max_steps_per_stage`` when that cap is smaller."""
         if self.pacing == "fixed":
             per_stage = self.steps_per_stage
+        elif self.pacing == "adaptive":
+            per_stage = 2 * self.window
         else:
             per_stage = self.patience + 1
-            if self.max_steps_per_stage is not None:
-                per_stage = min(per_stage, self.max_steps_per_stage)
+        if self.max_steps_per_stage is not None:
+            per_stage = min(per_stage, self.max_steps_per_stage)
         return self.n_clusters * per_stage
+
+    def max_curriculum_steps(self) -> int | None:
+        """The most steps the curriculum can take (N·τ_max, or N·S with fixed pacing); ``None`` when no cap
+        bounds it (patience pacing without ``max_steps_per_stage``)."""
+        if self.pacing == "fixed":
+            return self.n_clusters * self.steps_per_stage
+        if self.max_steps_per_stage is None:
+            return None
+        return self.n_clusters * self.max_steps_per_stage
 
     def _warn_if_budget_too_short(self) -> None:
         """Warn when the curriculum alone needs at least half of ``total_steps``: then the cleanest noise
-        levels are reached late or never (measured on digits: τ = 200, N = 20 in 4000 steps never got past stage
-        5 and produced noise; BENCHMARKS.md, "Strategy comparison on digits")."""
+        levels are reached late or never (measured on digits: patience τ = 200, N = 20 in 4000 steps never got
+        past stage 5 and produced noise; BENCHMARKS.md, "Strategy comparison on digits")."""
         if self.total_steps is None:
             return
         need = self.min_curriculum_steps()
         if 2 * need >= self.total_steps:
-            knob = "steps_per_stage" if self.pacing == "fixed" else "patience or set max_steps_per_stage"
+            knob = {
+                "fixed": "steps_per_stage",
+                "adaptive": "clusters, max_steps_per_stage, window or curriculum_fraction",
+                "patience": "patience or set max_steps_per_stage",
+            }[self.pacing]
             warnings.warn(
                 f"ddc: the {self.n_clusters} curriculum stages need at least {need} of the {self.total_steps} "
                 f"planned steps (more while the loss keeps improving), so the cleanest noise levels are trained "
@@ -200,13 +347,6 @@ class DDC(TimestepSampler):
         a = self.active_clusters()
         return self.intervals[a[0]][0], self.intervals[a[-1]][1]
 
-    def _advance(self) -> None:
-        if self.stage < self.n_clusters:
-            self.stage += 1
-        else:
-            self.phase = "joint"
-        self.best, self.wait, self.stage_steps, self.ema = math.inf, 0, 0, 0.0
-
     # -- drawing ------------------------------------------------------------------------------------
     def _shares(self, batch_size: int, k: int) -> list[int]:
         base, r = divmod(batch_size, k)
@@ -229,12 +369,7 @@ class DDC(TimestepSampler):
         device = generator.device if generator is not None else None
         cont = self.process.continuous
         if self.phase == "joint":
-            if not cont:
-                return torch.randint(
-                    0, self.process.T, (batch_size,), generator=generator, device=device
-                ), None
-            z = torch.randn(batch_size, generator=generator, device=device)
-            return torch.exp(self.P_mean + self.P_std * z), None
+            return self.joint._draw(batch_size, generator)
         act = self.active_clusters()
         if not self.per_cluster_share or len(act) == 1:
             lo, hi = self.stage_range()
@@ -259,30 +394,73 @@ class DDC(TimestepSampler):
     # -- pacing -------------------------------------------------------------------------------------
     def _observe(self, t: Tensor, per_sample_loss: Tensor) -> None:
         if self.phase == "joint":
+            self.joint.observe(t, per_sample_loss)
             return
         self.stage_steps += 1
-        if self.pacing == "adaptive":
-            x = float(global_mean(per_sample_loss.detach().float().mean()).item())
-            if self.loss_ema > 0:
-                x = x if self.stage_steps == 1 else self.loss_ema * self.ema + (1 - self.loss_ema) * x
-                self.ema = x
-            if x < self.best - self.min_delta:
-                self.best, self.wait = x, 0
-            else:
-                self.wait += 1
-            advance = self.wait >= self.patience
+        end = None
+        if self.pacing == "fixed":
+            end = "fixed" if self.stage_steps >= self.steps_per_stage else None
         else:
-            advance = self.stage_steps >= self.steps_per_stage
-        if self.max_steps_per_stage is not None and self.stage_steps >= self.max_steps_per_stage:
-            advance = True
-        if advance:
-            self._advance()
+            x = float(global_mean(per_sample_loss.detach().float().mean()).item())
+            end = self._converged(x) if self.pacing == "adaptive" else self._patience_ran_out(x)
+        if (
+            end is None
+            and self.max_steps_per_stage is not None
+            and self.stage_steps >= self.max_steps_per_stage
+        ):
+            end = "cap"
+        if end is not None:
+            self._advance(end)
+
+    def _converged(self, x: float) -> str | None:
+        """Adaptive pacing: at the end of each window, "converged" when the median loss of the latest window
+        improved on the previous window's by less than ``rel_tol`` (relative)."""
+        self.window_losses.append(x)
+        if len(self.window_losses) < self.window:
+            return None
+        m = statistics.median(self.window_losses)
+        prev, self.prev_median, self.window_losses = self.prev_median, m, []
+        if prev is None:
+            return None
+        # prev <= 0 only for a non-positive loss: nothing left to improve, call it converged
+        return "converged" if prev <= 0 or (prev - m) / prev < self.rel_tol else None
+
+    def _patience_ran_out(self, x: float) -> str | None:
+        """Patience pacing: τ steps without a new best of the (optionally smoothed) loss."""
+        if self.loss_ema > 0:
+            x = x if self.stage_steps == 1 else self.loss_ema * self.ema + (1 - self.loss_ema) * x
+            self.ema = x
+        if x < self.best - self.min_delta:
+            self.best, self.wait = x, 0
+        else:
+            self.wait += 1
+        return "patience" if self.wait >= self.patience else None
+
+    def _advance(self, why: str) -> None:
+        if self.stage < self.n_clusters:
+            self.stage += 1
+        else:
+            self.phase = "joint"
+        self.last_end = why
+        self.converged_stages += why == "converged"
+        self.capped_stages += why == "cap"
+        self.best, self.wait, self.stage_steps, self.ema = math.inf, 0, 0, 0.0
+        self.window_losses, self.prev_median = [], None
 
     # -- state --------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"phase": self.phase, "stage": self.stage, "stages": self.n_clusters}
         if self.phase == "joint":
-            return {"phase": "joint", "stage": self.n_clusters, "stages": self.n_clusters}
-        return {"phase": "curriculum", "stage": self.stage, "stages": self.n_clusters, "wait": self.wait}
+            out.update({f"joint_{k}": v for k, v in self.joint.status().items()})
+        elif self.pacing == "patience":
+            out["wait"] = self.wait
+        else:
+            out["stage_steps"] = self.stage_steps
+        if self.last_end:
+            out["ended"] = self.last_end
+        if self.pacing == "adaptive":
+            out["converged"], out["capped"] = self.converged_stages, self.capped_stages
+        return out
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -291,10 +469,17 @@ class DDC(TimestepSampler):
             "stages": self.n_clusters,
             "clustering": self.clustering,
             "order": self.order,
+            "pacing": self.pacing,
             "best": self.best,
             "wait": self.wait,
             "stage_steps": self.stage_steps,
             "ema": self.ema,
+            "window_losses": list(self.window_losses),
+            "prev_median": self.prev_median,
+            "last_end": self.last_end,
+            "converged_stages": self.converged_stages,
+            "capped_stages": self.capped_stages,
+            "joint": self.joint.state_dict(),
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
@@ -302,6 +487,7 @@ class DDC(TimestepSampler):
             ("stages", self.n_clusters),
             ("clustering", self.clustering),
             ("order", self.order),
+            ("pacing", self.pacing),
         ):
             if key in state and state[key] != mine:
                 raise ValueError(
@@ -319,10 +505,19 @@ class DDC(TimestepSampler):
         self.wait = int(state["wait"])
         self.stage_steps = int(state["stage_steps"])
         self.ema = float(state["ema"])
+        # states written before adaptive pacing and ``joint`` existed lack these keys
+        self.window_losses = [float(v) for v in state.get("window_losses", [])]
+        prev = state.get("prev_median")
+        self.prev_median = None if prev is None else float(prev)
+        self.last_end = str(state.get("last_end", ""))
+        self.converged_stages = int(state.get("converged_stages", 0))
+        self.capped_stages = int(state.get("capped_stages", 0))
+        if "joint" in state:
+            self.joint.load_state_dict(state["joint"])
 
     def __repr__(self) -> str:
         return (
             f"DDC(process={self.process!r}, clusters={self.n_clusters}, clustering={self.clustering!r}, "
-            f"pacing={self.pacing!r}, order={self.order!r}, stage={self.stage}, phase={self.phase!r}, "
-            f"step={self.step})"
+            f"pacing={self.pacing!r}, order={self.order!r}, joint={self.joint.name!r}, stage={self.stage}, "
+            f"phase={self.phase!r}, step={self.step})"
         )
