@@ -386,7 +386,10 @@ def test_state_from_other_settings_is_refused():
         ({"patience": 20}, "patience=20 belongs to pacing='patience', but pacing='adaptive'"),
         ({"loss_ema": 0.5}, "loss_ema=0.5 belongs to pacing='patience'"),
         ({"pacing": "patience", "window": 10}, "window=10 belongs to pacing='adaptive'"),
-        ({"pacing": "fixed", "steps_per_stage": 3, "rel_tol": 0.1}, "rel_tol=0.1 belongs to pacing='adaptive'"),
+        (
+            {"pacing": "fixed", "steps_per_stage": 3, "rel_tol": 0.1},
+            "rel_tol=0.1 belongs to pacing='adaptive'",
+        ),
         ({"curriculum_fraction": 0}, "curriculum_fraction=0"),
         ({"curriculum_fraction": 1.5}, "curriculum_fraction=1.5"),
         ({"window": 0}, "window=0"),
@@ -536,7 +539,14 @@ def test_slowly_but_steadily_improving_loss_no_longer_stalls():
     s = timesteps.build("ddc", LIN, total_steps=100_000)
     ends = feed(s, steady)
     assert ends == [(1250, "cap")] * 20 and s.step == 25_000
-    assert s.status() == {"phase": "joint", "stage": 20, "stages": 20, "ended": "cap", "converged": 0, "capped": 20}
+    assert s.status() == {
+        "phase": "joint",
+        "stage": 20,
+        "stages": 20,
+        "ended": "cap",
+        "converged": 0,
+        "capped": 20,
+    }
 
 
 def test_spikes_neither_end_nor_hold_a_stage():
@@ -583,7 +593,9 @@ def _to_joint(s, B=8):
 
 
 def test_joint_sampler_takes_over_after_the_curriculum():
-    s = timesteps.build("ddc", LIN, clusters=2, pacing="fixed", steps_per_stage=1, joint={"name": "speed", "k": 5})
+    s = timesteps.build(
+        "ddc", LIN, clusters=2, pacing="fixed", steps_per_stage=1, joint={"name": "speed", "k": 5}
+    )
     _to_joint(s)
     ref = timesteps.build("speed", LIN, k=5)
     for seed in range(3):
@@ -597,7 +609,9 @@ def test_joint_loss_second_moment_is_observed_only_in_the_joint_phase_and_round_
     from diffusion_curriculum import checkpoint
 
     P = DiscreteProcess.linear(20)
-    kw = dict(clusters=2, pacing="fixed", steps_per_stage=3, joint={"name": "loss-second-moment", "history": 2})
+    kw = dict(
+        clusters=2, pacing="fixed", steps_per_stage=3, joint={"name": "loss-second-moment", "history": 2}
+    )
     a = timesteps.build("ddc", P, **kw)
     g = _to_joint(a)
     assert a.joint.step == 0  # the curriculum's steps were not shown to it

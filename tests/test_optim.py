@@ -349,7 +349,9 @@ def test_demon_trajectory_against_the_formula(floor, comp):
     for s in range(0, 101):
         beta = demon_beta1(s, 0.9, 10, 90, floor or 0.0)
         assert opt.param_groups[0]["betas"][0] == pytest.approx(beta, abs=1e-15)
-        assert opt.param_groups[0]["lr"] == pytest.approx(LR * expected_c(beta, 0.9, comp or "linear"), rel=1e-12)
+        assert opt.param_groups[0]["lr"] == pytest.approx(
+            LR * expected_c(beta, 0.9, comp or "linear"), rel=1e-12
+        )
         opt.step()
         m.step()
     # at the end with no floor: β1 = 0 and (linear compensation) lr·(1 − 0.9)

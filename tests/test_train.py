@@ -51,7 +51,13 @@ def test_training_reduces_loss(tmp_path):
     [
         [],
         ["optim.schedule=cosine", "optim.warmup_steps=5"],
-        ["sampler.name=ddc", "sampler.clusters=4", "sampler.pacing=patience", "sampler.patience=4", "momentum.enabled=true"],
+        [
+            "sampler.name=ddc",
+            "sampler.clusters=4",
+            "sampler.pacing=patience",
+            "sampler.patience=4",
+            "momentum.enabled=true",
+        ],
         ["sampler.name=loss-second-moment", "sampler.history=1", "process.T=20", "weighting.name=min-snr"],
     ],
     ids=["plain", "cosine-lr", "ddc-mdlrc", "importance"],
