@@ -266,3 +266,92 @@ def test_x0_to_helper():
     torch.testing.assert_close(weighting.x0_to("x0", lam, snr), lam)
     with pytest.raises(ValueError, match="prediction='e' is not known"):
         weighting.x0_to("e", lam, snr)
+
+
+# -- the Weighting object and the learned edm2-uncertainty -------------------------------------------------
+def test_every_weighting_is_a_module_with_one_weighted_call():
+    p = DiscreteProcess.linear(1000)
+    t = torch.tensor([0, 10, 500, 999])
+    x = torch.tensor([0.5, 1.0, 2.0, 3.0])
+    s = torch.tensor([1.0, 2.0, 0.5, 1.5])
+    for name in weighting.REGISTRY:
+        w = weighting.build(name, p, "eps")
+        assert isinstance(w, torch.nn.Module) and isinstance(w, weighting.Weighting)
+        if name == "edm2-uncertainty":
+            continue
+        assert not list(w.parameters())
+        assert torch.equal(w.weighted(t, x), w(t) * x)
+        assert torch.equal(w.weighted(t, x, s), w(t) * s * x)  # the trainer's order of factors
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+@pytest.mark.parametrize("process", [DiscreteProcess.cosine(1000), EDMProcess()])
+def test_edm2_uncertainty_equals_its_closed_form_for_fixed_u(process, prediction):
+    w = weighting.build("edm2-uncertainty", process, prediction, channels=16, seed=3)
+    assert sum(p.numel() for p in w.parameters()) == 17  # one linear layer, one output
+    with torch.no_grad():
+        w.u_weight.copy_(torch.linspace(-1, 1, 16)[None])
+        w.u_bias.fill_(0.3)
+    t = torch.tensor([0, 100, 600, 999]) if not process.continuous else torch.tensor([0.01, 0.3, 2.0, 60.0])
+    x = torch.tensor([0.2, 0.1, 0.05, 0.01])
+    base = weighting.build("edm", process, prediction)(t).double()
+    # u by hand: c_noise = ln(σ)/4, features √2·cos(2π(f·c + φ)), u = W·feats + b
+    sigma = t.double() if process.continuous else process.sigma(t).double()
+    c = sigma.log() / 4
+    gen = torch.Generator().manual_seed(3)
+    f, phi = torch.randn(16, generator=gen).double(), torch.rand(16, generator=gen).double()
+    feats = math.sqrt(2) * torch.cos(2 * math.pi * (c[:, None] * f[None] + phi[None]))
+    u = feats @ torch.linspace(-1, 1, 16).double() + 0.3
+    expect = base / u.exp() * x + u
+    assert torch.allclose(w.u(t).double(), u, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(w.weighted(t, x).double(), expect, rtol=1e-4, atol=1e-5)
+    scale = torch.tensor([1.0, 2.0, 3.0, 0.5])
+    assert torch.allclose(w.weighted(t, x, scale).double(), scale * expect, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(w(t).double(), base / u.exp(), rtol=1e-4)
+
+
+def test_edm2_uncertainty_starts_at_its_base_and_learns_the_loss_level():
+    """Drop-in: train u alone against a fixed per-level loss; e^u must approach λ·E[L] at each level."""
+    p = DiscreteProcess.linear(1000)
+    w = weighting.build("edm2-uncertainty", p, "eps", base="none")
+    t = torch.arange(0, 1000, 50)
+    true_loss = 0.3 * torch.exp(-t.double() / 200.0).float() + 0.001  # larger at small t, as on real data
+    assert torch.equal(w.weighted(t, true_loss), true_loss)  # u ≡ 0 at the start
+    opt = torch.optim.Adam(w.parameters(), lr=0.02)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(1500):
+        noisy = true_loss * (1 + 0.3 * torch.randn(len(t), generator=gen)).abs()
+        loss = w.weighted(t, noisy).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    learned = w.u(t).detach().exp()
+    assert torch.allclose(learned.log(), true_loss.log(), atol=0.45)  # within ~1.5× across a 80× range
+    # and the effective weights equalise the levels: λ/e^u · L ≈ 1 everywhere
+    eff = (w(t) * true_loss).detach()
+    assert eff.max() / eff.min() < 2.5
+
+
+def test_edm2_uncertainty_errors_and_state():
+    p = DiscreteProcess.linear(100)
+    with pytest.raises(
+        ValueError, match="weighting.base.*'edm2-uncertainty'|weighting.base='edm2-uncertainty'"
+    ):
+        weighting.build("edm2-uncertainty", p, base="edm2-uncertainty")
+    with pytest.raises(ValueError, match="weighting.base='mni-snr'.*did you mean 'min-snr'"):
+        weighting.build("edm2-uncertainty", p, base="mni-snr")
+    with pytest.raises(ValueError, match="weighting.channels=0"):
+        weighting.build("edm2-uncertainty", p, channels=0)
+    a = weighting.build("edm2-uncertainty", p, seed=1)
+    with torch.no_grad():
+        a.u_weight.normal_()
+    b = weighting.build("edm2-uncertainty", p, seed=1)
+    b.load_state_dict(a.state_dict())
+    t = torch.arange(100)
+    assert torch.equal(a.u(t), b.u(t))
+    # building one touches no global random stream
+    torch.manual_seed(5)
+    weighting.build("edm2-uncertainty", p)
+    x = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(torch.rand(3), x)

@@ -1,9 +1,14 @@
 """Loss weightings: a per-sample factor on the loss as a function of the noise level, orthogonal to sampling.
 
-``weighting.build(name, process, prediction, **params)`` returns a callable ``w(t) -> Tensor[B]`` (float32, on
-``t``'s device). The trainer multiplies the per-sample loss by ``w(t) × draw.weight``.
+``weighting.build(name, process, prediction, **params)`` returns a :class:`Weighting`: an ``nn.Module`` whose call
+``w(t)`` gives the per-sample factor (float32 [B], on ``t``'s device) and whose ``w.weighted(t, per_sample)``
+gives the weighted per-sample loss — ``w(t)·per_sample`` for the fixed weightings, and for the learned one
+(``edm2-uncertainty``, which has trainable parameters) its own form. One call serves every weighting::
 
-Names: ``none``, ``min-snr``, ``soft-min-snr``, ``p2``, ``edm``, ``speed`` (METHODS.md §4).
+    loss = (draw.weight * w.weighted(draw.t, per_sample)).mean()
+
+Names: ``none``, ``min-snr``, ``soft-min-snr``, ``p2``, ``edm``, ``speed`` (docs/methods.md, "Loss weightings"),
+and ``edm2-uncertainty`` (learned: :class:`Uncertainty`).
 
 One idea keeps every weighting consistent across prediction types: a weighting is first defined as a weight
 λ_x0 on the *clean-sample* error ‖x̂0 − x0‖², and :func:`x0_to` turns it into the weight on the error of the
@@ -30,8 +35,41 @@ from torch import Tensor
 from .errors import check_params, suggest, unknown
 from .process import PREDICTIONS
 
-Weighting = Callable[[Tensor], Tensor]
-REGISTRY: dict[str, Callable[..., Weighting]] = {}
+WeightFn = Callable[[Tensor], Tensor]
+REGISTRY: dict[str, Callable[..., WeightFn]] = {}
+
+
+class Weighting(torch.nn.Module):
+    """A loss weighting: ``w(t)`` is the per-sample factor, :meth:`weighted` the weighted per-sample loss.
+
+    The fixed weightings wrap a function of the noise level and have no parameters; a learned weighting
+    (``edm2-uncertainty``) overrides :meth:`weight` and :meth:`weighted` and has parameters to train with the
+    model (``w.parameters()``) and state to checkpoint (``w.state_dict()``).
+    """
+
+    def __init__(self, fn: WeightFn | None = None, name: str = ""):
+        super().__init__()
+        self._fn = fn
+        self.name = name
+
+    def weight(self, t: Tensor) -> Tensor:
+        """The per-sample factor at noise levels ``t`` (float32, shape [B])."""
+        return self._fn(t)
+
+    def forward(self, t: Tensor) -> Tensor:
+        """``w(t)`` is :meth:`weight`, so a weighting is also the plain callable it always was."""
+        return self.weight(t)
+
+    def weighted(self, t: Tensor, per_sample: Tensor, scale: Tensor | None = None) -> Tensor:
+        """The weighted per-sample loss ``w(t)·scale·per_sample`` (``scale``: e.g. a draw's importance weights,
+        multiplied in this order so the trainer's loss is the same number it always was)."""
+        w = self.weight(t)
+        if scale is not None:
+            w = w * scale
+        return w * per_sample
+
+    def extra_repr(self) -> str:
+        return repr(self.name)
 
 
 def register(name: str):
@@ -94,7 +132,7 @@ def _v_sigma_data(process) -> float:
     return float(process.sigma_data) if process.continuous else 1.0
 
 
-def _from_x0(process, prediction: str, lam_x0: Callable[[Tensor], Tensor]) -> Weighting:
+def _from_x0(process, prediction: str, lam_x0: Callable[[Tensor], Tensor]) -> WeightFn:
     """A weighting from an x0-space weight ``lam_x0(snr)`` (float64 in, float64 out), converted by :func:`x0_to`."""
     v_sd = _v_sigma_data(process)
 
@@ -104,7 +142,7 @@ def _from_x0(process, prediction: str, lam_x0: Callable[[Tensor], Tensor]) -> We
     return _tabulate(process, convert)
 
 
-def _tabulate(process, of_snr: Callable[[Tensor], Tensor]) -> Weighting:
+def _tabulate(process, of_snr: Callable[[Tensor], Tensor]) -> WeightFn:
     """Evaluate ``of_snr`` (float64 SNR → weight): once over the whole table for a discrete process (gathered by
     ``t``), per call from σ for an EDM process. The result is float32 on ``t``'s device."""
     if process.continuous:
@@ -122,7 +160,7 @@ def _tabulate(process, of_snr: Callable[[Tensor], Tensor]) -> Weighting:
     return _gather(table)
 
 
-def _gather(table: Tensor) -> Weighting:
+def _gather(table: Tensor) -> WeightFn:
     """w(t) = table[t] for integer timesteps, with the table copied once per device."""
     on: dict[torch.device, Tensor] = {}
 
@@ -139,7 +177,7 @@ def _gather(table: Tensor) -> Weighting:
 
 # -- the weightings -----------------------------------------------------------------------------------------
 @register("none")
-def none(process, prediction: str) -> Weighting:
+def none(process, prediction: str) -> WeightFn:
     """Weight 1 everywhere: the plain MSE on the prediction target (Ho et al. 2020, eq. 14, L_simple)."""
 
     def w(t: Tensor) -> Tensor:
@@ -149,7 +187,7 @@ def none(process, prediction: str) -> Weighting:
 
 
 @register("min-snr")
-def min_snr(process, prediction: str, gamma: float = 5.0) -> Weighting:
+def min_snr(process, prediction: str, gamma: float = 5.0) -> WeightFn:
     """Min-SNR-γ (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy", arXiv 2303.09556):
     x0-space weight λ_x0 = min(SNR, γ), i.e. min(SNR, γ)/SNR for ε-, min(SNR, γ)/(SNR + 1) for v- and
     min(SNR, γ) for x0-prediction (via :func:`x0_to`). γ = 5 is the paper's default. On an EDM process
@@ -161,7 +199,7 @@ def min_snr(process, prediction: str, gamma: float = 5.0) -> Weighting:
 
 
 @register("soft-min-snr")
-def soft_min_snr(process, prediction: str, gamma: float | None = None) -> Weighting:
+def soft_min_snr(process, prediction: str, gamma: float | None = None) -> WeightFn:
     """Soft-min-SNR (Crowson et al. 2024, "Scalable High-Resolution Pixel-Space Image Synthesis with Hourglass
     Diffusion Transformers", arXiv 2401.11605, loss weighting): the hard minimum of Min-SNR replaced by the harmonic soft minimum,
     x0-space weight λ_x0 = 1/(1/SNR + 1/γ) = SNR·γ/(SNR + γ), converted by :func:`x0_to` (ε: γ/(SNR + γ),
@@ -180,7 +218,7 @@ def soft_min_snr(process, prediction: str, gamma: float | None = None) -> Weight
 
 
 @register("p2")
-def p2(process, prediction: str, k: float = 1.0, gamma: float = 1.0) -> Weighting:
+def p2(process, prediction: str, k: float = 1.0, gamma: float = 1.0) -> WeightFn:
     """P2 weighting (Choi et al. 2022, "Perception Prioritized Training of Diffusion Models", arXiv 2204.00227):
     λ_t = 1/(k + SNR(t))^γ on the ε-prediction loss (L_simple), k = 1, γ = 1 by default.
 
@@ -195,7 +233,7 @@ def p2(process, prediction: str, k: float = 1.0, gamma: float = 1.0) -> Weightin
 
 
 @register("edm")
-def edm(process, prediction: str, sigma_data: float | None = None) -> Weighting:
+def edm(process, prediction: str, sigma_data: float | None = None) -> WeightFn:
     """EDM's loss weight (Karras et al. 2022, arXiv 2206.00364, Table 1): λ(σ) = (σ² + σ_d²)/(σ σ_d)², applied so that
     the *effective* loss is λ(σ)·‖D(x; σ) − x0‖² whatever the prediction type.
 
@@ -221,8 +259,8 @@ def edm(process, prediction: str, sigma_data: float | None = None) -> Weighting:
 
 
 @register("speed")
-def speed(process, prediction: str, tau: int | None = None, lam: float = 0.6) -> Weighting:
-    """SpeeD's change-aware weighting (Wang et al. 2024, arXiv 2405.17403, §4.2; METHODS.md §4), discrete only:
+def speed(process, prediction: str, tau: int | None = None, lam: float = 0.6) -> WeightFn:
+    """SpeeD's change-aware weighting (Wang et al. 2024, arXiv 2405.17403, §4.2), discrete only:
     w_t = (1 − λ) + (2λ − 1)·(d_t − min d)/(max d − min d) for t < τ, 1 for t ≥ τ, d_t = d/dt (1 − ᾱ_t),
     from :func:`diffusion_curriculum.timesteps.speed.change_aware_weights` (τ = None → 700·T/1000, λ = 0.6).
 
@@ -251,12 +289,84 @@ def speed(process, prediction: str, tau: int | None = None, lam: float = 0.6) ->
     return _gather(table.to(torch.float32))
 
 
+class Uncertainty(Weighting):
+    """EDM2's learned uncertainty weighting (Karras et al. 2024, "Analyzing and Improving the Training Dynamics of
+    Diffusion Models", arXiv 2312.02696, §5 "Loss weighting", eq. 21): the per-sample loss at noise level σ is
+
+        λ(σ)/e^{u(σ)} · L(σ) + u(σ),
+
+    λ the ``base`` weighting (EDM's λ(σ) by default, converted to the prediction target like every weighting
+    here), L the per-sample MSE, and u(σ) a learned log-variance: one linear layer (one output) on ``channels``
+    fixed Fourier features cos(2π(f·c_noise + φ)), f ~ N(0, 1), φ ~ U[0, 1), of c_noise = ln(σ)/4 — trained
+    with the model. For fixed L, the loss is smallest at e^{u(σ)} = λ(σ)·E[L(σ)], so at the optimum every noise
+    level contributes equally: the per-level loss magnitudes are equalised automatically. A discrete process
+    uses its equivalent σ(t) = √((1 − ᾱ_t)/ᾱ_t).
+
+    Choices of this library [reconstruction]: the layer starts at zero (u ≡ 0: training starts as the ``base``
+    weighting) where EDM2 draws random magnitude-preserving weights, and the Fourier frequencies and phases
+    come from a fixed ``seed`` so building the weighting touches no global random stream. The trainer adds the
+    parameters to its optimizer (own parameter group: the model's learning rate, no weight decay) and saves
+    them with the checkpoint.
+    """
+
+    def __init__(self, process, prediction: str, base: str = "edm", channels: int = 128, seed: int = 0):
+        if base not in REGISTRY or base == "edm2-uncertainty":
+            raise ValueError(unknown("weighting.base", base, sorted(set(REGISTRY) - {"edm2-uncertainty"})))
+        ok = isinstance(channels, int) and not isinstance(channels, bool) and channels >= 1
+        _check("channels", channels, ok, "an integer >= 1")
+        _check("seed", seed, isinstance(seed, int) and not isinstance(seed, bool), "an integer")
+        super().__init__(REGISTRY[base](process, prediction), "edm2-uncertainty")
+        self.continuous = bool(process.continuous)
+        g = torch.Generator().manual_seed(int(seed))
+        self.register_buffer("freqs", torch.randn(channels, generator=g))
+        self.register_buffer("phases", torch.rand(channels, generator=g))
+        if not self.continuous:
+            ac = process.alphas_cumprod.to(torch.float64)
+            self.register_buffer("c_noise_table", (0.25 * 0.5 * torch.log((1 - ac) / ac)).to(torch.float32))
+        # the layer u = weight·features + bias, made by hand so no global random stream is drawn from
+        self.u_weight = torch.nn.Parameter(torch.zeros(1, channels))
+        self.u_bias = torch.nn.Parameter(torch.zeros(1))
+
+    def c_noise(self, t: Tensor) -> Tensor:
+        """c_noise = ln(σ)/4 at the noise levels ``t`` (σ itself for EDM, σ(t) for a discrete process)."""
+        if self.continuous:
+            return (t.float().log() / 4).reshape(t.shape[0])
+        return self.c_noise_table[t.long().reshape(t.shape[0])]
+
+    def u(self, t: Tensor) -> Tensor:
+        """The learned log-variance u at ``t`` (float32 [B]; differentiable in the layer's parameters)."""
+        x = self.c_noise(t)[:, None] * self.freqs[None] + self.phases[None]
+        feats = torch.cos(2 * math.pi * x) * math.sqrt(2)
+        return torch.nn.functional.linear(feats, self.u_weight, self.u_bias).reshape(-1)
+
+    def weight(self, t: Tensor) -> Tensor:
+        """λ(t)/e^{u(t)}, the factor on the per-sample loss (without the + u term)."""
+        return self._fn(t) * torch.exp(-self.u(t))
+
+    def weighted(self, t: Tensor, per_sample: Tensor, scale: Tensor | None = None) -> Tensor:
+        """scale·(λ/e^u·L + u): the loss EDM2 minimises, per sample."""
+        u = self.u(t)
+        w = self._fn(t) if scale is None else self._fn(t) * scale
+        out = w * torch.exp(-u) * per_sample
+        return out + (u if scale is None else scale * u)
+
+
+@register("edm2-uncertainty")
+def edm2_uncertainty(
+    process, prediction: str, base: str = "edm", channels: int = 128, seed: int = 0
+) -> Weighting:
+    """EDM2's learned uncertainty weighting (:class:`Uncertainty`)."""
+    return Uncertainty(process, prediction, base=base, channels=channels, seed=seed)
+
+
 def build(name: str, process, prediction: str = "eps", **params) -> Weighting:
-    """A weighting by name; unknown names, parameters or prediction types raise ``ValueError`` naming them."""
+    """A :class:`Weighting` by name; unknown names, parameters or prediction types raise ``ValueError`` naming
+    them."""
     if name not in REGISTRY:
         raise ValueError(unknown("weighting.name", name, sorted(REGISTRY)))
     if prediction not in PREDICTIONS:
         raise ValueError(unknown("prediction", prediction, PREDICTIONS))
     fn = REGISTRY[name]
     check_params("weighting", f"the {name!r} weighting", fn, params, skip=("process", "prediction"))
-    return fn(process, prediction, **params)
+    out = fn(process, prediction, **params)
+    return out if isinstance(out, Weighting) else Weighting(out, name)
