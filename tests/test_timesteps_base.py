@@ -113,3 +113,35 @@ def test_uniform_on_edm_is_log_uniform():
 def test_device_argument_moves_results():
     d = timesteps.build("uniform", DiscreteProcess.linear(10)).sample(3, device="cpu")
     assert d.t.device.type == "cpu" and d.weight.dtype == torch.float32
+
+
+# -- observe's one check (first-day trial: DDC, CLTS and SpeeD accepted any shape, DDC accepted NaN) -------------
+@pytest.mark.parametrize("name", sorted(timesteps.REGISTRY))
+@pytest.mark.parametrize(
+    "loss_shape",
+    [(8, 3), (4,), (), (8, 1, 8, 8), (8, 1)],
+    ids=["8x3", "4", "scalar", "8x1x8x8", "8x1"],
+)
+def test_every_sampler_refuses_losses_that_are_not_one_per_sample(name, loss_shape):
+    from diffusion_curriculum.process import DiscreteProcess
+
+    s = timesteps.build(name, DiscreteProcess.linear(100), total_steps=100)
+    t = s.sample(8, generator=torch.Generator().manual_seed(0)).t
+    with pytest.raises(ValueError, match=r"observe got 8 timesteps but per-sample losses of shape"):
+        s.observe(t, torch.ones(loss_shape))
+    with pytest.raises(ValueError, match=r"observe expects t of shape \[B\]"):
+        s.observe(t[:, None], torch.ones(8, 1))
+    with pytest.raises(ValueError, match="observe expects tensors; per_sample_loss is a list"):
+        s.observe(t, [1.0] * 8)
+    assert s.step == 0  # nothing was counted
+    s.observe(t, torch.ones(8))
+    assert s.step == 1
+
+
+def test_ddc_refuses_a_non_finite_loss_in_one_sentence():
+    from diffusion_curriculum.process import DiscreteProcess
+
+    s = timesteps.build("ddc", DiscreteProcess.linear(100), total_steps=1000)
+    t = s.sample(4).t
+    with pytest.raises(ValueError, match=r"ddc: the batch's mean loss is nan at step 1; .*finite"):
+        s.observe(t, torch.tensor([1.0, float("nan"), 1.0, 1.0]))

@@ -116,7 +116,14 @@ class TimestepSampler:
         return Draw(t.to(device) if device is not None else t, w.to(device) if device is not None else w)
 
     def observe(self, t: Tensor, per_sample_loss: Tensor) -> None:
-        """Report the batch's per-sample losses; call once per optimizer step (advances the step counter)."""
+        """Report the batch's per-sample losses; call once per optimizer step (advances the step counter).
+
+        ``t`` is the draw's noise levels (shape [B]) and ``per_sample_loss`` one loss per sample (shape [B]);
+        anything else is a ``ValueError`` that says what was passed, for every sampler, whether or not it reads
+        the losses. Samplers that read the values refuse non-finite ones (``ddc``) or drop them
+        (``loss-second-moment``, ``learning-progress``), as each one documents.
+        """
+        check_observation(t, per_sample_loss)
         self._observe(t, per_sample_loss)
         self.step += 1
 
@@ -150,6 +157,24 @@ class TimestepSampler:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(process={self.process!r}, step={self.step})"
+
+
+def check_observation(t, per_sample_loss) -> None:
+    """Raise ``ValueError`` unless ``t`` and ``per_sample_loss`` are tensors of the same shape [B] (no device
+    sync: only shapes are read)."""
+    for name, v in (("t", t), ("per_sample_loss", per_sample_loss)):
+        if not isinstance(v, Tensor):
+            raise ValueError(f"observe expects tensors; {name} is a {type(v).__name__}")
+    if t.dim() != 1:
+        raise ValueError(
+            f"observe expects t of shape [B], as sample() returns it; got shape {tuple(t.shape)}"
+        )
+    if tuple(per_sample_loss.shape) != tuple(t.shape):
+        raise ValueError(
+            f"observe got {t.shape[0]} timesteps but per-sample losses of shape {tuple(per_sample_loss.shape)}; "
+            f"pass one loss per sample (shape [{t.shape[0]}]): reduce every other dimension first, e.g. "
+            "loss.flatten(1).mean(1)"
+        )
 
 
 REGISTRY: dict[str, type[TimestepSampler]] = {}

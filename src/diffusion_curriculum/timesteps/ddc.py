@@ -402,6 +402,11 @@ class DDC(TimestepSampler):
             end = "fixed" if self.stage_steps >= self.steps_per_stage else None
         else:
             x = float(global_mean(per_sample_loss.detach().float().mean()).item())
+            if not math.isfinite(x):
+                raise ValueError(
+                    f"ddc: the batch's mean loss is {x} at step {self.step + 1}; its pacing needs finite losses "
+                    "(skip observe for a step whose loss is not finite)"
+                )
             end = self._converged(x) if self.pacing == "adaptive" else self._patience_ran_out(x)
         if (
             end is None
