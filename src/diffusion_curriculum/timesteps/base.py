@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..errors import check_params, unknown
+from ..errors import check_params, suggest, unknown
 
 
 @dataclass
@@ -190,6 +190,31 @@ def parameters(name: str) -> list[str]:
     """The parameters a registered sampler accepts (besides the process)."""
     sig = inspect.signature(REGISTRY[name].__init__)
     return [p for p in sig.parameters if p not in ("self", "process")]
+
+
+def build_spec(param: str, spec, process, exclude: tuple[str, ...] = (), **fixed) -> TimestepSampler:
+    """A sampler from a parameter ``param`` that names one: a registered name, or a mapping ``{"name": ...,
+    **parameters}`` (e.g. DDC's ``joint``); ``fixed`` (such as ``total_steps``) is passed to it as well. Every
+    error is a ``ValueError`` naming ``param``."""
+    if isinstance(spec, str):
+        name, params = spec, {}
+    elif isinstance(spec, dict) and isinstance(spec.get("name"), str):
+        name, params = spec["name"], {k: v for k, v in spec.items() if k != "name"}
+    else:
+        raise ValueError(
+            f"sampler parameter {param}={spec!r} is invalid; allowed: a registered sampler name or a mapping "
+            "with 'name' and that sampler's parameters"
+        )
+    allowed = [n for n in sorted(REGISTRY) if n not in exclude]
+    if name not in allowed:
+        what = "is not allowed here" if name in REGISTRY else "is not a registered sampler"
+        raise ValueError(
+            f"sampler parameter {param}={name!r} {what}{suggest(name, allowed)}; allowed: {', '.join(allowed)}"
+        )
+    try:
+        return build(name, process, **fixed, **params)
+    except ValueError as e:
+        raise ValueError(f"sampler parameter {param}: {e}") from None
 
 
 def build(name: str, process, **params) -> TimestepSampler:

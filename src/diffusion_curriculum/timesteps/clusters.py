@@ -18,7 +18,9 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import torch
 from scipy.stats import norm
+from torch import Tensor
 
 from ..errors import suggest
 from .base import is_int
@@ -212,6 +214,22 @@ def quantile(process, N: int) -> list[tuple[float, float]]:
     q = norm.ppf(np.arange(N + 1) / N, loc=process.P_mean, scale=process.P_std)
     q[0], q[-1] = -np.inf, np.inf
     return [(float(a), float(b)) for a, b in zip(q[:-1], q[1:])]
+
+
+#: the largest float64 below 1 and the smallest normal one — keep the inverse normal CDF finite
+_P_MAX = 1.0 - 2.0**-53
+_P_MIN = 2.0**-1022
+
+
+def truncated_lognormal(P_mean: float, P_std: float, lo: Tensor, hi: Tensor, generator) -> Tensor:
+    """σ with ln σ ~ N(P_mean, P_std²) truncated to [lo, hi] (per-sample float64 bounds, shape [B]), by inverse
+    CDF in float64; float32 out. Draws one ``rand`` of B numbers from ``generator``."""
+    pa = torch.special.ndtr((lo - P_mean) / P_std)
+    pb = torch.special.ndtr((hi - P_mean) / P_std)
+    u = torch.rand(lo.shape[0], generator=generator, dtype=torch.float64, device=lo.device)
+    p = (pa + u * (pb - pa)).clamp(_P_MIN, _P_MAX)
+    ls = (P_mean + P_std * torch.special.ndtri(p)).clamp(lo, hi)
+    return ls.exp().float()
 
 
 def build(kind: str, process, N: int) -> list:

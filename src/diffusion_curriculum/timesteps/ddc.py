@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..errors import suggest
 from . import clusters as _clusters
-from .base import TimestepSampler, check_param, global_mean, is_int, is_number, register
+from .base import TimestepSampler, build_spec, check_param, global_mean, is_int, is_number, register
 
 PACINGS = ("adaptive", "patience", "fixed")
 ORDERS = ("easy-to-hard", "anti")
@@ -30,10 +30,6 @@ DEFAULT_MAX_STEPS_PER_STAGE = 2000
 #: adaptive pacing's convergence window is at most this many steps, and at least _MIN_WINDOW
 DEFAULT_WINDOW = 200
 _MIN_WINDOW = 5
-
-#: the largest float64 below 1 — keeps the inverse normal CDF finite
-_P_MAX = 1.0 - 2.0**-53
-_P_MIN = 2.0**-1022
 
 
 def _name_check(name: str, value, allowed: tuple[str, ...]) -> None:
@@ -48,37 +44,6 @@ def _optional_int(name: str, value, rest: str = "") -> None:
     check_param(
         name, value, value is None or (is_int(value) and value >= 1), f"an integer >= 1 or None{rest}"
     )
-
-
-def _build_joint(spec, process, total_steps):
-    """The sampler of the joint phase from ``joint``: ``None`` (the process's own training distribution:
-    ``uniform`` for a discrete process, ``lognormal`` for EDM), a registered name, or a mapping
-    ``{"name": ..., **parameters}``."""
-    from .base import REGISTRY, build
-
-    if spec is None:
-        spec = "lognormal" if process.continuous else "uniform"
-    if isinstance(spec, str):
-        name, params = spec, {}
-    elif isinstance(spec, dict) and isinstance(spec.get("name"), str):
-        params = {k: v for k, v in spec.items() if k != "name"}
-        name = spec["name"]
-    else:
-        raise ValueError(
-            f"sampler parameter joint={spec!r} is invalid; allowed: a registered sampler name or a mapping "
-            "with 'name' and that sampler's parameters"
-        )
-    if name == "ddc":
-        raise ValueError("sampler parameter joint='ddc' is invalid; allowed: any registered sampler but ddc")
-    if name not in REGISTRY:
-        raise ValueError(
-            f"sampler parameter joint={name!r} is not a registered sampler{suggest(name, sorted(REGISTRY))}; "
-            f"allowed: {', '.join(n for n in sorted(REGISTRY) if n != 'ddc')}"
-        )
-    try:
-        return build(name, process, total_steps=total_steps, **params)
-    except ValueError as e:
-        raise ValueError(f"sampler parameter joint: {e}") from None
 
 
 @register
@@ -213,7 +178,9 @@ class DDC(TimestepSampler):
         self.steps_per_stage = steps_per_stage
         self.order = order
         self.per_cluster_share = per_cluster_share
-        self.joint = _build_joint(joint, process, total_steps)
+        if joint is None:  # the process's own training distribution
+            joint = "lognormal" if process.continuous else "uniform"
+        self.joint = build_spec("joint", joint, process, total_steps=total_steps, exclude=("ddc",))
         if cont:
             self.P_mean, self.P_std = float(process.P_mean), float(process.P_std)
         self._warn_if_budget_too_short()
@@ -356,15 +323,6 @@ class DDC(TimestepSampler):
             counts[(off + j) % k] += 1
         return counts
 
-    def _truncated_lognormal(self, lo: Tensor, hi: Tensor, batch_size: int, generator, device) -> Tensor:
-        """σ with ln σ ~ N(P_mean, P_std²) truncated to [lo, hi] (per-sample float64 bounds), by inverse CDF."""
-        pa = torch.special.ndtr((lo - self.P_mean) / self.P_std)
-        pb = torch.special.ndtr((hi - self.P_mean) / self.P_std)
-        u = torch.rand(batch_size, generator=generator, dtype=torch.float64, device=device)
-        p = (pa + u * (pb - pa)).clamp(_P_MIN, _P_MAX)
-        ls = (self.P_mean + self.P_std * torch.special.ndtri(p)).clamp(lo, hi)
-        return ls.exp().float()
-
     def _draw(self, batch_size, generator):
         device = generator.device if generator is not None else None
         cont = self.process.continuous
@@ -377,7 +335,7 @@ class DDC(TimestepSampler):
                 return torch.randint(lo, hi, (batch_size,), generator=generator, device=device), None
             f64 = dict(dtype=torch.float64, device=device)
             lo_t, hi_t = torch.full((batch_size,), lo, **f64), torch.full((batch_size,), hi, **f64)
-            return self._truncated_lognormal(lo_t, hi_t, batch_size, generator, device), None
+            return _clusters.truncated_lognormal(self.P_mean, self.P_std, lo_t, hi_t, generator), None
         counts = torch.tensor(self._shares(batch_size, len(act)), device=device)
         bounds = torch.tensor([self.intervals[i] for i in act], dtype=torch.float64, device=device)
         lo = bounds[:, 0].repeat_interleave(counts)
@@ -387,7 +345,7 @@ class DDC(TimestepSampler):
             t = lo + torch.floor(u * (hi - lo))
             t = torch.minimum(t, hi - 1).long()
         else:
-            t = self._truncated_lognormal(lo, hi, batch_size, generator, device)
+            t = _clusters.truncated_lognormal(self.P_mean, self.P_std, lo, hi, generator)
         perm = torch.randperm(batch_size, generator=generator, device=device)
         return t[perm], None
 
