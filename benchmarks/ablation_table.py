@@ -1,0 +1,120 @@
+"""Tables of a strategy grid from its small result files, so they can be rebuilt without retraining.
+
+Each run of a ``compare --eval-samples N`` grid keeps ``eval-nN.jsonl`` (FD per checkpoint) in its run
+directory. ``--collect`` copies those files (and the run's ``summary.json`` and last sampler status) from one or
+more compare output folders into ``benchmarks/results/<name>/<group>/<method>/seed<k>/``; the default action
+prints, per group (e.g. the noise schedule), a markdown table: FD mean ± std over the seeds at every checkpoint,
+the speed-up per seed (steps the baseline needs to reach its own final FD ÷ steps the method needs; log-linear
+interpolation between evaluations, "n.r." when not reached), and how many steps the baseline needs to match the
+method's FD at early checkpoints, ÷ those steps (same interpolation, "≤ 1" when the baseline was already as good).
+
+    python benchmarks/ablation_table.py --collect lin=/work/bench/lin cos=/work/bench/cos --name digits-ablation
+    python benchmarks/ablation_table.py --name digits-ablation            # the tables, from the committed files
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+from diffusion_curriculum.compare import speedup, steps_to_reach
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def collect(name: str, sources: list[str], samples: int) -> int:
+    """Copy each run's evaluation file, summary and last sampler status; returns the number of runs copied."""
+    n = 0
+    for item in sources:
+        group, _, folder = item.partition("=")
+        for ev in sorted(Path(folder).glob(f"runs/*/seed*/eval-n{samples}.jsonl")):
+            run = ev.parent
+            dest = RESULTS / name / group / run.parent.name / run.name
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ev, dest / ev.name)
+            if (run / "summary.json").exists():
+                shutil.copyfile(run / "summary.json", dest / "summary.json")
+            status = [json.loads(x).get("sampler") for x in open(run / "metrics.jsonl") if '"sampler"' in x]
+            if status:
+                (dest / "sampler-status.json").write_text(json.dumps(status[-1]) + "\n")
+            n += 1
+    return n
+
+
+def load(name: str, samples: int) -> dict[str, dict[str, dict[int, list[tuple[int, float]]]]]:
+    """group -> method -> seed -> [(step, fd)]."""
+    out: dict = {}
+    for ev in sorted((RESULTS / name).glob(f"*/*/seed*/eval-n{samples}.jsonl")):
+        seed = int(ev.parent.name.removeprefix("seed"))
+        method, group = ev.parent.parent.name, ev.parent.parent.parent.name
+        curve = sorted((r["step"], float(r["fd"])) for r in map(json.loads, open(ev)) if "fd" in r)
+        out.setdefault(group, {}).setdefault(method, {})[seed] = curve
+    return out
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def _ratio(v) -> str:
+    return f"{v:.2f}" if isinstance(v, float) else "n.r."
+
+
+def table(methods: dict, baseline: str, early: tuple[int, ...]) -> str:
+    """The markdown table of one group (see the module docstring)."""
+    steps = sorted({s for seeds in methods.values() for c in seeds.values() for s, _ in c})
+    head = ["method", "seeds", *[str(s) for s in steps], f"speed-up vs {baseline} (per seed)"]
+    head += [f"{baseline} steps to match at {k} ÷ {k}" for k in early]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = methods.get(baseline, {})
+    order = [baseline] + sorted(m for m in methods if m != baseline) if base else sorted(methods)
+    for m in order:
+        seeds = methods[m]
+        cells = [f"`{m}`", "/".join(str(s) for s in sorted(seeds))]
+        for s in steps:
+            vals = [v for c in seeds.values() for st, v in c if st == s]
+            cells.append(_mean_std(vals) if vals else "–")
+        ups, early_cells = [], {k: [] for k in early}
+        for seed, curve in sorted(seeds.items()):
+            b = base.get(seed)
+            if not b:
+                ups.append("no baseline")
+                continue
+            ups.append(_ratio(speedup(b, curve)["speedup"]) if len(curve) > 1 else "one point")
+            for k in early:
+                at = dict(curve).get(k)
+                if at is None:
+                    early_cells[k].append("–")
+                    continue
+                need = steps_to_reach(b, at)
+                early_cells[k].append("n.r." if need is None else ("≤ 1" if need <= k else f"{need / k:.2f}"))
+        cells.append(" / ".join(ups))
+        cells += [" / ".join(early_cells[k]) for k in early]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--name", default="digits-ablation", help="the results folder under benchmarks/results")
+    ap.add_argument("--collect", nargs="*", metavar="GROUP=FOLDER", help="copy result files from compare folders")
+    ap.add_argument("--samples", type=int, default=1000, help="the evaluation's sample count (eval-nN.jsonl)")
+    ap.add_argument("--baseline", default="uniform")
+    ap.add_argument("--early", default="1000,2000", help="checkpoints for the steps-to-match columns")
+    args = ap.parse_args(argv)
+    if args.collect:
+        print(f"collected {collect(args.name, args.collect, args.samples)} runs into {RESULTS / args.name}")
+        return 0
+    early = tuple(int(k) for k in args.early.split(",") if k)
+    for group, methods in sorted(load(args.name, args.samples).items()):
+        print(f"\n### {group}\n\n{table(methods, args.baseline, early)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
