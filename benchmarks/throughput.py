@@ -6,8 +6,14 @@ are built once, then timed in alternating blocks (trainer block, bare block, tra
 so drifts in machine speed hit both alike. The trainer side runs ``Trainer.advance`` — the body of ``run``
 with its logging cadence — so its bookkeeping is included; evaluation and checkpoints are off on both sides.
 
+Both sides follow the run's ``precision`` (``auto``: bf16 autocast on CUDA, fp32 elsewhere; ``--precision`` sets
+it). ``--with-sync-variant`` adds a third side, the bare loop reading its loss back to the host every step as the
+trainer does (its one per-step sync), so the cost of that sync is measured apart from the rest of the overhead.
+
     python benchmarks/throughput.py                       # digits preset, CPU
     python benchmarks/throughput.py --device cuda model.channels=64 batch_size=256
+    python benchmarks/throughput.py --device cuda --precision bf16 --with-sync-variant --preset mnist5k \
+        model.channels=64 batch_size=512
 """
 
 from __future__ import annotations
@@ -25,12 +31,22 @@ from diffusion_curriculum import process as process_mod
 from diffusion_curriculum.train import Trainer, resolve_device
 
 
-class BareLoop:
-    """A plain DDPM training loop as a user would write it (ε-prediction, uniform t, AdamW, clipping, EMA)."""
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """The trainer's rule: bf16 autocast with ``precision=bf16``, or ``auto`` on CUDA."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
-    def __init__(self, cfg: dict, device: torch.device):
+
+class BareLoop:
+    """A plain DDPM training loop as a user would write it (ε-prediction, uniform t, AdamW, clipping, EMA).
+
+    It autocasts to bf16 under the same rule as the trainer (``cfg["precision"]``). With ``sync=True`` it also
+    reads the loss back to the host every step, at the point where the trainer does (before the backward pass)."""
+
+    def __init__(self, cfg: dict, device: torch.device, *, sync: bool = False):
         torch.manual_seed(cfg["seed"])
         self.device = device
+        self.bf16 = uses_bf16(cfg["precision"], device)
+        self.sync = sync
         ds = data.load(cfg["dataset"]["name"], seed=cfg["seed"])
         self.x = ds.data.to(device)
         mparams = {k: v for k, v in cfg["model"].items() if k != "name"}
@@ -60,9 +76,11 @@ class BareLoop:
         t = torch.randint(0, self.T, (B,), device=self.device)
         noise = torch.randn_like(x0)
         x_t = self.sa[t].view(-1, 1, 1, 1) * x0 + self.s1a[t].view(-1, 1, 1, 1) * noise
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.model(x_t, t.float())
         loss = (out.float() - noise).pow(2).mean()
+        if self.sync:
+            float(loss.detach())  # the trainer's one host-device sync per step
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.clip)
@@ -82,23 +100,30 @@ def timed(fn, n: int, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="digits")
-    ap.add_argument("--block", type=int, default=50, help="steps per timed block")
-    ap.add_argument("--rounds", type=int, default=30, help="alternating blocks per side")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    total = args.block * (args.rounds + 1)
+def measure(
+    preset: str,
+    overrides: list[str] = (),
+    *,
+    block: int = 50,
+    rounds: int = 30,
+    device: str | torch.device = "auto",
+    precision: str | None = None,
+    sync_variant: bool = False,
+    deadline: float | None = None,
+) -> dict:
+    """Time the trainer against the bare loop (and, with ``sync_variant``, the bare loop with a per-step loss
+    sync) in alternating blocks of ``block`` steps, ``rounds`` blocks per side; return the result record.
+
+    ``precision`` (``auto``/``fp32``/``bf16``) overrides the run's ``precision``; ``None`` keeps the preset's.
+    ``deadline`` (a ``time.perf_counter()`` value) stops after the first round that ends past it; the record's
+    ``rounds`` says how many were timed."""
+    device = resolve_device(str(device))
+    total = block * (rounds + 1)
     cfg = config.resolve(
-        args.preset,
+        preset,
         overrides=[
-            *args.overrides,
+            *overrides,
+            *([f"precision={precision}"] if precision else []),
             f"device={device}",
             f"steps={total}",
             "eval_every=0",
@@ -111,33 +136,86 @@ def main() -> None:
         trainer = Trainer(cfg, d)
         trainer.model.train()
         bare = BareLoop(cfg, device)
-        timed(trainer.advance, args.block, device)  # warm-up both sides
-        timed(bare.step, args.block, device)
-        t_tr = t_bare = 0.0
-        per_round = []
-        for _ in range(args.rounds):
-            a = timed(trainer.advance, args.block, device)
-            b = timed(bare.step, args.block, device)
-            t_tr, t_bare = t_tr + a, t_bare + b
-            per_round.append(a / b)
-    n = args.block * args.rounds
-    per_round.sort()
+        sides = {"trainer": trainer.advance, "bare": bare.step}
+        if sync_variant:
+            sides["bare_sync"] = BareLoop(cfg, device, sync=True).step
+        for fn in sides.values():  # warm-up every side
+            timed(fn, block, device)
+        spent = dict.fromkeys(sides, 0.0)
+        per_round: dict[str, list[float]] = {k: [] for k in sides if k != "bare"}
+        done = 0
+        for _ in range(rounds):
+            t = {k: timed(fn, block, device) for k, fn in sides.items()}
+            for k in sides:
+                spent[k] += t[k]
+            for k in per_round:
+                per_round[k].append(t[k] / t["bare"])
+            done += 1
+            if deadline is not None and time.perf_counter() > deadline:
+                break
+    n = block * done
+
+    def median_pct(k: str) -> float:
+        r = sorted(per_round[k])
+        return round(100 * (r[len(r) // 2] - 1), 2)
+
     result = {
-        "preset": args.preset,
-        "overrides": args.overrides,
+        "preset": preset,
+        "overrides": list(overrides),
         "device": str(device),
         "machine": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
-        "block": args.block,
-        "rounds": args.rounds,
+        "precision": "bf16" if uses_bf16(cfg["precision"], device) else "fp32",
+        "block": block,
+        "rounds": done,
         "parameters": models.count_parameters(bare.model),
-        "bare_steps_per_s": round(n / t_bare, 2),
-        "trainer_steps_per_s": round(n / t_tr, 2),
-        "overhead_percent": round(100 * (t_tr / t_bare - 1), 2),
-        "overhead_percent_median_round": round(100 * (per_round[len(per_round) // 2] - 1), 2),
+        "batch_size": cfg["batch_size"],
+        "bare_steps_per_s": round(n / spent["bare"], 2),
+        "trainer_steps_per_s": round(n / spent["trainer"], 2),
+        "overhead_percent": round(100 * (spent["trainer"] / spent["bare"] - 1), 2),
+        "overhead_percent_median_round": median_pct("trainer"),
     }
+    if sync_variant:
+        result["bare_sync_steps_per_s"] = round(n / spent["bare_sync"], 2)
+        # what one loss read-back per step costs the bare loop, and the trainer's overhead over that loop
+        result["sync_cost_percent"] = round(100 * (spent["bare_sync"] / spent["bare"] - 1), 2)
+        result["sync_cost_percent_median_round"] = median_pct("bare_sync")
+        result["overhead_vs_bare_sync_percent"] = round(100 * (spent["trainer"] / spent["bare_sync"] - 1), 2)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="digits")
+    ap.add_argument("--block", type=int, default=50, help="steps per timed block")
+    ap.add_argument("--rounds", type=int, default=30, help="alternating blocks per side")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        help="both sides' precision (default: the preset's, auto: bf16 autocast on CUDA, fp32 elsewhere)",
+    )
+    ap.add_argument(
+        "--with-sync-variant",
+        action="store_true",
+        help="also time the bare loop with the trainer's per-step loss sync (a third side)",
+    )
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = measure(
+        args.preset,
+        args.overrides,
+        block=args.block,
+        rounds=args.rounds,
+        device=args.device,
+        precision=args.precision,
+        sync_variant=args.with_sync_variant,
+    )
     print(json.dumps(result, indent=2))
 
 
