@@ -218,6 +218,14 @@ def toy_points(name: str, n: int, seed: int = 0) -> tuple[Tensor, Tensor | None]
     return x.float().contiguous(), labels
 
 
+def fresh_points(dataset: Dataset, n: int, seed: int) -> Tensor | None:
+    """A new draw of ``n`` points from the generator of a synthetic point set (the toy 2-D sets), seeded with
+    ``seed``; ``None`` when ``dataset`` is not one (its samples are all there is)."""
+    if dataset.name not in TOY_DATASETS:
+        return None
+    return toy_points(dataset.name, n, seed=seed)[0]
+
+
 # -- npz -----------------------------------------------------------------------------------------------
 def _load_npz(path: str) -> Dataset:
     if os.path.isdir(path):
