@@ -8,8 +8,8 @@ converges; they find the small-t (low-noise) intervals converge more slowly — 
 Two modes:
 
 - ``per-interval``: N models, model k trained only on t ∈ [⌊kT/N⌋, ⌊(k+1)T/N⌋) (the ``interval`` sampler),
-  same steps each, trained as parallel ``diffusion-curriculum train`` subprocesses (the machinery of
-  :mod:`diffusion_curriculum.compare`); loss curves come from each run's ``metrics.jsonl``.
+  same steps each, trained by :func:`diffusion_curriculum.sweep.run` (parallel ``diffusion-curriculum train``
+  subprocesses, or one after another in-process with one job); loss curves come from each run's ``metrics.jsonl``.
 - ``per-bucket``: one model trained on all t (the config's own sampler) in-process; the per-sample losses the
   trainer passes to ``sampler.observe`` are accumulated per t-bucket (same N equal-width buckets; ln σ buckets
   for an EDM process) and logged every ``log_every`` steps. ``train.py`` is not changed: only the sampler
@@ -27,10 +27,8 @@ step). ``None`` when Δ ≤ 0 or the level is never reached.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -87,54 +85,6 @@ def _loss_curve(records: list[dict]) -> list[tuple[int, float]]:
 
 
 # -- per-interval -----------------------------------------------------------------------------------------
-def run_parallel(plans: list[tuple], jobs: int | None, say) -> dict[str, str]:
-    """Train ``[(label, run_dir, preset, config_file, overrides, steps)]``; finished runs are skipped, unfinished
-    ones resumed. With ``jobs`` > 1 (default: the CPU count) each run is a ``diffusion-curriculum train``
-    subprocess, up to ``jobs`` at a time, through compare's helpers (threads split between jobs, output in the
-    run's ``train.log``); with ``jobs`` = 1 they run one after another in this process (no start-up cost).
-    Returns {label: error} for the failures."""
-    from .. import compare, config
-    from ..train import Trainer, TrainingError
-
-    jobs = jobs or os.cpu_count() or 1
-    todo = [p for p in plans if not compare._finished(p[1], p[5])]
-    say(f"training {len(todo)} runs ({len(plans) - len(todo)} already finished), {jobs} at a time")
-    failures: dict[str, str] = {}
-    t0 = time.time()
-    if jobs == 1:
-        for i, (label, run, preset, config_file, overrides, _) in enumerate(todo, 1):
-            try:
-                resume = (run / "metrics.jsonl").exists() or (run / "checkpoints").exists()
-                Trainer(config.resolve(preset, config_file, overrides), run, resume=resume, log=say).run()
-            except TrainingError as e:
-                failures[label] = str(e)
-            status = "done" if label not in failures else f"FAILED ({failures[label]})"
-            say(f"[{i}/{len(todo)}] {label}: {status} ({time.time() - t0:.0f} s)")
-        return failures
-    threads = compare._threads_per_job(min(jobs, max(1, len(todo))))
-
-    def work(p):
-        label, run, preset, config_file, overrides, _ = p
-        cmd = [sys.executable, "-m", "diffusion_curriculum", "train", "--out", str(run)]
-        cmd += [*config_args(preset, config_file), *overrides]
-        if run.exists():
-            cmd.append("--resume")
-        return label, *compare._train(cmd, run, threads)
-
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for i, (label, rc, err) in enumerate(pool.map(work, todo), 1):
-            if rc != 0:
-                failures[label] = err
-            status = "done" if rc == 0 else f"FAILED ({err})"
-            say(f"[{i}/{len(todo)}] {label}: {status} ({time.time() - t0:.0f} s)")
-    return failures
-
-
-def config_args(preset: str | None, config_file: str | None) -> list[str]:
-    """The CLI arguments that select the same preset or config file in a subprocess."""
-    return ["--preset", preset] if preset else ["--config", str(config_file)] if config_file else []
-
-
 #: overrides every analysis training run gets before the user's own (no periodic evaluation, no feature nets)
 QUIET = ["eval_every=0", "metrics.enabled=false", "progress=false"]
 
@@ -152,7 +102,7 @@ def per_interval(
     say,
 ) -> tuple[list[dict], dict[str, list]]:
     """Mode ``per-interval``: one model per t interval, trained for the same steps in parallel ``train`` subprocesses; returns (table rows, curves)."""
-    from .. import config, plots
+    from .. import config, runlog, sweep
     from ..train import build_components
 
     proc = build_components(cfg).process
@@ -165,11 +115,13 @@ def per_interval(
     for k, (lo, hi) in enumerate(bounds):
         ov = [*QUIET, *overrides, "sampler.name=interval", f"sampler.lo={lo}", f"sampler.hi={hi}"]
         config.resolve(preset, config_file, ov)  # fail before any run starts
-        plans.append((f"interval{k}", out / "runs" / f"interval{k}", preset, config_file, ov, cfg["steps"]))
-    failures = run_parallel(plans, jobs, say)
+        label = f"interval{k}"
+        plans.append(sweep.RunPlan(label, out / "runs" / label, cfg["steps"], preset, config_file, tuple(ov)))
+    failures = sweep.run(plans, jobs=jobs, say=say, serial_in_process=True)
     rows, curves = [], {}
-    for (label, run, *_), (lo, hi) in zip(plans, bounds):
-        curve = _loss_curve(plots.read_metrics(run / "metrics.jsonl"))
+    for plan, (lo, hi) in zip(plans, bounds):
+        label = plan.label
+        curve = _loss_curve(runlog.read_metrics(plan.run_dir / "metrics.jsonl"))
         curves[label] = curve
         row = {
             "interval": label,
@@ -258,9 +210,9 @@ def plot(rows: list[dict], curves: dict[str, list], path: Path, mode: str) -> No
     of the drop per interval (right)."""
     import numpy as np
 
-    from .. import plots
+    from .. import viz
 
-    plt, fig, ax = plots._figure(1, 2, size=(12.0, 4.4))
+    plt, fig, ax = viz.figure(1, 2, size=(12.0, 4.4))
     a, b = ax[0, 0], ax[0, 1]
     cmap = plt.get_cmap("viridis")
     n = len(rows)
@@ -286,7 +238,7 @@ def plot(rows: list[dict], curves: dict[str, list], path: Path, mode: str) -> No
     b.set_xlabel("interval (0 = smallest t, cleanest)")
     b.set_ylabel("steps to reach")
     b.legend(fontsize=7)
-    plots.save_figure(plt, fig, path)
+    viz.save_figure(plt, fig, path)
 
 
 def run(
