@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from .. import noise_levels
 from ..errors import ConfigError
 from . import write_table
 
@@ -150,17 +151,9 @@ class BucketLossRecorder:
         sampler.observe = self.observe
 
     def bucket(self, t):
-        """Bucket index in [0, buckets) of each t (discrete: equal t ranges; EDM: equal ranges of ln σ)."""
-        p = self.process
-        if not p.continuous:
-            return (t.long() * self.buckets // p.T).clamp(0, self.buckets - 1)
-        lo, hi = math.log(p.sigma_min), math.log(p.sigma_max)
-        return (
-            ((t.double().log() - lo) / (hi - lo) * self.buckets)
-            .long()
-            .clamp(0, self.buckets - 1)
-            .to(torch.long)
-        )
+        """Bucket index in [0, buckets) of each t (:func:`diffusion_curriculum.noise_levels.bucket`: equal t
+        ranges for a discrete process, equal ranges of ln σ for EDM)."""
+        return noise_levels.bucket(self.process, t, self.buckets)
 
     def observe(self, t, per_sample_loss) -> None:
         """Accumulate the step's per-sample losses into their buckets, then pass the call on to the wrapped sampler."""
@@ -187,17 +180,14 @@ def per_bucket(
     rec = BucketLossRecorder(trainer.sampler, trainer.process, intervals, cfg["log_every"])
     trainer.run()
     p = trainer.process
+    edges, _ = noise_levels.bucket_edges(p, intervals)
     rows, curves = [], {}
     for k in range(intervals):
         label = f"bucket{k}"
         curve = [(s, m[k]) for s, m in rec.curves if m[k] is not None]
         curves[label] = curve
         if p.continuous:
-            lo, hi = math.log(p.sigma_min), math.log(p.sigma_max)
-            span = {
-                "ln_sigma_lo": lo + (hi - lo) * k / intervals,
-                "ln_sigma_hi": lo + (hi - lo) * (k + 1) / intervals,
-            }
+            span = {"ln_sigma_lo": edges[k], "ln_sigma_hi": edges[k + 1]}
         else:
             span = {"t_lo": k * p.T // intervals, "t_hi": (k + 1) * p.T // intervals}
         rows.append({"interval": label, **span, **steps_to_fraction(curve, final_window=final_window)})
