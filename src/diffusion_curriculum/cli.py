@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from . import __version__
+from .checks import first_line
 from .errors import ConfigError
 
 
@@ -206,7 +207,7 @@ def cmd_sample(args) -> int:
             model.load_state_dict(state["ema"])
             break
         except (checkpoint.CheckpointError, RuntimeError, KeyError) as e:
-            print(f"warning: {str(e).splitlines()[0]}; trying the previous checkpoint", file=sys.stderr)
+            print(f"warning: {first_line(e)}; trying the previous checkpoint", file=sys.stderr)
     else:
         raise checkpoint.CheckpointError(f"no usable checkpoint under {str(run)!r}")
     ec = cfg["eval"]
@@ -374,12 +375,6 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .train import TrainingError
 
-    def _one_line(e: BaseException) -> str:
-        """An exception's first line (a torch error can run to many), at most 500 characters."""
-        text = str(e).strip()
-        line = text.splitlines()[0] if text else type(e).__name__
-        return line if len(line) <= 500 else line[:497] + "..."
-
     ap = _parser()
     args = ap.parse_args(argv)
     if args.command is None:
@@ -396,18 +391,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except TrainingError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 1
     except (ConfigError, DataError, CheckpointError) as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
     except ValueError as e:  # a builder's check of a named section's parameter (sampler, model, process, ...)
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:
         where = e.filename or "file system"
         print(
-            f"error: {e.strerror or _one_line(e)} ({where}); nothing already written was removed",
+            f"error: {e.strerror or first_line(e)} ({where}); nothing already written was removed",
             file=sys.stderr,
         )
         return 2
@@ -418,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("DIFFUSION_CURRICULUM_DEBUG"):
             raise
         print(
-            f"error: unexpected {type(e).__name__}: {_one_line(e)} (this is a bug; rerun with "
+            f"error: unexpected {type(e).__name__}: {first_line(e)} (this is a bug; rerun with "
             "DIFFUSION_CURRICULUM_DEBUG=1 for the traceback and please report it)",
             file=sys.stderr,
         )

@@ -27,6 +27,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from .checks import check_params, is_int, is_number, unknown
+
 Prediction = Literal["eps", "v", "x0"]
 PREDICTIONS = ("eps", "v", "x0")
 
@@ -184,7 +186,7 @@ class DiscreteProcess:
 
 
 def _check_T(T: int) -> None:
-    if isinstance(T, bool) or not isinstance(T, int) or T < 2:
+    if not is_int(T) or T < 2:
         raise ProcessError(f"T must be an integer >= 2, got {T!r}")
 
 
@@ -194,7 +196,7 @@ class EDMProcess:
     Training σ follows ln σ ~ N(P_mean, P_std²) (Table 1, "Training"; drawn by the ``lognormal`` sampler);
     generation spans [sigma_min, sigma_max]. Preconditioning (Table 1, eq. 7):
     c_skip = σ_d²/(σ²+σ_d²), c_out = σ σ_d/sqrt(σ²+σ_d²), c_in = 1/sqrt(σ²+σ_d²), c_noise = ¼ ln σ.
-    SNR(σ) = 1/σ² (METHODS.md: σ_data is folded in only where a weighting says so).
+    SNR(σ) = 1/σ² (docs/methods.md, 'Notation': σ_data is folded in only where a weighting says so).
     """
 
     continuous = True
@@ -213,9 +215,9 @@ class EDMProcess:
             ("sigma_min", sigma_min),
             ("sigma_max", sigma_max),
         ):
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            if not (is_number(v) and v > 0):
                 raise ProcessError(f"EDMProcess needs {k} > 0, got {v!r}")
-        if not (isinstance(P_mean, (int, float)) and math.isfinite(P_mean)):
+        if not is_number(P_mean):
             raise ProcessError(f"EDMProcess needs a finite P_mean, got {P_mean!r}")
         if sigma_min >= sigma_max:
             raise ProcessError(f"EDMProcess needs sigma_min < sigma_max, got {sigma_min} >= {sigma_max}")
@@ -305,8 +307,6 @@ def build(name: str = "linear", **params) -> Process:
 
     Unknown names or parameters raise :class:`ProcessError` (a ``ValueError``) naming them.
     """
-    from .errors import check_params, unknown
-
     makers = {"linear": DiscreteProcess.linear, "cosine": DiscreteProcess.cosine, "edm": EDMProcess}
     if name not in makers:
         raise ProcessError(unknown("process.name", name, makers))

@@ -78,6 +78,8 @@ from torch import nn
 
 from . import checkpoint, config, data, generate, models, plots, timesteps, weighting
 from . import process as process_mod
+from .checks import atomic_write as _atomic_write
+from .checks import first_line
 from .errors import ConfigError
 
 #: samples shown in a grid PNG (image data; 2-D points are all plotted)
@@ -134,8 +136,7 @@ def _build(section: str, params: dict, fn: Callable, *args, **kwargs):
     except ValueError:
         raise
     except _BUILD_ERRORS as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"{section} settings {params!r} cannot be used: {msg[:200]}") from None
+        raise ConfigError(f"{section} settings {params!r} cannot be used: {first_line(e, 200)}") from None
 
 
 def build_components(cfg: dict) -> Components:
@@ -277,16 +278,11 @@ def _error_classes() -> dict[str, type[BaseException]]:
     }
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:500]
-
-
 def _report(e: BaseException) -> tuple[str, str]:
     """(the nearest known error class name, the first line of the message), to send to the other ranks."""
     known = _error_classes()
     kind = next((c.__name__ for c in type(e).__mro__ if c.__name__ in known), type(e).__name__)
-    return kind, _first_line(e)
+    return kind, first_line(e)
 
 
 def _remote_error(report: tuple[str, str], rank: int) -> BaseException:
@@ -661,8 +657,7 @@ class Trainer:
         except (checkpoint.CheckpointError, ConfigError):
             raise
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise checkpoint.CheckpointError(f"it does not fit this run ({msg[:200]})") from None
+            raise checkpoint.CheckpointError(f"it does not fit this run ({first_line(e, 200)})") from None
 
     def save_checkpoint(self) -> Path:
         """Write a checkpoint of this step (rank 0 writes; the other ranks wait for the write's outcome)."""
@@ -975,12 +970,6 @@ class Trainer:
     def _last_logged_loss(self) -> float | None:
         losses = [r["loss"] for r in plots.read_metrics(self.metrics_path) if r.get("loss") is not None]
         return losses[-1] if losses else None
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def train(cfg: dict, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
