@@ -12,13 +12,13 @@ evaluated cheaply during training can be re-measured here afterwards. Results go
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .checks import atomic_write, first_line, is_int
 from .errors import ConfigError
 
 
@@ -43,9 +43,8 @@ def load_ema(model: torch.nn.Module, ckpt: str | Path) -> int:
     try:
         model.load_state_dict(state["ema"])
     except (RuntimeError, KeyError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise checkpoint.CheckpointError(
-            f"checkpoint {str(ckpt)!r} does not fit its run ({msg[:200]})"
+            f"checkpoint {str(ckpt)!r} does not fit its run ({first_line(e, limit=200)})"
         ) from None
     return step
 
@@ -69,7 +68,7 @@ def evaluate_run(
     An unreadable checkpoint is skipped with a message."""
     from . import checkpoint, generate, metrics
 
-    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 2):
+    if samples is not None and not (is_int(samples) and samples >= 2):
         raise ConfigError(f"--samples {samples!r} is invalid; allowed: an integer >= 2")
     run = Path(run)
     cfg, comps = load_run(run)
@@ -110,8 +109,5 @@ def evaluate_run(
         rec = {"step": step, "samples": n, **evaluator(x.cpu())}
         records.append(rec)
         log(json.dumps(rec))
-    path = run / eval_file_name(n)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    tmp.replace(path)
+    atomic_write(run / eval_file_name(n), "".join(json.dumps(r) + "\n" for r in records))
     return records

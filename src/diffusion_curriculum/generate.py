@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .checks import check_value, is_int, is_number
 from .process import DiscreteProcess, EDMProcess
 
 __all__ = ["METHODS", "ddim", "ddim_timesteps", "ddpm", "edm_heun", "edm_sigmas", "sample"]
@@ -132,8 +133,7 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
     (Song et al. 2021 §4.2 use a sub-sequence τ of [1, …, T]; this is the "linear" choice with the last step
     landing on t = 0.) ``steps = 1`` gives just [T−1].
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
-        raise ValueError(f"steps must be an integer in [1, {T}] for this process, got {steps!r}")
+    check_value("steps", steps, is_int(steps) and 1 <= steps <= T, f"an integer in [1, {T}] for this process")
     if steps == 1:
         return [T - 1]
     return [round((T - 1) * (1 - i / (steps - 1))) for i in range(steps)]
@@ -165,8 +165,7 @@ def ddim(
     Randomness: the initial noise (unless ``noise`` is given), then one draw per step where σ > 0.
     """
     _require_discrete(process, "ddim")
-    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
-        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    check_value("eta", eta, is_number(eta) and eta >= 0, "a finite number >= 0")
     device = torch.device(device)
     shape = tuple(shape)
     ts = ddim_timesteps(process.T, steps)
@@ -202,10 +201,8 @@ def edm_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0)
     σ_i = (σ_max^{1/ρ} + i/(N−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ for i < N, and σ_N = 0. Returns these N + 1
     values (float64). ``steps = 1`` gives [σ_max, 0].
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if not rho > 0:
-        raise ValueError(f"rho must be > 0, got {rho!r}")
+    check_value("steps", steps, is_int(steps) and steps >= 1, "a positive integer")
+    check_value("rho", rho, is_number(rho) and rho > 0, "a number > 0")
     i = torch.arange(steps, dtype=torch.float64)
     frac = i / max(steps - 1, 1)
     sig = (sigma_max ** (1 / rho) + frac * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
@@ -313,10 +310,8 @@ def sample(
         )
     if method in ("ddpm", "ddim") and continuous:
         raise ValueError(f"method={method!r} needs a DiscreteProcess; use method='heun' for an EDMProcess")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_value("n", n, is_int(n) and n >= 1, "a positive integer")
+    check_value("batch_size", batch_size, is_int(batch_size) and batch_size >= 1, "a positive integer")
     if method == "ddpm" and steps is not None and steps != process.T:
         raise ValueError(
             f"steps={steps} does not apply to method='ddpm', which always takes all T={process.T} steps"

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .checks import atomic_path
 
 __all__ = [
     "drawn_levels_plot",
@@ -26,20 +25,6 @@ __all__ = [
     "timestep_plots",
     "to_image_grid",
 ]
-
-
-def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
-    """``write(temporary_path)`` beside ``path``, then rename it to ``path``; on any failure nothing is left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def figure(nrows: int = 1, ncols: int = 1, size=(6.4, 4.0)):
@@ -56,9 +41,8 @@ def figure(nrows: int = 1, ncols: int = 1, size=(6.4, 4.0)):
 def save_figure(plt, fig, path: str | os.PathLike) -> None:
     """Save ``fig`` as a PNG at ``path`` (110 dpi, tight), atomically, and close it."""
     try:
-        _write_atomically(
-            Path(path), lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-        )
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     finally:
         plt.close(fig)
 
@@ -99,20 +83,17 @@ def save_grid(x: Tensor, path: str | os.PathLike, nrow: int | None = None, min_w
     to a temporary name in the same folder and renamed, so a crash never leaves a half-written PNG.
     """
     x = torch.as_tensor(x).detach().float().cpu()
-    if x.dim() == 2:
-        _write_atomically(Path(path), lambda tmp: _write_scatter(x, tmp))
-        return
+    with atomic_path(path) as tmp:
+        if x.dim() == 2:
+            _write_scatter(x, str(tmp))
+        else:
+            from PIL import Image
 
-    def write_grid(tmp: str) -> None:
-        from PIL import Image
-
-        grid = to_image_grid(x, nrow=nrow)
-        factor = max(1, math.ceil(min_width / grid.shape[1]))
-        if factor > 1:
-            grid = np.repeat(np.repeat(grid, factor, axis=0), factor, axis=1)
-        Image.fromarray(grid).save(tmp, format="PNG")
-
-    _write_atomically(Path(path), write_grid)
+            grid = to_image_grid(x, nrow=nrow)
+            factor = max(1, math.ceil(min_width / grid.shape[1]))
+            if factor > 1:
+                grid = np.repeat(np.repeat(grid, factor, axis=0), factor, axis=1)
+            Image.fromarray(grid).save(tmp, format="PNG")
 
 
 def _write_scatter(points: Tensor, filename: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..checks import check_value, is_int
 from .dataset import DataError, Dataset
 
 __all__ = ["Batcher"]
@@ -36,12 +37,9 @@ class Batcher:
         world_size: int = 1,
         device: str | torch.device = "cpu",
     ):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-            raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-            raise ValueError(f"rank must be an integer in [0, {world_size}), got {rank!r}")
+        check_value("batch_size", batch_size, is_int(batch_size) and batch_size >= 1, "a positive integer")
+        check_value("world_size", world_size, is_int(world_size) and world_size >= 1, "a positive integer")
+        check_value("rank", rank, is_int(rank) and 0 <= rank < world_size, f"an integer in [0, {world_size})")
         if len(dataset) == 0:
             raise DataError(f"dataset {dataset.name!r} is empty; a Batcher needs at least one sample")
         self.dataset = dataset

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import first_line, is_int
 from .dataset import DataError, Dataset
 from .registry import DatasetSpec, register
 
@@ -158,9 +159,9 @@ def _load_folder(path: str, n=None, seed=0, size: int | None = None, channels: i
             f"dataset.path {path!r} is a file, but dataset 'folder' needs a folder of images; use "
             "dataset.name=npz for a .npz file"
         )
-    if channels not in (1, 3) or isinstance(channels, bool):
+    if not is_int(channels) or channels not in (1, 3):
         raise DataError(f"dataset.channels={channels!r} is not allowed; use 1 (grayscale) or 3 (RGB)")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+    if size is not None and not (is_int(size) and size >= 1):
         raise DataError(f"dataset.size={size!r} is not allowed; use a positive integer such as 32, or null")
     files = sorted(
         (
@@ -230,9 +231,8 @@ def _center_crop_resize(im, size: int):
 
 
 def _short(e: BaseException) -> str:
-    msg = str(e).strip().rstrip(".") or type(e).__name__
-    msg = msg.splitlines()[0]
-    return msg if len(msg) <= 160 else msg[:157] + "..."
+    """The exception's first line, short enough to sit inside a one-sentence error, without a final period."""
+    return first_line(e, limit=160).rstrip(".") or type(e).__name__
 
 
 register(DatasetSpec("npz", _load_npz, reads="a .npz file"))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from ..checks import is_int
 from .dataset import DataError, Dataset
 
 __all__ = ["DatasetSpec", "fresh_points", "load", "names", "register", "spec"]
@@ -95,7 +96,7 @@ def load(
         raise DataError(f"dataset.name={name!r} is not a known dataset (allowed: {', '.join(known)}){hint}")
     entry = _REGISTRY[key]
     _check_params(entry, params)
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+    if n is not None and not (is_int(n) and n >= 1):
         raise DataError(f"dataset.n must be a positive integer or null, got {n!r}; set it to e.g. 10000")
     path = _check_path(entry, path)
     ds = entry.loader(path, n, seed, **params)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_value, is_int
 from ..data import Dataset, fresh_points
 from .feature_nets import extract_features, feature_net
 from .frechet import fd_from_stats, frechet_distance, gaussian_stats
@@ -52,8 +53,9 @@ class Evaluator:
         unknown = sorted(set(options) - set(_IMAGE_OPTIONS) - set(_POINT_OPTIONS))
         if unknown:
             raise TypeError(f"Evaluator got unexpected keyword argument(s) {', '.join(map(repr, unknown))}")
-        if n_real is not None and (isinstance(n_real, bool) or not isinstance(n_real, int) or n_real < 2):
-            raise ValueError(f"n_real={n_real!r} must be an integer >= 2 or None")
+        check_value(
+            "n_real", n_real, n_real is None or (is_int(n_real) and n_real >= 2), "an integer >= 2 or None"
+        )
         self.kind = dataset.kind
         self.shape = dataset.shape
         self.seed = int(seed)

@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -25,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ..checks import atomic_path, atomic_write, is_int
 from ..data import Dataset
 
 __all__ = [
@@ -208,7 +208,7 @@ def _settings(kind: str, overrides: dict[str, Any]) -> dict[str, Any]:
         )
     s = {**defaults, **{k: v for k, v in overrides.items() if v is not None}}
     for key in ("steps", "batch_size", "width", "feature_dim"):
-        if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] < 1:
+        if not (is_int(s[key]) and s[key] >= 1):
             raise ValueError(f"feature-net setting {key}={s[key]!r} must be a positive integer")
     if not 0.0 <= float(s["holdout"]) < 1.0:
         raise ValueError(f"feature-net setting holdout={s['holdout']!r} must lie in [0, 1)")
@@ -357,18 +357,6 @@ def _load_cached(stem: Path, kind: str, digest: str) -> FeatureNet | AutoEncoder
     return net
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _save_cached(stem: Path, net: FeatureNet | AutoEncoder, digest: str) -> None:
     meta = {
         "format": FEATURE_NET_VERSION,
@@ -384,10 +372,10 @@ def _save_cached(stem: Path, net: FeatureNet | AutoEncoder, digest: str) -> None
     }
     tensors = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
     try:
-        stem.parent.mkdir(parents=True, exist_ok=True)
         # tensors first, JSON last: an entry counts only when both files exist
-        _atomic_write(stem.with_suffix(".safetensors"), lambda p: save_file(tensors, p))
-        _atomic_write(stem.with_suffix(".json"), lambda p: Path(p).write_text(json.dumps(meta, indent=1)))
+        with atomic_path(stem.with_suffix(".safetensors")) as tmp:
+            save_file(tensors, str(tmp))
+        atomic_write(stem.with_suffix(".json"), json.dumps(meta, indent=1))
     except OSError as e:
         warnings.warn(
             f"could not cache the feature net under {str(stem.parent)!r} ({e}); continuing", stacklevel=3

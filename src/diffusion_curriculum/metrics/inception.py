@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from ..checks import first_line
 from .frechet import frechet_distance
 
 __all__ = ["FIDInceptionV3", "clear_memo", "inception_features", "inception_fid", "load_inception"]
@@ -234,7 +235,7 @@ def load_inception(
     except Exception as e:  # any failure to read is the same problem for the user
         raise ValueError(
             f"the Inception weights file {str(path)!r} cannot be read as a state_dict ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); {_WEIGHTS_HELP}"
+            f"{first_line(e)}); {_WEIGHTS_HELP}"
         ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
