@@ -1,11 +1,11 @@
-"""Side-by-side runs of several strategies and the speed-up each one buys (METHODS.md §5).
+"""Side-by-side runs of several strategies and the speed-up each one buys (docs/methods.md, "Measuring a speed-up").
 
 Every (method, seed) pair is its own run directory, trained by ``diffusion-curriculum train`` in a subprocess,
 up to ``--jobs`` at a time. Runs are resumable: a finished run (its ``summary.json`` reports the requested steps)
 is reused, an unfinished one continues from its newest checkpoint. Then the curves are read back and the table
 and plots written.
 
-Speed-up of method M (METHODS.md §5): (steps the uniform baseline needs to reach its own final quality at budget
+Speed-up of method M: (steps the uniform baseline needs to reach its own final quality at budget
 B) ÷ (steps M needs to reach that same quality), quality interpolated linearly in log-space between evaluations;
 a method that never reaches it is reported as "not reached", never as a number. Each seed of M is compared
 with the same seed of the baseline; the table gives the mean and spread over seeds.
@@ -119,7 +119,7 @@ def steps_to_reach(curve: list[tuple[int, float]], target: float) -> float | Non
 
 
 def speedup(baseline: list[tuple[int, float]], method: list[tuple[int, float]]) -> dict[str, Any]:
-    """Speed-up of ``method`` over ``baseline`` (METHODS.md §5). Returns the baseline's final quality (the
+    """Speed-up of ``method`` over ``baseline`` (docs/methods.md, "Measuring a speed-up"). Returns the baseline's final quality (the
     target), the steps each needs to reach it, and the ratio — or "not reached"."""
     if not baseline:
         return {"target": None, "baseline_steps": None, "method_steps": None, "speedup": "no baseline"}

@@ -63,18 +63,18 @@ def run(
     *,
     jobs: int | None = None,
     say: Callable[[str], None],
-    header: Callable[[int, int, int], str] = _default_header,
+    header: Callable[[int, int, int], str] | None = None,
     serial_in_process: bool = False,
 ) -> dict[str, str]:
     """Train every unfinished run of ``plans``; return ``{label: error}`` for the runs that failed.
 
-    ``jobs`` (default: the CPU count) runs at a time. First ``say(header(total, finished, jobs))``, then one
+    ``jobs`` (default: the CPU count) runs at a time. First ``say(header(total, finished, jobs))`` (default: "training N runs (M already finished), J at a time"), then one
     line per run as it ends: ``[i/n] label: done`` or ``FAILED (error)`` with the elapsed seconds. With
     ``serial_in_process`` and ``jobs == 1`` the runs are trained in this process, one after another.
     """
     jobs = jobs or os.cpu_count() or 1
     todo = [p for p in plans if not runlog.finished(p.run_dir, p.steps)]
-    say(header(len(plans), len(plans) - len(todo), jobs))
+    say((header or _default_header)(len(plans), len(plans) - len(todo), jobs))
     if serial_in_process and jobs == 1:
         return _collect(todo, (_train_in_process(p, say) for p in todo), say)
     threads = _threads_per_job(min(jobs, max(1, len(todo))))

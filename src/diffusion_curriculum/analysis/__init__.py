@@ -1,4 +1,4 @@
-"""The papers' analyses as tools (DESIGN.md: ``diffusion-curriculum analyze``).
+"""The papers' analyses as tools (``diffusion-curriculum analyze``; docs/methods.md, "Analyses").
 
 - :mod:`.entropy`: relative entropy between consecutive noised marginals, D_KL(p_{t−1} ‖ p_t)
   (Kim et al. 2024, arXiv 2403.10348).

@@ -3,7 +3,7 @@
 Xu et al. 2024, "Towards Faster Training of Diffusion Models: An Inspiration of a Consistency Phenomenon"
 (arXiv 2404.07946), §3: models differing in seed (or architecture) that start the stochastic DDPM sampler from
 the same x_T and inject the same noise at every step produce near-identical samples; the agreement of their
-noise predictions rises toward large t (METHODS.md §3, "Consistency phenomenon").
+noise predictions rises toward large t (docs/methods.md, "Analyses", consistency).
 
 Reported here:
 

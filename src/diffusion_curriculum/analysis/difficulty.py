@@ -2,8 +2,8 @@
 
 Kim et al. 2024, "Denoising Task Difficulty-based Curriculum for Training Diffusion Models" (arXiv 2403.10348),
 §3 (observational study): split the timesteps into N intervals, train on each and compare how fast the loss
-converges; they find the small-t (low-noise) intervals converge more slowly — the harder tasks (METHODS.md §1,
-"Convergence per interval").
+converges; they find the small-t (low-noise) intervals converge more slowly — the harder tasks (docs/methods.md,
+"Analyses", convergence per interval).
 
 Two modes:
 

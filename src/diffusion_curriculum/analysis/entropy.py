@@ -1,8 +1,8 @@
 """Relative entropy between consecutive noised marginals, D_KL(p_{t−1} ‖ p_t).
 
 Kim et al. 2024, "Denoising Task Difficulty-based Curriculum for Training Diffusion Models" (arXiv 2403.10348),
-argue that denoising is harder at small t partly because consecutive marginals differ more there; METHODS.md §1
-("Relative entropy between consecutive marginals") specifies the estimate implemented here.
+argue that denoising is harder at small t partly because consecutive marginals differ more there; docs/methods.md
+("Analyses", relative entropy between consecutive marginals) describes the estimate implemented here.
 
 For a dataset {x_i} of M points the marginal of a variance-preserving process at step t is the mixture
 
