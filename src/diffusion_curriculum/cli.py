@@ -145,14 +145,14 @@ def _default_out(preset: str | None, config_file: str | None) -> Path:
 def cmd_train(args) -> int:
     """``train``: build the run from the preset/config/overrides (a new ``--out`` or ``--resume``), train it, print the summary."""
     from . import config
-    from .train import RESUMABLE_KEYS, Trainer
+    from .training import RESUMABLE_KEYS, Trainer, rundir
 
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out DIR, the run directory to continue")
     out = Path(args.out) if args.out else _default_out(args.preset, args.config)
     saved = out / "config.yaml"
     if args.resume and saved.is_file():
-        base = config.validate(config.merge(config.DEFAULTS, config.load_yaml(saved)))
+        base = rundir.load_config(out)
         cfg = config.validate(config.apply_overrides(base, args.overrides))
         if args.preset or args.config:
             given = config.resolve(args.preset, args.config, args.overrides)
@@ -180,8 +180,8 @@ def cmd_train(args) -> int:
 
 def cmd_sample(args) -> int:
     """``sample``: load a run's (or one checkpoint's) EMA model and write a PNG grid (and optionally an npz) of samples."""
-    from . import checkpoint, config, data, generate
-    from .train import build_components, resolve_device
+    from . import checkpoint, data, generate
+    from .training import build_components, resolve_device, rundir
 
     path = Path(args.checkpoint)
     if not path.exists():
@@ -197,19 +197,11 @@ def cmd_sample(args) -> int:
             )
     if args.n < 1:
         raise ConfigError(f"--n {args.n} is invalid; allowed: a positive integer")
-    cfg = config.validate(config.merge(config.DEFAULTS, config.load_yaml(run / "config.yaml")))
+    cfg = rundir.load_config(run)
     comps = build_components(cfg)
     device = resolve_device(cfg["device"])
     model = comps.model.to(device)
-    for ck in ckpts:
-        try:
-            _, state = checkpoint.load(ck)
-            model.load_state_dict(state["ema"])
-            break
-        except (checkpoint.CheckpointError, RuntimeError, KeyError) as e:
-            print(f"warning: {first_line(e)}; trying the previous checkpoint", file=sys.stderr)
-    else:
-        raise checkpoint.CheckpointError(f"no usable checkpoint under {str(run)!r}")
+    rundir.load_newest_ema(model, ckpts, run, warn=lambda msg: print(msg, file=sys.stderr))
     ec = cfg["eval"]
     x = generate.sample(
         model,
@@ -373,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .checkpoint import CheckpointError
     from .data import DataError
-    from .train import TrainingError
+    from .errors import TrainingError
 
     ap = _parser()
     args = ap.parse_args(argv)
