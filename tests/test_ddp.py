@@ -183,7 +183,9 @@ def test_interrupted_run_resumes_exactly(runs):
 
 def test_batch_size_must_split_over_the_processes(tmp_path, monkeypatch):
     """Checked on every rank before anything collective or written (here as rank 0 of 2, without a group)."""
-    monkeypatch.setattr(trainer_mod, "setup_distributed", lambda name: (DistContext(0, 2), torch.device("cpu")))
+    monkeypatch.setattr(
+        trainer_mod, "setup_distributed", lambda name: (DistContext(0, 2), torch.device("cpu"))
+    )
     with pytest.raises(
         ConfigError, match="batch_size=15 is the global batch and must split evenly over the 2"
     ):
