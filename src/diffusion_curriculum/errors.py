@@ -1,6 +1,7 @@
-"""The errors a person sees as one sentence (the CLI prints them and exits with status 2).
+"""The errors a person sees as one sentence (the CLI prints them and exits with status 2, or 1 for a
+:class:`TrainingError`).
 
-Every class is a ``ValueError`` so library users can catch them the ordinary way. The sentence builders
+Every class but :class:`TrainingError` is a ``ValueError`` so library users can catch them the ordinary way. The sentence builders
 (:func:`suggest`, :func:`unknown`, :func:`check_params`) live in :mod:`diffusion_curriculum.checks` and are
 importable from here too.
 """
@@ -9,8 +10,12 @@ from __future__ import annotations
 
 from .checks import check_params, suggest, unknown
 
-__all__ = ["ConfigError", "check_params", "suggest", "unknown"]
+__all__ = ["ConfigError", "TrainingError", "check_params", "suggest", "unknown"]
 
 
 class ConfigError(ValueError):
     """A configuration key or value is wrong; the message names the key, the value and what is allowed."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, say); the message names the step and what was kept."""
