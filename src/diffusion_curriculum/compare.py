@@ -29,7 +29,7 @@ from typing import Any
 
 from . import config, runlog, sweep, timesteps, viz, weighting
 from .errors import ConfigError, suggest
-from .train import build_components
+from .training import build_components
 
 #: quality keys in order of preference (lower is better for all of them)
 QUALITY_KEYS = ("fd", "fid", "swd", "mmd", "eval_loss")

@@ -18,35 +18,27 @@ from typing import Any
 
 import torch
 
-from .checks import atomic_write, first_line, is_int
+from .checks import atomic_write, is_int
 from .errors import ConfigError
 
 
 def load_run(run: str | Path) -> tuple[dict, Any]:
     """(validated config, components built from it) of a run directory."""
-    from . import config
-    from .train import build_components
+    from .training import build_components, rundir
 
     run = Path(run)
-    if not (run / "config.yaml").is_file():
+    if not (run / rundir.CONFIG).is_file():
         raise ConfigError(f"{str(run)!r} is not a run directory (no config.yaml)")
-    cfg = config.validate(config.merge(config.DEFAULTS, config.load_yaml(run / "config.yaml")))
+    cfg = rundir.load_config(run)
     return cfg, build_components(cfg)
 
 
 def load_ema(model: torch.nn.Module, ckpt: str | Path) -> int:
     """Load a checkpoint's EMA weights into ``model``; return its step. Raises ``CheckpointError`` when the
-    checkpoint is unreadable or does not fit the model."""
-    from . import checkpoint
+    checkpoint is unreadable or does not fit the model (:func:`diffusion_curriculum.training.rundir.load_ema_weights`)."""
+    from .training import rundir
 
-    step, state = checkpoint.load(ckpt)
-    try:
-        model.load_state_dict(state["ema"])
-    except (RuntimeError, KeyError) as e:
-        raise checkpoint.CheckpointError(
-            f"checkpoint {str(ckpt)!r} does not fit its run ({first_line(e, limit=200)})"
-        ) from None
-    return step
+    return rundir.load_ema_weights(model, ckpt)
 
 
 def eval_file_name(samples: int) -> str:

@@ -118,7 +118,8 @@ def _train_subprocess(plan: RunPlan, threads: int) -> str | None:
 def _train_in_process(plan: RunPlan, say: Callable[[str], None]) -> str | None:
     """Train ``plan`` with a :class:`~diffusion_curriculum.train.Trainer` here; ``None`` or the error's text."""
     from . import config
-    from .train import Trainer, TrainingError
+    from .errors import TrainingError
+    from .training import Trainer
 
     run_dir = plan.run_dir
     try:

@@ -35,18 +35,14 @@ from . import write_table
 def load_ema(run: str | Path):
     """(config, components, model with EMA weights, step) of a run directory's newest usable checkpoint."""
     from .. import checkpoint
-    from ..evaluate import load_ema as load_ema_weights
     from ..evaluate import load_run
+    from ..training import rundir
 
     run = Path(run)
     cfg, comps = load_run(run)
-    for ck in checkpoint.list_checkpoints(run / "checkpoints"):
-        try:
-            step = load_ema_weights(comps.model, ck)
-            return cfg, comps, comps.model.eval(), step
-        except checkpoint.CheckpointError:
-            continue
-    raise checkpoint.CheckpointError(f"no usable checkpoint under {str(run / 'checkpoints')!r}")
+    ckpts = checkpoint.list_checkpoints(run / rundir.CHECKPOINTS)
+    _, step = rundir.load_newest_ema(comps.model, ckpts, run / rundir.CHECKPOINTS)
+    return cfg, comps, comps.model.eval(), step
 
 
 def distances(xa: torch.Tensor, xb: torch.Tensor) -> dict[str, float]:

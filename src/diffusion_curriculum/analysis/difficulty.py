@@ -12,8 +12,7 @@ Two modes:
   subprocesses, or one after another in-process with one job); loss curves come from each run's ``metrics.jsonl``.
 - ``per-bucket``: one model trained on all t (the config's own sampler) in-process; the per-sample losses the
   trainer passes to ``sampler.observe`` are accumulated per t-bucket (same N equal-width buckets; ln σ buckets
-  for an EDM process) and logged every ``log_every`` steps. ``train.py`` is not changed: only the sampler
-  instance's ``observe`` is wrapped.
+  for an EDM process) and logged every ``log_every`` steps, by a trainer hook (:class:`BucketLossRecorder`).
 
 Convergence measure (definition used here; the paper reports "steps to converge" without a formula, so this is
 the project's documented choice): a loss curve is the list of logged (step, loss) pairs. Its initial loss L_0 is
@@ -36,6 +35,7 @@ import torch
 
 from .. import noise_levels
 from ..errors import ConfigError
+from ..training.hooks import Hook
 from . import write_table
 
 FRACTIONS = (0.9, 0.95, 0.99)
@@ -104,7 +104,7 @@ def per_interval(
 ) -> tuple[list[dict], dict[str, list]]:
     """Mode ``per-interval``: one model per t interval, trained for the same steps in parallel ``train`` subprocesses; returns (table rows, curves)."""
     from .. import config, runlog, sweep
-    from ..train import build_components
+    from ..training import build_components
 
     proc = build_components(cfg).process
     if proc.continuous:
@@ -137,32 +137,28 @@ def per_interval(
 
 
 # -- per-bucket -------------------------------------------------------------------------------------------
-class BucketLossRecorder:
-    """Wraps a sampler instance's ``observe`` to accumulate the per-sample losses per noise-level bucket and
-    emit one mean per bucket every ``every`` steps (the sampler itself is untouched otherwise)."""
+class BucketLossRecorder(Hook):
+    """A trainer hook that accumulates the per-sample losses of every step per noise-level bucket and emits
+    one mean per bucket every ``every`` steps (counted by the sampler's own step counter)."""
 
-    def __init__(self, sampler, process, buckets: int, every: int):
+    def __init__(self, process, buckets: int, every: int):
         self.process, self.buckets, self.every = process, buckets, every
         self.sum = torch.zeros(buckets, dtype=torch.float64)
         self.count = torch.zeros(buckets, dtype=torch.float64)
         self.curves: list[tuple[int, list[float | None]]] = []
-        self._sampler = sampler
-        self._observe = sampler.observe
-        sampler.observe = self.observe
 
     def bucket(self, t):
         """Bucket index in [0, buckets) of each t (:func:`diffusion_curriculum.noise_levels.bucket`: equal t
         ranges for a discrete process, equal ranges of ln σ for EDM)."""
         return noise_levels.bucket(self.process, t, self.buckets)
 
-    def observe(self, t, per_sample_loss) -> None:
-        """Accumulate the step's per-sample losses into their buckets, then pass the call on to the wrapped sampler."""
+    def on_step(self, trainer, t, per_sample) -> None:
+        """Accumulate the step's per-sample losses into their buckets; every ``every`` steps, emit the means."""
         b = self.bucket(t.detach().cpu())
-        loss = per_sample_loss.detach().double().cpu()
+        loss = per_sample.detach().double().cpu()
         self.sum.index_add_(0, b, loss)
         self.count.index_add_(0, b, torch.ones_like(loss))
-        self._observe(t, per_sample_loss)
-        step = self._sampler.step
+        step = trainer.sampler.step
         if step % self.every == 0:
             means = [float(s / c) if c > 0 else None for s, c in zip(self.sum.tolist(), self.count.tolist())]
             self.curves.append((step, means))
@@ -174,10 +170,11 @@ def per_bucket(
     cfg: dict, out: Path, *, intervals: int, final_window: int, say
 ) -> tuple[list[dict], dict[str, list]]:
     """Mode ``per-bucket``: one model trained on all t, its per-sample losses averaged per t-bucket every ``log_every`` steps; returns (table rows, curves)."""
-    from ..train import Trainer
+    from ..training import Trainer
 
     trainer = Trainer(cfg, out / "run", log=say)  # refuses a folder that already holds a run
-    rec = BucketLossRecorder(trainer.sampler, trainer.process, intervals, cfg["log_every"])
+    rec = BucketLossRecorder(trainer.process, intervals, cfg["log_every"])
+    trainer.hooks.append(rec)
     trainer.run()
     p = trainer.process
     edges, _ = noise_levels.bucket_edges(p, intervals)
