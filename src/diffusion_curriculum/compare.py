@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config, runlog, sweep, timesteps, viz, weighting
+from .checks import atomic_write
 from .errors import ConfigError, suggest
 from .training import build_components
 
@@ -303,7 +304,7 @@ def summarize(
             "steps_per_s": statistics.fmean(sps) if sps else None,
             "per_seed": per_seed,
         }
-    (out / f"results{suffix}.json").write_text(json.dumps(results, indent=2))
+    atomic_write(out / f"results{suffix}.json", json.dumps(results, indent=2))
     _write_csv(out / f"results{suffix}.csv", results)
     curves = {lab: [dict(quality_curve(quality[(lab, s)], key)) for s in range(seeds)] for lab in labels}
     viz.quality_plot(out / f"quality{suffix}.png", curves, key)

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ..checks import atomic_path, atomic_write, is_int
+from ..checks import atomic_path, atomic_write, check_value, is_int, is_number
 from ..data import Dataset
 
 __all__ = [
@@ -208,10 +208,13 @@ def _settings(kind: str, overrides: dict[str, Any]) -> dict[str, Any]:
         )
     s = {**defaults, **{k: v for k, v in overrides.items() if v is not None}}
     for key in ("steps", "batch_size", "width", "feature_dim"):
-        if not (is_int(s[key]) and s[key] >= 1):
-            raise ValueError(f"feature-net setting {key}={s[key]!r} must be a positive integer")
-    if not 0.0 <= float(s["holdout"]) < 1.0:
-        raise ValueError(f"feature-net setting holdout={s['holdout']!r} must lie in [0, 1)")
+        check_value(
+            f"feature-net setting {key}", s[key], is_int(s[key]) and s[key] >= 1, "a positive integer"
+        )
+    holdout = s["holdout"]
+    check_value(
+        "feature-net setting holdout", holdout, is_number(holdout) and 0 <= holdout < 1, "a number in [0, 1)"
+    )
     return s
 
 
