@@ -256,7 +256,7 @@ class Trainer:
         draw = self.sampler.sample(x0.shape[0], device=self.device, generator=self.t_gen)
         noise = torch.randn(x0.shape, generator=self.noise_gen, device=self.device)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
-        per_sample = self.loss.per_sample(self.net, x0, noise, draw.t, autocast)
+        per_sample = self.loss.error(self.net, x0, noise, draw.t, autocast=autocast)
         loss = self.loss.objective(draw.t, per_sample, draw.weight)
         # one sync per step: needed to catch a non-finite loss before it reaches the weights
         value = float(loss.detach()) if self.world == 1 else self._reduce_loss(loss)
@@ -313,7 +313,7 @@ class Trainer:
         x0 = self.dataset.data[:n].to(self.device)
         t = timesteps.build("uniform", self.process).sample(x0.shape[0], device=self.device, generator=g).t
         noise = torch.randn(x0.shape, generator=g).to(self.device)
-        return float(self.loss.squared_error(self.ema, x0, noise, t).mean())
+        return float(self.loss.error(self.ema, x0, noise, t, reduce="mean"))
 
     @torch.no_grad()
     def generate(self, n: int | None = None) -> torch.Tensor:
