@@ -140,7 +140,7 @@ class Trainer:
         self._bar: hooks.ProgressBar | None = None
         self.eval_hooks: list[Callable[[Trainer, torch.Tensor, int], dict]] = []
         if cfg["metrics"]["enabled"] and self.rank == 0:
-            self.eval_hooks.append(hooks.quality_metrics(self.dataset, cfg["metrics"], self.device))
+            self.hooks.append(hooks.QualityMetrics(self.dataset, cfg["metrics"], self.device))
         self.last_eval: dict[str, Any] = {}
         self._eval_step: int | None = None  # the step of the last evaluation (on every rank)
         self._saved_step: int | None = None
@@ -347,8 +347,10 @@ class Trainer:
         shown = samples if self.dataset.kind == "points" else samples[:GRID]
         self.rundir.save_samples(shown, f"step_{self.step:08d}")
         rec: dict[str, Any] = {"step": self.step, "eval_loss": self.eval_loss()}
-        for hook in self.eval_hooks:
-            rec.update(hook(self, samples, self.step))
+        for hook in self.hooks:
+            rec.update(hook.on_eval(self, samples, self.step))
+        for fn in self.eval_hooks:
+            rec.update(fn(self, samples, self.step))
         self.last_eval = dict(rec)
         rec.update(self.histogram.record())
         self._log(rec)
