@@ -132,6 +132,8 @@ class Trainer:
         self.rundir = RunDir(self.out)
         self.ckpt_dir, self.metrics_path = self.rundir.ckpt_dir, self.rundir.metrics_path
         self.histogram = hooks.NoiseHistogram(self.process, self.device)
+        #: the drawn-noise-level counts since the last evaluation (the histogram's tensor, updated in place)
+        self.t_hist = self.histogram.counts
         #: called at every step and log record, in order (see :mod:`.hooks`); append your own
         self.hooks: list[hooks.Hook] = [self.histogram]
         if self.rank == 0:
@@ -161,11 +163,6 @@ class Trainer:
         self.parts.register("rng", RandomStreams(self.t_gen, self.noise_gen, self.device), local=True)
         log = Attributes(self, "loss_sum", "loss_count", "skipped", "train_time", "t_hist")
         self.parts.register("log", log, local=("t_hist",))
-
-    @property
-    def t_hist(self) -> torch.Tensor:
-        """The drawn-noise-level counts since the last evaluation (see :class:`~.hooks.NoiseHistogram`)."""
-        return self.histogram.counts
 
     def _prepare_dir(self, resume: bool) -> None:
         """Check and prepare the run directory; on resume load the newest usable checkpoint (rank 0 picks it)."""
