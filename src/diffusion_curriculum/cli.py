@@ -264,13 +264,20 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _runs_of(args) -> dict:
+    """How an analysis that trains runs of its own builds and schedules them: the command line's preset,
+    config file, overrides and ``--jobs`` (a ConfigError unless it is positive)."""
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs} is invalid; allowed: a positive integer")
+    return dict(preset=args.preset, config_file=args.config, overrides=args.overrides, jobs=args.jobs)
+
+
 def cmd_compare(args) -> int:
     """``compare``: train every method × seed side by side and print the speed-up table (exit 1 if a run failed)."""
     from . import compare
 
     methods = compare.split_methods(args.methods)
-    if args.jobs is not None and args.jobs < 1:
-        raise ConfigError(f"--jobs {args.jobs} is invalid; allowed: a positive integer")
+    runs = _runs_of(args)
     if args.eval_samples is not None and args.eval_samples < 2:
         raise ConfigError(f"--eval-samples {args.eval_samples} is invalid; allowed: an integer >= 2")
     res = compare.compare(
@@ -278,13 +285,10 @@ def cmd_compare(args) -> int:
         out=args.out,
         seeds=args.seeds,
         steps=args.steps,
-        preset=args.preset,
-        config_file=args.config,
-        overrides=args.overrides,
-        jobs=args.jobs,
         metric=args.metric,
         baseline=args.baseline,
         eval_samples=args.eval_samples,
+        **runs,
     )
     print(compare.format_table(res))
     failed = [lab for lab, r in res["methods"].items() if any("error" in e for e in r["per_seed"])]
@@ -319,8 +323,6 @@ def cmd_analyze(args) -> int:
 
     out = Path(args.out) if args.out else Path("runs") / f"analyze-{args.kind}"
     cfg = config.resolve(args.preset, args.config, args.overrides)
-    if getattr(args, "jobs", None) is not None and args.jobs < 1:
-        raise ConfigError(f"--jobs {args.jobs} is invalid; allowed: a positive integer")
     if args.kind == "entropy":
         from .analysis import entropy
 
@@ -346,11 +348,8 @@ def cmd_analyze(args) -> int:
             out,
             mode=args.mode,
             intervals=args.intervals,
-            preset=args.preset,
-            config_file=args.config,
-            overrides=args.overrides,
-            jobs=args.jobs,
             final_window=args.final_window,
+            **_runs_of(args),
         )
         cols = ("interval", "initial", "final", "steps_90", "steps_95", "steps_99")
     else:
@@ -360,16 +359,13 @@ def cmd_analyze(args) -> int:
             cfg,
             out,
             checkpoints=args.checkpoints,
-            preset=args.preset,
-            config_file=args.config,
-            overrides=args.overrides,
             b_overrides=args.b_override,
             seed_offset=args.seed_offset,
             n=args.n,
             n_real=args.n_real,
             t_points=args.t_points,
             sample_seed=args.sample_seed,
-            jobs=args.jobs,
+            **_runs_of(args),
         )
         print(
             f"paired distance {res['paired_distance']:.4g}, unpaired {res['unpaired_distance']:.4g}, "

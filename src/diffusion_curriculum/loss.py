@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
@@ -31,34 +31,33 @@ class DenoisingLoss:
     prediction: str = "eps"
     weight_fn: Callable[[Tensor], Tensor] | None = None
 
-    def squared_error(
+    def error(
         self,
         net: nn.Module,
         x0: Tensor,
         noise: Tensor,
         t: Tensor,
+        *,
+        reduce: Literal["per_sample", "mean", "none"] = "per_sample",
         autocast: contextlib.AbstractContextManager | None = None,
     ) -> Tensor:
-        """The element-wise squared error (float32, shaped like ``x0``) of ``net`` at noise level ``t`` with
-        noise ``noise``. ``autocast``: a context the forward pass runs in (e.g. ``torch.autocast``); the
-        error itself is always taken in float32."""
+        """The squared error (in float32) of ``net`` at noise levels ``t`` with noise ``noise``: each sample's
+        mean, shape [B] (``reduce="per_sample"``: what ``sampler.observe`` is given), the mean over every
+        element (``"mean"``) or element-wise, shaped like ``x0`` (``"none"``). ``autocast``: a context the
+        forward pass runs in (e.g. ``torch.autocast``)."""
         x_t = self.process.add_noise(x0, noise, t)
         x_in, t_in = self.process.model_input(x_t, t)
         with autocast if autocast is not None else contextlib.nullcontext():
             out = net(x_in, t_in)
         target = self.process.target(x0, noise, t, self.prediction, x_t)
-        return (out.float() - target).pow(2)
-
-    def per_sample(
-        self,
-        net: nn.Module,
-        x0: Tensor,
-        noise: Tensor,
-        t: Tensor,
-        autocast: contextlib.AbstractContextManager | None = None,
-    ) -> Tensor:
-        """Each sample's mean squared error, shape [B] (what ``sampler.observe`` is given)."""
-        return self.squared_error(net, x0, noise, t, autocast).flatten(1).mean(1)
+        err = (out.float() - target).pow(2)
+        if reduce == "per_sample":
+            return err.flatten(1).mean(1)
+        if reduce == "mean":
+            return err.mean()
+        if reduce == "none":
+            return err
+        raise ValueError(f"reduce={reduce!r} is not known; allowed: per_sample, mean, none")
 
     def objective(self, t: Tensor, per_sample: Tensor, draw_weight: Tensor) -> Tensor:
         """The scalar training loss ``mean(weighting(t) · draw_weight · per_sample)`` (the weighting's factor is 1

@@ -42,6 +42,12 @@ def _check_prediction(prediction: str) -> None:
         raise ProcessError(f"prediction={prediction!r} is not known; allowed: {', '.join(PREDICTIONS)}")
 
 
+def _eps_or_x0_target(x0: Tensor, noise: Tensor, prediction: str) -> Tensor:
+    """The target of ε- or x0-prediction, the same for every process (a ProcessError for an unknown one)."""
+    _check_prediction(prediction)
+    return noise if prediction == "eps" else x0
+
+
 def _bcast(v: Tensor, like: Tensor) -> Tensor:
     """Reshape a per-sample vector [B] so it broadcasts over a batch shaped like ``like`` ([B, ...])."""
     return v.reshape(v.shape[0], *([1] * (like.dim() - 1))).to(like.dtype)
@@ -154,11 +160,8 @@ class DiscreteProcess:
         self, x0: Tensor, noise: Tensor, t: Tensor, prediction: str = "eps", x_t: Tensor | None = None
     ) -> Tensor:
         """Training target: ε, v = sqrt(ᾱ)ε − sqrt(1−ᾱ)x0 (Salimans & Ho 2022), or x0."""
-        _check_prediction(prediction)
-        if prediction == "eps":
-            return noise
-        if prediction == "x0":
-            return x0
+        if prediction != "v":
+            return _eps_or_x0_target(x0, noise, prediction)
         return self._at("sqrt_ac", t, x0) * noise - self._at("sqrt_1mac", t, x0) * x0
 
     def predict_x0(self, out: Tensor, x_t: Tensor, t: Tensor, prediction: str = "eps") -> Tensor:
@@ -264,11 +267,8 @@ class EDMProcess:
         self, x0: Tensor, noise: Tensor, t: Tensor, prediction: str = "v", x_t: Tensor | None = None
     ) -> Tensor:
         """ε → n; x0 → x0; v → EDM's F-target (x0 − c_skip·x)/c_out (Karras et al. 2022, eq. 8)."""
-        _check_prediction(prediction)
-        if prediction == "eps":
-            return noise
-        if prediction == "x0":
-            return x0
+        if prediction != "v":
+            return _eps_or_x0_target(x0, noise, prediction)
         if x_t is None:
             x_t = self.add_noise(x0, noise, t)
         c_skip, c_out, _, _ = self.precondition(t.to(x0.dtype))

@@ -1,38 +1,7 @@
 """The trainer's historical home, kept so ``from diffusion_curriculum.train import ...`` goes on working: every
-name is re-exported from :mod:`diffusion_curriculum.training`, where the code lives."""
+public name of :mod:`diffusion_curriculum.training`, where the code lives, is re-exported here."""
 
 from __future__ import annotations
 
-from .training import (
-    GRID,
-    RESUMABLE_KEYS,
-    T_HIST_BINS,
-    Components,
-    DistContext,
-    LRSchedule,
-    Trainer,
-    TrainingError,
-    build_components,
-    dist_timeout,
-    resolve_device,
-    setup_distributed,
-    stream_seed,
-    train,
-)
-
-__all__ = [
-    "GRID",
-    "RESUMABLE_KEYS",
-    "T_HIST_BINS",
-    "Components",
-    "DistContext",
-    "LRSchedule",
-    "Trainer",
-    "TrainingError",
-    "build_components",
-    "dist_timeout",
-    "resolve_device",
-    "setup_distributed",
-    "stream_seed",
-    "train",
-]
+from .training import *  # noqa: F403
+from .training import __all__  # noqa: F401

@@ -6,7 +6,9 @@ A hook subclasses :class:`Hook` and overrides what it needs; the trainer calls, 
 * ``on_step(trainer, t, per_sample)`` after every step that learned (its noise levels and per-sample losses:
   what a recorder of per-noise-level losses needs; a skipped non-finite step calls nothing),
   ``on_iteration(trainer)`` after every step, skipped or not;
-* ``on_record(trainer, rec)`` for every record logged (rank 0 only), ``close()`` at the end of the run.
+* ``on_eval(trainer, samples, step) -> dict`` at every evaluation (rank 0 only), its numbers merged into the
+  evaluation's record; ``on_record(trainer, rec)`` for every record logged (rank 0 only); ``close()`` at the
+  end of the run.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ class Hook:
 
     def on_iteration(self, trainer: Any) -> None:
         """After every step, one that was skipped too."""
+
+    def on_eval(self, trainer: Any, samples: torch.Tensor, step: int) -> dict[str, Any]:
+        """At an evaluation (rank 0 only), with the EMA model's ``samples``: numbers for its record."""
+        return {}
 
     def on_record(self, trainer: Any, rec: dict[str, Any]) -> None:
         """A record was logged to ``metrics.jsonl`` (rank 0 only)."""
@@ -139,20 +145,25 @@ class ProgressBar(Hook):
         self.bar.close()
 
 
-def quality_metrics(dataset: Any, metrics_cfg: dict, device: torch.device) -> Any:
-    """The evaluation hook that measures sample quality (:class:`metrics.Evaluator`: FD and friends) against
-    ``dataset`` with the config's ``metrics`` settings: ``(trainer, samples, step) -> dict``."""
-    from .. import metrics
+class QualityMetrics(Hook):
+    """Sample quality at every evaluation (:class:`metrics.Evaluator`: FD and friends) against ``dataset``,
+    with the config's ``metrics`` settings."""
 
-    # the feature net's seed is fixed (not the run's) so quality numbers compare across seeds and runs
-    evaluator = metrics.Evaluator(
-        dataset,
-        seed=0,
-        n_real=metrics_cfg["n_real"],
-        inception_weights=metrics_cfg["inception_weights"],
-        device=device,
-    )
-    return lambda trainer, samples, step: evaluator(samples)
+    def __init__(self, dataset: Any, metrics_cfg: dict, device: torch.device):
+        from .. import metrics
+
+        # the feature net's seed is fixed (not the run's) so quality numbers compare across seeds and runs
+        self.evaluator = metrics.Evaluator(
+            dataset,
+            seed=0,
+            n_real=metrics_cfg["n_real"],
+            inception_weights=metrics_cfg["inception_weights"],
+            device=device,
+        )
+
+    def on_eval(self, trainer: Any, samples: torch.Tensor, step: int) -> dict[str, Any]:
+        """The quality numbers of ``samples``."""
+        return self.evaluator(samples)
 
 
 class InterruptGuard:

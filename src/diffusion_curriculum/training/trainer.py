@@ -132,6 +132,8 @@ class Trainer:
         self.rundir = RunDir(self.out)
         self.ckpt_dir, self.metrics_path = self.rundir.ckpt_dir, self.rundir.metrics_path
         self.histogram = hooks.NoiseHistogram(self.process, self.device)
+        #: the drawn-noise-level counts since the last evaluation (the histogram's tensor, updated in place)
+        self.t_hist = self.histogram.counts
         #: called at every step and log record, in order (see :mod:`.hooks`); append your own
         self.hooks: list[hooks.Hook] = [self.histogram]
         if self.rank == 0:
@@ -140,7 +142,7 @@ class Trainer:
         self._bar: hooks.ProgressBar | None = None
         self.eval_hooks: list[Callable[[Trainer, torch.Tensor, int], dict]] = []
         if cfg["metrics"]["enabled"] and self.rank == 0:
-            self.eval_hooks.append(hooks.quality_metrics(self.dataset, cfg["metrics"], self.device))
+            self.hooks.append(hooks.QualityMetrics(self.dataset, cfg["metrics"], self.device))
         self.last_eval: dict[str, Any] = {}
         self._eval_step: int | None = None  # the step of the last evaluation (on every rank)
         self._saved_step: int | None = None
@@ -161,11 +163,6 @@ class Trainer:
         self.parts.register("rng", RandomStreams(self.t_gen, self.noise_gen, self.device), local=True)
         log = Attributes(self, "loss_sum", "loss_count", "skipped", "train_time", "t_hist")
         self.parts.register("log", log, local=("t_hist",))
-
-    @property
-    def t_hist(self) -> torch.Tensor:
-        """The drawn-noise-level counts since the last evaluation (see :class:`~.hooks.NoiseHistogram`)."""
-        return self.histogram.counts
 
     def _prepare_dir(self, resume: bool) -> None:
         """Check and prepare the run directory; on resume load the newest usable checkpoint (rank 0 picks it)."""
@@ -256,7 +253,7 @@ class Trainer:
         draw = self.sampler.sample(x0.shape[0], device=self.device, generator=self.t_gen)
         noise = torch.randn(x0.shape, generator=self.noise_gen, device=self.device)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
-        per_sample = self.loss.per_sample(self.net, x0, noise, draw.t, autocast)
+        per_sample = self.loss.error(self.net, x0, noise, draw.t, autocast=autocast)
         loss = self.loss.objective(draw.t, per_sample, draw.weight)
         # one sync per step: needed to catch a non-finite loss before it reaches the weights
         value = float(loss.detach()) if self.world == 1 else self._reduce_loss(loss)
@@ -313,7 +310,7 @@ class Trainer:
         x0 = self.dataset.data[:n].to(self.device)
         t = timesteps.build("uniform", self.process).sample(x0.shape[0], device=self.device, generator=g).t
         noise = torch.randn(x0.shape, generator=g).to(self.device)
-        return float(self.loss.squared_error(self.ema, x0, noise, t).mean())
+        return float(self.loss.error(self.ema, x0, noise, t, reduce="mean"))
 
     @torch.no_grad()
     def generate(self, n: int | None = None) -> torch.Tensor:
@@ -347,8 +344,10 @@ class Trainer:
         shown = samples if self.dataset.kind == "points" else samples[:GRID]
         self.rundir.save_samples(shown, f"step_{self.step:08d}")
         rec: dict[str, Any] = {"step": self.step, "eval_loss": self.eval_loss()}
-        for hook in self.eval_hooks:
-            rec.update(hook(self, samples, self.step))
+        for hook in self.hooks:
+            rec.update(hook.on_eval(self, samples, self.step))
+        for fn in self.eval_hooks:
+            rec.update(fn(self, samples, self.step))
         self.last_eval = dict(rec)
         rec.update(self.histogram.record())
         self._log(rec)
