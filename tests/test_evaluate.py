@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from conftest import TINY
-from diffusion_curriculum import cli, compare, config, evaluate, plots
+from diffusion_curriculum import cli, compare, config, evaluate, runlog
 from diffusion_curriculum.train import Trainer
 
 RUN = TINY + ["steps=10", "checkpoint_every=5", "eval_every=10", "metrics.enabled=true", "eval.samples=24"]
@@ -22,13 +22,13 @@ def run(tmp_path_factory):
 
 def test_offline_equals_the_trainers_own_evaluation(run):
     """Same EMA weights, same sampler settings and noise seed, same sample count: the same numbers."""
-    own = [r for r in plots.read_metrics(run / "metrics.jsonl") if "fd" in r]
+    own = [r for r in runlog.read_metrics(run / "metrics.jsonl") if "fd" in r]
     assert own and own[-1]["step"] == 10
     recs = evaluate.evaluate_run(run, samples=24, log=lambda m: None)
     assert [r["step"] for r in recs] == [5, 10]
     for k in ("fd", "precision", "recall"):
         assert recs[-1][k] == pytest.approx(own[-1][k], rel=1e-6, abs=1e-9), k
-    assert plots.read_metrics(run / "eval-n24.jsonl") == recs
+    assert runlog.read_metrics(run / "eval-n24.jsonl") == recs
 
 
 def test_more_samples_are_written_to_their_own_file_and_are_deterministic(run):
@@ -56,7 +56,7 @@ def test_compare_summary_with_eval_samples_reads_the_offline_evaluation(run, tmp
     res = compare.summarize(out, ["uniform", "other"], 1, eval_samples=30, log=lambda m: None)
     assert res["metric"] == "fd" and res["eval_samples"] == 30
     copy = out / "runs" / "uniform" / "seed0"
-    offline = plots.read_metrics(copy / "eval-n30.jsonl")
+    offline = runlog.read_metrics(copy / "eval-n30.jsonl")
     assert [r["step"] for r in offline] == [5, 10]
     assert res["methods"]["uniform"]["per_seed"][0]["final"] == pytest.approx(offline[-1]["fd"])
     assert res["methods"]["other"]["speedup_per_seed"] == [pytest.approx(1.0)]  # same weights, same curve

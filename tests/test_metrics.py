@@ -133,7 +133,7 @@ def test_feature_net_is_cached_on_disk_and_in_memory(digits, tmp_path, monkeypat
     def no_training(*args, **kwargs):
         raise AssertionError("the feature net was retrained although it is cached")
 
-    monkeypatch.setattr(metrics, "train_feature_net", no_training)
+    monkeypatch.setattr(metrics.feature_nets, "train_feature_net", no_training)
     metrics.clear_memo()
     loaded = metrics.feature_net(digits, seed=5, cache_dir=tmp_path, steps=15)
     assert loaded.source == "cache"

@@ -1,4 +1,4 @@
-"""The trainer: a run directory as DESIGN.md describes it, and exact resume."""
+"""The trainer: the run directory it writes (config, metrics, samples, checkpoints, summary), and exact resume."""
 
 import json
 

@@ -26,6 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .checks import first_line
+
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
 FORMAT = 1
@@ -249,8 +251,7 @@ def load(path: str | Path) -> tuple[int, dict[str, Any]]:
     try:
         tensors = load_file(str(js))
     except (SafetensorError, OSError, ValueError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"checkpoint {str(p)!r} cannot be read: {msg[:200]}") from None
+        raise CheckpointError(f"checkpoint {str(p)!r} cannot be read: {first_line(e, 200)}") from None
     try:
         return step, unflatten(meta, tensors)
     except CheckpointError as e:

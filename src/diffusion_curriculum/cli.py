@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from . import __version__
+from .checks import first_line
 from .errors import ConfigError
 
 
@@ -32,7 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_train, _add_sample, _add_compare, _add_evaluate, _add_presets, _add_analyze):
+        add(sub)
+    return ap
 
+
+def _add_train(sub) -> None:
+    """The ``train`` subcommand's options."""
     t = sub.add_parser("train", help="train a model (no arguments: the embedded digits default)")
     _add_config_args(t)
     t.add_argument("--out", help="run directory (default: runs/<preset>-<time>)")
@@ -40,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from the newest usable checkpoint in --out"
     )
 
+
+def _add_sample(sub) -> None:
+    """The ``sample`` subcommand's options."""
     s = sub.add_parser("sample", help="draw samples from a trained run's EMA model into a PNG grid")
     s.add_argument(
         "--checkpoint", required=True, help="a run directory or one of its checkpoints/step_* folders"
@@ -53,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--npz", help="also save the samples as an .npz (key 'images', NCHW in [-1, 1])")
 
+
+def _add_compare(sub) -> None:
+    """The ``compare`` subcommand's options."""
     c = sub.add_parser(
         "compare", help="train several strategies side by side and measure each one's speed-up"
     )
@@ -82,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
     _add_config_args(c)
 
+
+def _add_evaluate(sub) -> None:
+    """The ``evaluate`` subcommand's options."""
     ev = sub.add_parser(
         "evaluate", help="measure every kept checkpoint of runs offline (EMA model, any sample count)"
     )
@@ -90,8 +106,14 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--inception-weights", help="local FID Inception-v3 weights file: adds 'fid'")
     ev.add_argument("--device", default="cpu", help="where to sample (default cpu)")
 
+
+def _add_presets(sub) -> None:
+    """The ``presets`` subcommand (no options)."""
     sub.add_parser("presets", help="list the shipped presets")
 
+
+def _add_analyze(sub) -> None:
+    """The ``analyze`` subcommand and its three kinds' options."""
     an = sub.add_parser("analyze", help="reproduce the papers' analyses (entropy, difficulty, consistency)")
     asub = an.add_subparsers(dest="kind", metavar="KIND", required=True)
     ae = asub.add_parser("entropy", help="D_KL(p_{t-1} || p_t) between consecutive noised data marginals")
@@ -133,7 +155,23 @@ def _parser() -> argparse.ArgumentParser:
     for p in (ae, ad, ac):
         p.add_argument("--out", help="output directory (default runs/analyze-<kind>)")
         _add_config_args(p)
-    return ap
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line with options and ``key=value`` overrides in any order on every subcommand
+    (``train seed=3 --out DIR steps=40``): argparse takes one run of positionals, so the overrides it leaves
+    over after an option are added to ``overrides`` in the order given. Anything else left over is an error
+    (exit status 2), as ``parse_args`` makes it."""
+    ap = _parser()
+    args, extra = ap.parse_known_args(argv)
+    if hasattr(args, "overrides"):
+        more = [a for a in extra if "=" in a and not a.startswith("-")]
+        args.overrides = [*args.overrides, *more]
+        extra = [a for a in extra if not ("=" in a and not a.startswith("-"))]
+    if extra:
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.print_help = ap.print_help
+    return args
 
 
 def _default_out(preset: str | None, config_file: str | None) -> Path:
@@ -144,14 +182,14 @@ def _default_out(preset: str | None, config_file: str | None) -> Path:
 def cmd_train(args) -> int:
     """``train``: build the run from the preset/config/overrides (a new ``--out`` or ``--resume``), train it, print the summary."""
     from . import config
-    from .train import RESUMABLE_KEYS, Trainer
+    from .training import RESUMABLE_KEYS, Trainer, rundir
 
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out DIR, the run directory to continue")
     out = Path(args.out) if args.out else _default_out(args.preset, args.config)
     saved = out / "config.yaml"
     if args.resume and saved.is_file():
-        base = config.validate(config.merge(config.DEFAULTS, config.load_yaml(saved)))
+        base = rundir.load_config(out)
         cfg = config.validate(config.apply_overrides(base, args.overrides))
         if args.preset or args.config:
             given = config.resolve(args.preset, args.config, args.overrides)
@@ -179,8 +217,8 @@ def cmd_train(args) -> int:
 
 def cmd_sample(args) -> int:
     """``sample``: load a run's (or one checkpoint's) EMA model and write a PNG grid (and optionally an npz) of samples."""
-    from . import checkpoint, config, data, generate
-    from .train import build_components, resolve_device
+    from . import checkpoint, data, generate
+    from .training import build_components, resolve_device, rundir
 
     path = Path(args.checkpoint)
     if not path.exists():
@@ -196,19 +234,11 @@ def cmd_sample(args) -> int:
             )
     if args.n < 1:
         raise ConfigError(f"--n {args.n} is invalid; allowed: a positive integer")
-    cfg = config.validate(config.merge(config.DEFAULTS, config.load_yaml(run / "config.yaml")))
+    cfg = rundir.load_config(run)
     comps = build_components(cfg)
     device = resolve_device(cfg["device"])
     model = comps.model.to(device)
-    for ck in ckpts:
-        try:
-            _, state = checkpoint.load(ck)
-            model.load_state_dict(state["ema"])
-            break
-        except (checkpoint.CheckpointError, RuntimeError, KeyError) as e:
-            print(f"warning: {str(e).splitlines()[0]}; trying the previous checkpoint", file=sys.stderr)
-    else:
-        raise checkpoint.CheckpointError(f"no usable checkpoint under {str(run)!r}")
+    rundir.load_newest_ema(model, ckpts, run, warn=lambda msg: print(msg, file=sys.stderr))
     ec = cfg["eval"]
     x = generate.sample(
         model,
@@ -234,13 +264,20 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _runs_of(args) -> dict:
+    """How an analysis that trains runs of its own builds and schedules them: the command line's preset,
+    config file, overrides and ``--jobs`` (a ConfigError unless it is positive)."""
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs} is invalid; allowed: a positive integer")
+    return dict(preset=args.preset, config_file=args.config, overrides=args.overrides, jobs=args.jobs)
+
+
 def cmd_compare(args) -> int:
     """``compare``: train every method × seed side by side and print the speed-up table (exit 1 if a run failed)."""
     from . import compare
 
     methods = compare.split_methods(args.methods)
-    if args.jobs is not None and args.jobs < 1:
-        raise ConfigError(f"--jobs {args.jobs} is invalid; allowed: a positive integer")
+    runs = _runs_of(args)
     if args.eval_samples is not None and args.eval_samples < 2:
         raise ConfigError(f"--eval-samples {args.eval_samples} is invalid; allowed: an integer >= 2")
     res = compare.compare(
@@ -248,13 +285,10 @@ def cmd_compare(args) -> int:
         out=args.out,
         seeds=args.seeds,
         steps=args.steps,
-        preset=args.preset,
-        config_file=args.config,
-        overrides=args.overrides,
-        jobs=args.jobs,
         metric=args.metric,
         baseline=args.baseline,
         eval_samples=args.eval_samples,
+        **runs,
     )
     print(compare.format_table(res))
     failed = [lab for lab, r in res["methods"].items() if any("error" in e for e in r["per_seed"])]
@@ -289,8 +323,6 @@ def cmd_analyze(args) -> int:
 
     out = Path(args.out) if args.out else Path("runs") / f"analyze-{args.kind}"
     cfg = config.resolve(args.preset, args.config, args.overrides)
-    if getattr(args, "jobs", None) is not None and args.jobs < 1:
-        raise ConfigError(f"--jobs {args.jobs} is invalid; allowed: a positive integer")
     if args.kind == "entropy":
         from .analysis import entropy
 
@@ -316,11 +348,8 @@ def cmd_analyze(args) -> int:
             out,
             mode=args.mode,
             intervals=args.intervals,
-            preset=args.preset,
-            config_file=args.config,
-            overrides=args.overrides,
-            jobs=args.jobs,
             final_window=args.final_window,
+            **_runs_of(args),
         )
         cols = ("interval", "initial", "final", "steps_90", "steps_95", "steps_99")
     else:
@@ -330,16 +359,13 @@ def cmd_analyze(args) -> int:
             cfg,
             out,
             checkpoints=args.checkpoints,
-            preset=args.preset,
-            config_file=args.config,
-            overrides=args.overrides,
             b_overrides=args.b_override,
             seed_offset=args.seed_offset,
             n=args.n,
             n_real=args.n_real,
             t_points=args.t_points,
             sample_seed=args.sample_seed,
-            jobs=args.jobs,
+            **_runs_of(args),
         )
         print(
             f"paired distance {res['paired_distance']:.4g}, unpaired {res['unpaired_distance']:.4g}, "
@@ -372,18 +398,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from .checkpoint import CheckpointError
     from .data import DataError
-    from .train import TrainingError
+    from .errors import TrainingError
 
-    def _one_line(e: BaseException) -> str:
-        """An exception's first line (a torch error can run to many), at most 500 characters."""
-        text = str(e).strip()
-        line = text.splitlines()[0] if text else type(e).__name__
-        return line if len(line) <= 500 else line[:497] + "..."
-
-    ap = _parser()
-    args = ap.parse_args(argv)
+    args = parse_args(argv)
     if args.command is None:
-        ap.print_help()
+        args.print_help()
         return 2
     handler = {
         "train": cmd_train,
@@ -396,18 +415,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except TrainingError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 1
     except (ConfigError, DataError, CheckpointError) as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
     except ValueError as e:  # a builder's check of a named section's parameter (sampler, model, process, ...)
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:
         where = e.filename or "file system"
         print(
-            f"error: {e.strerror or _one_line(e)} ({where}); nothing already written was removed",
+            f"error: {e.strerror or first_line(e)} ({where}); nothing already written was removed",
             file=sys.stderr,
         )
         return 2
@@ -418,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("DIFFUSION_CURRICULUM_DEBUG"):
             raise
         print(
-            f"error: unexpected {type(e).__name__}: {_one_line(e)} (this is a bug; rerun with "
+            f"error: unexpected {type(e).__name__}: {first_line(e)} (this is a bug; rerun with "
             "DIFFUSION_CURRICULUM_DEBUG=1 for the traceback and please report it)",
             file=sys.stderr,
         )

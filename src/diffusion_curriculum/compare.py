@@ -1,11 +1,11 @@
-"""Side-by-side runs of several strategies and the speed-up each one buys (METHODS.md §5).
+"""Side-by-side runs of several strategies and the speed-up each one buys (docs/methods.md, "Measuring a speed-up").
 
 Every (method, seed) pair is its own run directory, trained by ``diffusion-curriculum train`` in a subprocess,
 up to ``--jobs`` at a time. Runs are resumable: a finished run (its ``summary.json`` reports the requested steps)
 is reused, an unfinished one continues from its newest checkpoint. Then the curves are read back and the table
 and plots written.
 
-Speed-up of method M (METHODS.md §5): (steps the uniform baseline needs to reach its own final quality at budget
+Speed-up of method M: (steps the uniform baseline needs to reach its own final quality at budget
 B) ÷ (steps M needs to reach that same quality), quality interpolated linearly in log-space between evaluations;
 a method that never reaches it is reported as "not reached", never as a number. Each seed of M is compared
 with the same seed of the baseline; the table gives the mean and spread over seeds.
@@ -20,20 +20,17 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 import statistics
-import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import config, plots, timesteps, weighting
+from . import config, runlog, sweep, timesteps, viz, weighting
+from .checks import atomic_write
 from .errors import ConfigError, suggest
-from .train import build_components
+from .training import build_components
 
 #: quality keys in order of preference (lower is better for all of them)
 QUALITY_KEYS = ("fd", "fid", "swd", "mmd", "eval_loss")
@@ -123,7 +120,7 @@ def steps_to_reach(curve: list[tuple[int, float]], target: float) -> float | Non
 
 
 def speedup(baseline: list[tuple[int, float]], method: list[tuple[int, float]]) -> dict[str, Any]:
-    """Speed-up of ``method`` over ``baseline`` (METHODS.md §5). Returns the baseline's final quality (the
+    """Speed-up of ``method`` over ``baseline`` (docs/methods.md, "Measuring a speed-up"). Returns the baseline's final quality (the
     target), the steps each needs to reach it, and the ratio — or "not reached"."""
     if not baseline:
         return {"target": None, "baseline_steps": None, "method_steps": None, "speedup": "no baseline"}
@@ -136,29 +133,6 @@ def speedup(baseline: list[tuple[int, float]], method: list[tuple[int, float]]) 
 
 
 # -- runs ------------------------------------------------------------------------------------------------
-def _threads_per_job(jobs: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, jobs))
-
-
-def _finished(run: Path, steps: int) -> bool:
-    try:
-        return json.loads((run / "summary.json").read_text()).get("steps") == steps
-    except (OSError, ValueError):
-        return False
-
-
-def _train(cmd: list[str], run: Path, threads: int) -> tuple[int, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    run.mkdir(parents=True, exist_ok=True)
-    with open(run / "train.log", "a") as log:
-        p = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    tail = ""
-    if p.returncode != 0:
-        lines = (run / "train.log").read_text(errors="replace").strip().splitlines()
-        tail = next((x for x in reversed(lines) if x.startswith("error:")), lines[-1] if lines else "")
-    return p.returncode, tail
-
-
 def quality_curve(records: list[dict], key: str) -> list[tuple[int, float]]:
     """[(step, value)] of every evaluation record that holds ``key``, sorted by step."""
     return sorted((r["step"], float(r[key])) for r in records if isinstance(r.get(key), (int, float)))
@@ -203,55 +177,18 @@ def compare(
         raise ConfigError(f"--methods lists a method twice: {', '.join(labels)}")
     if baseline not in labels:
         parsed.insert(0, parse_method(baseline))
-    jobs = jobs or os.cpu_count() or 1
     out = Path(out)
-    shared = list(overrides) + ([f"steps={steps}"] if steps else [])
-    # Resolve every configuration up front: a bad method or override fails before any run starts.
-    plans = []
-    for m in parsed:
-        # a method's own preset wins over the shared --config / --preset
-        src_preset, src_file = (
-            (m.preset or preset, None) if m.preset or not config_file else (None, config_file)
-        )
-        cfg = config.resolve(src_preset, src_file, shared + m.overrides)
-        build_components(cfg)  # checks the named sections' parameters too
-        src = ["--preset", src_preset] if src_preset else ["--config", str(src_file)] if src_file else []
-        for seed in range(seeds):
-            run = out / "runs" / run_dir_name(m.label) / f"seed{seed}"
-            cmd = [
-                sys.executable,
-                "-m",
-                "diffusion_curriculum",
-                "train",
-                *src,
-                "--out",
-                str(run),
-                *shared,
-                *m.overrides,
-                f"seed={cfg['seed'] + seed}",
-                "progress=false",
-            ]
-            if run.exists():
-                cmd.append("--resume")
-            plans.append((m, seed, run, cmd, cfg["steps"]))
+    plans, seed_of = _plan_runs(parsed, out, seeds, preset, config_file, list(overrides), steps)
     out.mkdir(parents=True, exist_ok=True)
-    todo = [p for p in plans if not _finished(p[2], p[4])]
-    say(f"compare: {len(plans)} runs ({len(plans) - len(todo)} already finished), {jobs} at a time")
-    threads = _threads_per_job(min(jobs, max(1, len(todo))))
-    failures: dict[tuple[str, int], str] = {}
-    t0 = time.time()
-
-    def work(plan):
-        m, seed, run, cmd, _ = plan
-        rc, err = _train(cmd, run, threads)
-        return m.label, seed, rc, err
-
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for i, (label, seed, rc, err) in enumerate(pool.map(work, todo), 1):
-            status = "done" if rc == 0 else f"FAILED ({err})"
-            if rc != 0:
-                failures[(label, seed)] = err
-            say(f"[{i}/{len(todo)}] {label} seed {seed}: {status} ({time.time() - t0:.0f} s)")
+    errors = sweep.run(
+        plans,
+        jobs=jobs,
+        say=say,
+        header=lambda total, done, n_jobs: (
+            f"compare: {total} runs ({done} already finished), {n_jobs} at a time"
+        ),
+    )
+    failures = {seed_of[label]: err for label, err in errors.items()}
     return summarize(
         out,
         [m.label for m in parsed],
@@ -262,6 +199,37 @@ def compare(
         eval_samples=eval_samples,
         log=say,
     )
+
+
+def _plan_runs(
+    parsed: list[Method],
+    out: Path,
+    seeds: int,
+    preset: str | None,
+    config_file: str | None,
+    overrides: list[str],
+    steps: int | None,
+) -> tuple[list[sweep.RunPlan], dict[str, tuple[str, int]]]:
+    """One :class:`~diffusion_curriculum.sweep.RunPlan` per method × seed, and each plan's (method, seed).
+
+    Every configuration is resolved and its components built here, so a bad method or override fails before
+    any run starts."""
+    shared = overrides + ([f"steps={steps}"] if steps else [])
+    plans, seed_of = [], {}
+    for m in parsed:
+        # a method's own preset wins over the shared --config / --preset
+        src_preset, src_file = (
+            (m.preset or preset, None) if m.preset or not config_file else (None, config_file)
+        )
+        cfg = config.resolve(src_preset, src_file, shared + m.overrides)
+        build_components(cfg)  # checks the named sections' parameters too
+        for seed in range(seeds):
+            label = f"{m.label} seed {seed}"
+            run_overrides = (*shared, *m.overrides, f"seed={cfg['seed'] + seed}", "progress=false")
+            run = out / "runs" / run_dir_name(m.label) / f"seed{seed}"
+            plans.append(sweep.RunPlan(label, run, cfg["steps"], src_preset, src_file, run_overrides))
+            seed_of[label] = (m.label, seed)
+    return plans, seed_of
 
 
 def _offline_records(run: Path, samples: int, say) -> list[dict]:
@@ -276,7 +244,7 @@ def _offline_records(run: Path, samples: int, say) -> list[dict]:
     if not path.is_file() or path.stat().st_mtime < ckpts[0].stat().st_mtime:
         say(f"evaluating {run} with {samples} samples")
         evaluate.evaluate_run(run, samples=samples, log=lambda m: None)
-    return plots.read_metrics(path)
+    return runlog.read_metrics(path)
 
 
 def summarize(
@@ -295,7 +263,7 @@ def summarize(
     failures = failures or {}
     say = log or (lambda m: print(m, file=sys.stderr, flush=True))
     runs = {(lab, s): out / "runs" / run_dir_name(lab) / f"seed{s}" for lab in labels for s in range(seeds)}
-    records = {k: plots.read_metrics(run / "metrics.jsonl") for k, run in runs.items()}
+    records = {k: runlog.read_metrics(run / "metrics.jsonl") for k, run in runs.items()}
     quality = records
     suffix = ""
     if eval_samples is not None:
@@ -310,7 +278,7 @@ def summarize(
         for s in range(seeds):
             curve = quality_curve(quality[(lab, s)], key)
             base = quality_curve(quality[(baseline, s)], key)
-            summ = _summary(out / "runs" / run_dir_name(lab) / f"seed{s}")
+            summ = runlog.read_summary(runs[(lab, s)])
             entry = {
                 "seed": s,
                 "final": curve[-1][1] if curve else None,
@@ -336,18 +304,13 @@ def summarize(
             "steps_per_s": statistics.fmean(sps) if sps else None,
             "per_seed": per_seed,
         }
-    (out / f"results{suffix}.json").write_text(json.dumps(results, indent=2))
+    atomic_write(out / f"results{suffix}.json", json.dumps(results, indent=2))
     _write_csv(out / f"results{suffix}.csv", results)
-    _plot_quality(out / f"quality{suffix}.png", quality, labels, seeds, key)
-    _plot_timesteps(out / "timesteps.png", records, labels)
+    curves = {lab: [dict(quality_curve(quality[(lab, s)], key)) for s in range(seeds)] for lab in labels}
+    viz.quality_plot(out / f"quality{suffix}.png", curves, key)
+    hists = {lab: [r for s in range(seeds) for r in records[(lab, s)] if "t_hist" in r] for lab in labels}
+    viz.drawn_levels_plot(out / "timesteps.png", hists)
     return results
-
-
-def _summary(run: Path) -> dict:
-    try:
-        return json.loads((run / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _fmt(v, digits=4):
@@ -385,51 +348,6 @@ def _write_csv(path: Path, results: dict) -> None:
                     _fmt(r["steps_per_s"], 3),
                 ]
             )
-
-
-def _plot_quality(path: Path, records, labels, seeds, key) -> None:
-    import numpy as np
-
-    plt, fig, ax = plots._figure(size=(7.0, 4.4))
-    a = ax[0, 0]
-    for i, lab in enumerate(labels):
-        curves = [dict(quality_curve(records[(lab, s)], key)) for s in range(seeds)]
-        steps = sorted(set.intersection(*[set(c) for c in curves])) if all(curves) else []
-        if not steps:
-            continue
-        vals = np.array([[c[s] for s in steps] for c in curves])
-        lv = np.log(vals)
-        mean, lo, hi = np.exp(lv.mean(0)), vals.min(0), vals.max(0)
-        a.plot(steps, mean, color=f"C{i % 10}", label=lab)
-        a.fill_between(steps, lo, hi, color=f"C{i % 10}", alpha=0.15)
-    a.set_yscale("log")
-    a.set_xlabel("step")
-    a.set_ylabel(f"{key} (geometric mean over seeds; band = min..max)")
-    a.legend(fontsize=7)
-    plots.save_figure(plt, fig, path)
-
-
-def _plot_timesteps(path: Path, records, labels) -> None:
-    import numpy as np
-
-    plt, fig, ax = plots._figure(size=(7.0, 4.0))
-    a = ax[0, 0]
-    drawn = False
-    for i, lab in enumerate(labels):
-        hists = [r for (lb, _), recs in records.items() if lb == lab for r in recs if "t_hist" in r]
-        if not hists:
-            continue
-        h = np.sum([r["t_hist"] for r in hists], axis=0).astype(float)
-        edges = np.asarray(hists[0]["t_hist_edges"], dtype=float)
-        a.stairs(h / max(h.sum(), 1), edges, color=f"C{i % 10}", label=lab)
-        a.set_xlabel(hists[0].get("t_hist_unit", "t"))
-        drawn = True
-    if drawn:
-        a.set_ylabel("share of all draws over training")
-        a.legend(fontsize=7)
-        plots.save_figure(plt, fig, path)
-    else:
-        plt.close(fig)
 
 
 def format_table(results: dict) -> str:

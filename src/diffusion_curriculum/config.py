@@ -9,7 +9,6 @@ names the key, the value and what is allowed — before anything is written.
 from __future__ import annotations
 
 import copy
-import math
 import re
 from importlib import resources
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, suggest
+from .checks import first_line, invalid, is_int, is_number, suggest
+from .errors import ConfigError
 
 # Sections whose content is {name: ..., <that name's parameters>}; a bare string is shorthand for {name: value}.
 NAMED_SECTIONS = ("dataset", "model", "process", "sampler", "weighting")
@@ -69,7 +69,7 @@ MAX_INT = 10**12
 
 def _int(lo: int | None = None, hi: int = MAX_INT):
     def check(v):
-        ok = isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo) and v <= hi
+        ok = is_int(v) and (lo is None or v >= lo) and v <= hi
         return ok, f"an integer in [{lo}, {hi}]" if lo is not None else f"an integer <= {hi}"
 
     return check
@@ -77,12 +77,7 @@ def _int(lo: int | None = None, hi: int = MAX_INT):
 
 def _float(lo: float | None = None, hi: float | None = None, lo_open: bool = False):
     def check(v):
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-        if ok:
-            try:  # an int too large for a float (10**400) is not finite either, and must not raise
-                ok = math.isfinite(float(v))
-            except OverflowError:
-                ok = False
+        ok = is_number(v)
         if ok and lo is not None:
             ok = v > lo if lo_open else v >= lo
         if ok and hi is not None:
@@ -119,7 +114,7 @@ def _optional(check):
     return opt
 
 
-# The checks of every fixed key. Named sections are checked by their builders (see train.build_components).
+# The checks of every fixed key. Named sections are checked by their builders (see training.components.build_components).
 SCHEMA: dict[str, Any] = {
     "seed": _int(0, 2**63 - 1),
     "steps": _int(1, 10**9),
@@ -192,7 +187,7 @@ def load_yaml(path: str | Path) -> dict:
     try:
         data = yaml.load(p.read_text(), Loader=_Loader)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {first_line(e)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -293,7 +288,7 @@ def _check_section(prefix: str, values: Any, schema: dict) -> None:
             continue
         ok, allowed = check(v)
         if not ok:
-            raise ConfigError(f"{key}={v!r} is invalid; allowed: {allowed}")
+            raise ConfigError(invalid(key, v, allowed))
 
 
 def validate(cfg: dict) -> dict:

@@ -12,42 +12,33 @@ evaluated cheaply during training can be re-measured here afterwards. Results go
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .checks import atomic_write, is_int
 from .errors import ConfigError
 
 
 def load_run(run: str | Path) -> tuple[dict, Any]:
     """(validated config, components built from it) of a run directory."""
-    from . import config
-    from .train import build_components
+    from .training import build_components, rundir
 
     run = Path(run)
-    if not (run / "config.yaml").is_file():
+    if not (run / rundir.CONFIG).is_file():
         raise ConfigError(f"{str(run)!r} is not a run directory (no config.yaml)")
-    cfg = config.validate(config.merge(config.DEFAULTS, config.load_yaml(run / "config.yaml")))
+    cfg = rundir.load_config(run)
     return cfg, build_components(cfg)
 
 
 def load_ema(model: torch.nn.Module, ckpt: str | Path) -> int:
     """Load a checkpoint's EMA weights into ``model``; return its step. Raises ``CheckpointError`` when the
-    checkpoint is unreadable or does not fit the model."""
-    from . import checkpoint
+    checkpoint is unreadable or does not fit the model (:func:`diffusion_curriculum.training.rundir.load_ema_weights`)."""
+    from .training import rundir
 
-    step, state = checkpoint.load(ckpt)
-    try:
-        model.load_state_dict(state["ema"])
-    except (RuntimeError, KeyError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise checkpoint.CheckpointError(
-            f"checkpoint {str(ckpt)!r} does not fit its run ({msg[:200]})"
-        ) from None
-    return step
+    return rundir.load_ema_weights(model, ckpt)
 
 
 def eval_file_name(samples: int) -> str:
@@ -69,7 +60,7 @@ def evaluate_run(
     An unreadable checkpoint is skipped with a message."""
     from . import checkpoint, generate, metrics
 
-    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 2):
+    if samples is not None and not (is_int(samples) and samples >= 2):
         raise ConfigError(f"--samples {samples!r} is invalid; allowed: an integer >= 2")
     run = Path(run)
     cfg, comps = load_run(run)
@@ -110,8 +101,5 @@ def evaluate_run(
         rec = {"step": step, "samples": n, **evaluator(x.cpu())}
         records.append(rec)
         log(json.dumps(rec))
-    path = run / eval_file_name(n)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    tmp.replace(path)
+    atomic_write(run / eval_file_name(n), "".join(json.dumps(r) + "\n" for r in records))
     return records

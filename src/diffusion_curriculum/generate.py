@@ -16,15 +16,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .checks import check_value, is_int, is_number
 from .process import DiscreteProcess, EDMProcess
 
-__all__ = ["METHODS", "ddim", "ddim_timesteps", "ddpm", "edm_heun", "edm_sigmas", "sample"]
+__all__ = [
+    "AUTO",
+    "GENERATORS",
+    "METHODS",
+    "Method",
+    "ddim",
+    "ddim_timesteps",
+    "ddpm",
+    "edm_heun",
+    "edm_sigmas",
+    "sample",
+]
 
-METHODS = ("auto", "ddpm", "ddim", "heun")
 StepNoises = Tensor | Callable[[int], Tensor] | None
 
 
@@ -33,6 +45,14 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device) ->
     if generator is None:
         return torch.randn(shape, device=device)
     return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
+def _initial_noise(noise: Tensor | None, shape: tuple[int, ...], generator, device) -> Tensor:
+    """The starting noise: ``noise`` itself (as float32 on ``device``) when given, else a draw from ``generator``."""
+    x = _randn(shape, generator, device) if noise is None else noise.to(device=device, dtype=torch.float32)
+    if tuple(x.shape) != shape:
+        raise ValueError(f"noise has shape {tuple(x.shape)} but shape={shape}")
+    return x
 
 
 def _as_long_batch(t: int, n: int, device) -> Tensor:
@@ -82,9 +102,7 @@ def ddpm(
         raise ValueError(f"variance={variance!r} is not known; allowed: posterior, beta")
     device = torch.device(device)
     shape = tuple(shape)
-    x = _randn(shape, generator, device) if noise is None else noise.to(device=device, dtype=torch.float32)
-    if tuple(x.shape) != shape:
-        raise ValueError(f"noise has shape {tuple(x.shape)} but shape={shape}")
+    x = _initial_noise(noise, shape, generator, device)
 
     ac = process.alphas_cumprod  # float64 on CPU
     ac_prev = torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])
@@ -132,8 +150,7 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
     (Song et al. 2021 §4.2 use a sub-sequence τ of [1, …, T]; this is the "linear" choice with the last step
     landing on t = 0.) ``steps = 1`` gives just [T−1].
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
-        raise ValueError(f"steps must be an integer in [1, {T}] for this process, got {steps!r}")
+    check_value("steps", steps, is_int(steps) and 1 <= steps <= T, f"an integer in [1, {T}] for this process")
     if steps == 1:
         return [T - 1]
     return [round((T - 1) * (1 - i / (steps - 1))) for i in range(steps)]
@@ -165,14 +182,11 @@ def ddim(
     Randomness: the initial noise (unless ``noise`` is given), then one draw per step where σ > 0.
     """
     _require_discrete(process, "ddim")
-    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
-        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    check_value("eta", eta, is_number(eta) and eta >= 0, "a finite number >= 0")
     device = torch.device(device)
     shape = tuple(shape)
     ts = ddim_timesteps(process.T, steps)
-    x = _randn(shape, generator, device) if noise is None else noise.to(device=device, dtype=torch.float32)
-    if tuple(x.shape) != shape:
-        raise ValueError(f"noise has shape {tuple(x.shape)} but shape={shape}")
+    x = _initial_noise(noise, shape, generator, device)
     ac = process.alphas_cumprod.tolist()
     n = shape[0]
     for i, t in enumerate(ts):
@@ -202,10 +216,8 @@ def edm_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0)
     σ_i = (σ_max^{1/ρ} + i/(N−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ for i < N, and σ_N = 0. Returns these N + 1
     values (float64). ``steps = 1`` gives [σ_max, 0].
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if not rho > 0:
-        raise ValueError(f"rho must be > 0, got {rho!r}")
+    check_value("steps", steps, is_int(steps) and steps >= 1, "a positive integer")
+    check_value("rho", rho, is_number(rho) and rho > 0, "a number > 0")
     i = torch.arange(steps, dtype=torch.float64)
     frac = i / max(steps - 1, 1)
     sig = (sigma_max ** (1 / rho) + frac * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
@@ -254,10 +266,7 @@ def edm_heun(
         out = model(*process.model_input(x32, s_batch))
         return process.predict_x0(out.double(), x, s_batch.double(), prediction)
 
-    x0 = _randn(shape, generator, device) if noise is None else noise.to(device=device, dtype=torch.float32)
-    if tuple(x0.shape) != shape:
-        raise ValueError(f"noise has shape {tuple(x0.shape)} but shape={shape}")
-    x = x0.double() * sigmas[0]
+    x = _initial_noise(noise, shape, generator, device).double() * sigmas[0]
     for i in range(steps):
         s_cur, s_next = sigmas[i], sigmas[i + 1]
         gamma = min(S_churn / steps, math.sqrt(2.0) - 1.0) if S_tmin <= s_cur <= S_tmax else 0.0
@@ -277,6 +286,50 @@ def edm_heun(
 # ------------------------------------------------------------------------------------------------------
 # dispatcher
 # ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Method:
+    """A generation method :func:`sample` dispatches to by name.
+
+    ``fn(model, process, shape, prediction=, generator=, device=, **options)`` makes one chunk of samples;
+    ``continuous`` says which process it needs (True: an :class:`EDMProcess`); ``default_steps`` is its step
+    count when the caller gives none (``None``: it takes no ``steps`` — DDPM walks all T); ``options`` are the
+    further keywords of :func:`sample` it takes (``eta``, ``clip_x0``).
+    """
+
+    fn: Callable[..., Tensor]
+    continuous: bool
+    default_steps: int | None
+    options: tuple[str, ...] = ()
+
+
+#: The generation methods by name; a new one is its function above and one entry here.
+GENERATORS: dict[str, Method] = {
+    "ddpm": Method(ddpm, continuous=False, default_steps=None, options=("clip_x0",)),
+    "ddim": Method(ddim, continuous=False, default_steps=50, options=("eta", "clip_x0")),
+    "heun": Method(edm_heun, continuous=True, default_steps=18),
+}
+#: ``auto`` (chosen by the process, see :data:`AUTO`) and every name of :data:`GENERATORS`.
+METHODS = ("auto", *GENERATORS)
+#: What ``method="auto"`` picks for a discrete (``False``) and a continuous (``True``) process.
+AUTO = {False: "ddim", True: "heun"}
+
+
+def _resolve_method(method: str, process, steps, eta) -> tuple[str, Method]:
+    """Resolve ``auto``; check that the method fits the process and that ``steps`` / ``eta`` apply to it."""
+    continuous = bool(getattr(process, "continuous", False))
+    method = AUTO[continuous] if method == "auto" else method
+    spec = GENERATORS[method]
+    if spec.continuous != continuous:
+        fits = dict.fromkeys(
+            [AUTO[continuous], *(m for m, g in GENERATORS.items() if g.continuous == continuous)]
+        )
+        kinds = ("an EDMProcess", "a DiscreteProcess")
+        needs, other = kinds if spec.continuous else kinds[::-1]
+        alternatives = " or ".join(repr(m) for m in fits)
+        raise ValueError(f"method={method!r} needs {needs}; use method={alternatives} for {other}")
+    return method, spec
+
+
 def sample(
     model,
     process: DiscreteProcess | EDMProcess,
@@ -296,37 +349,30 @@ def sample(
 
     ``method``: ``"auto"`` (Heun for an :class:`EDMProcess`, DDIM for a :class:`DiscreteProcess`), ``"ddpm"``
     (all T steps; ``steps`` must be None or T), ``"ddim"`` (default 50 steps, ``eta``) or ``"heun"`` (default
-    18 steps). ``prediction`` defaults to "v" for EDM and "eps" for discrete processes. Noise comes from a CPU
-    ``torch.Generator`` seeded with ``seed`` and is moved to ``device``; the samples are made in chunks of
-    ``batch_size``, one after the other from the same generator, so a result depends on (seed, batch_size) and
-    not on the device's RNG. The model is put in eval mode during sampling and its mode restored afterwards.
-    ``clip_x0`` applies to DDPM and DDIM (EDM's Heun never clips).
+    18 steps); see :data:`GENERATORS`. ``prediction`` defaults to "v" for EDM and "eps" for discrete processes.
+    Noise comes from a CPU ``torch.Generator`` seeded with ``seed`` and is moved to ``device``; the samples are
+    made in chunks of ``batch_size``, one after the other from the same generator, so a result depends on
+    (seed, batch_size) and not on the device's RNG. The model is put in eval mode during sampling and its mode
+    restored afterwards. ``clip_x0`` applies to DDPM and DDIM (EDM's Heun never clips).
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not known; allowed: {', '.join(METHODS)}")
-    continuous = bool(getattr(process, "continuous", False))
-    if method == "auto":
-        method = "heun" if continuous else "ddim"
-    if method == "heun" and not continuous:
+    method, spec = _resolve_method(method, process, steps, eta)
+    check_value("n", n, is_int(n) and n >= 1, "a positive integer")
+    check_value("batch_size", batch_size, is_int(batch_size) and batch_size >= 1, "a positive integer")
+    if spec.default_steps is None and steps is not None and steps != process.T:
         raise ValueError(
-            "method='heun' needs an EDMProcess; use method='ddim' or 'ddpm' for a DiscreteProcess"
+            f"steps={steps} does not apply to method={method!r}, which always takes all T={process.T} steps"
         )
-    if method in ("ddpm", "ddim") and continuous:
-        raise ValueError(f"method={method!r} needs a DiscreteProcess; use method='heun' for an EDMProcess")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if method == "ddpm" and steps is not None and steps != process.T:
-        raise ValueError(
-            f"steps={steps} does not apply to method='ddpm', which always takes all T={process.T} steps"
-        )
-    if method != "ddim" and eta != 0:
+    if "eta" not in spec.options and eta != 0:
         raise ValueError(f"eta={eta!r} applies only to method='ddim', not method={method!r}")
-    if prediction is None:
-        prediction = "v" if continuous else "eps"
-    device = torch.device(device)
-    generator = torch.Generator().manual_seed(int(seed))
+    kwargs = {k: v for k, v in (("eta", eta), ("clip_x0", clip_x0)) if k in spec.options}
+    if spec.default_steps is not None:
+        kwargs["steps"] = spec.default_steps if steps is None else steps
+    continuous = bool(getattr(process, "continuous", False))
+    kwargs["prediction"] = prediction if prediction is not None else "v" if continuous else "eps"
+    kwargs["device"] = torch.device(device)
+    kwargs["generator"] = torch.Generator().manual_seed(int(seed))
 
     was_training = getattr(model, "training", None)
     if was_training is not None and hasattr(model, "eval"):
@@ -335,22 +381,7 @@ def sample(
         chunks = []
         for start in range(0, n, batch_size):
             shape = (min(batch_size, n - start), *tuple(data_shape))
-            common = dict(prediction=prediction, generator=generator, device=device)
-            if method == "ddpm":
-                chunk = ddpm(model, process, shape, clip_x0=clip_x0, **common)
-            elif method == "ddim":
-                chunk = ddim(
-                    model,
-                    process,
-                    shape,
-                    steps=50 if steps is None else steps,
-                    eta=eta,
-                    clip_x0=clip_x0,
-                    **common,
-                )
-            else:
-                chunk = edm_heun(model, process, shape, steps=18 if steps is None else steps, **common)
-            chunks.append(chunk)
+            chunks.append(spec.fn(model, process, shape, **kwargs))
         return torch.cat(chunks)
     finally:
         if was_training is not None and hasattr(model, "train"):

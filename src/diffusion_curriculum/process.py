@@ -27,6 +27,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from .checks import check_params, is_int, is_number, unknown
+
 Prediction = Literal["eps", "v", "x0"]
 PREDICTIONS = ("eps", "v", "x0")
 
@@ -38,6 +40,12 @@ class ProcessError(ValueError):
 def _check_prediction(prediction: str) -> None:
     if prediction not in PREDICTIONS:
         raise ProcessError(f"prediction={prediction!r} is not known; allowed: {', '.join(PREDICTIONS)}")
+
+
+def _eps_or_x0_target(x0: Tensor, noise: Tensor, prediction: str) -> Tensor:
+    """The target of ε- or x0-prediction, the same for every process (a ProcessError for an unknown one)."""
+    _check_prediction(prediction)
+    return noise if prediction == "eps" else x0
 
 
 def _bcast(v: Tensor, like: Tensor) -> Tensor:
@@ -152,11 +160,8 @@ class DiscreteProcess:
         self, x0: Tensor, noise: Tensor, t: Tensor, prediction: str = "eps", x_t: Tensor | None = None
     ) -> Tensor:
         """Training target: ε, v = sqrt(ᾱ)ε − sqrt(1−ᾱ)x0 (Salimans & Ho 2022), or x0."""
-        _check_prediction(prediction)
-        if prediction == "eps":
-            return noise
-        if prediction == "x0":
-            return x0
+        if prediction != "v":
+            return _eps_or_x0_target(x0, noise, prediction)
         return self._at("sqrt_ac", t, x0) * noise - self._at("sqrt_1mac", t, x0) * x0
 
     def predict_x0(self, out: Tensor, x_t: Tensor, t: Tensor, prediction: str = "eps") -> Tensor:
@@ -184,7 +189,7 @@ class DiscreteProcess:
 
 
 def _check_T(T: int) -> None:
-    if isinstance(T, bool) or not isinstance(T, int) or T < 2:
+    if not is_int(T) or T < 2:
         raise ProcessError(f"T must be an integer >= 2, got {T!r}")
 
 
@@ -194,7 +199,7 @@ class EDMProcess:
     Training σ follows ln σ ~ N(P_mean, P_std²) (Table 1, "Training"; drawn by the ``lognormal`` sampler);
     generation spans [sigma_min, sigma_max]. Preconditioning (Table 1, eq. 7):
     c_skip = σ_d²/(σ²+σ_d²), c_out = σ σ_d/sqrt(σ²+σ_d²), c_in = 1/sqrt(σ²+σ_d²), c_noise = ¼ ln σ.
-    SNR(σ) = 1/σ² (METHODS.md: σ_data is folded in only where a weighting says so).
+    SNR(σ) = 1/σ² (docs/methods.md, 'Notation': σ_data is folded in only where a weighting says so).
     """
 
     continuous = True
@@ -213,9 +218,9 @@ class EDMProcess:
             ("sigma_min", sigma_min),
             ("sigma_max", sigma_max),
         ):
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            if not (is_number(v) and v > 0):
                 raise ProcessError(f"EDMProcess needs {k} > 0, got {v!r}")
-        if not (isinstance(P_mean, (int, float)) and math.isfinite(P_mean)):
+        if not is_number(P_mean):
             raise ProcessError(f"EDMProcess needs a finite P_mean, got {P_mean!r}")
         if sigma_min >= sigma_max:
             raise ProcessError(f"EDMProcess needs sigma_min < sigma_max, got {sigma_min} >= {sigma_max}")
@@ -262,11 +267,8 @@ class EDMProcess:
         self, x0: Tensor, noise: Tensor, t: Tensor, prediction: str = "v", x_t: Tensor | None = None
     ) -> Tensor:
         """ε → n; x0 → x0; v → EDM's F-target (x0 − c_skip·x)/c_out (Karras et al. 2022, eq. 8)."""
-        _check_prediction(prediction)
-        if prediction == "eps":
-            return noise
-        if prediction == "x0":
-            return x0
+        if prediction != "v":
+            return _eps_or_x0_target(x0, noise, prediction)
         if x_t is None:
             x_t = self.add_noise(x0, noise, t)
         c_skip, c_out, _, _ = self.precondition(t.to(x0.dtype))
@@ -305,8 +307,6 @@ def build(name: str = "linear", **params) -> Process:
 
     Unknown names or parameters raise :class:`ProcessError` (a ``ValueError``) naming them.
     """
-    from .errors import check_params, unknown
-
     makers = {"linear": DiscreteProcess.linear, "cosine": DiscreteProcess.cosine, "edm": EDMProcess}
     if name not in makers:
         raise ProcessError(unknown("process.name", name, makers))

@@ -1,4 +1,4 @@
-"""The papers' analyses as tools (DESIGN.md: ``diffusion-curriculum analyze``).
+"""The papers' analyses as tools (``diffusion-curriculum analyze``; docs/methods.md, "Analyses").
 
 - :mod:`.entropy`: relative entropy between consecutive noised marginals, D_KL(p_{t−1} ‖ p_t)
   (Kim et al. 2024, arXiv 2403.10348).
@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..checks import atomic_write
+
 
 def write_table(out: Path, name: str, rows: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> None:
     """Write ``rows`` (dicts sharing keys) as ``<name>.csv`` and, with ``meta``, as ``<name>.json``."""
@@ -28,6 +30,4 @@ def write_table(out: Path, name: str, rows: list[dict[str, Any]], meta: dict[str
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
-    tmp = out / f".{name}.json.tmp"
-    tmp.write_text(json.dumps({**(meta or {}), "rows": rows}, indent=2))
-    tmp.replace(out / f"{name}.json")
+    atomic_write(out / f"{name}.json", json.dumps({**(meta or {}), "rows": rows}, indent=2))

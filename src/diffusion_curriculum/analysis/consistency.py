@@ -3,7 +3,7 @@
 Xu et al. 2024, "Towards Faster Training of Diffusion Models: An Inspiration of a Consistency Phenomenon"
 (arXiv 2404.07946), §3: models differing in seed (or architecture) that start the stochastic DDPM sampler from
 the same x_T and inject the same noise at every step produce near-identical samples; the agreement of their
-noise predictions rises toward large t (METHODS.md §3, "Consistency phenomenon").
+noise predictions rises toward large t (docs/methods.md, "Analyses", consistency).
 
 Reported here:
 
@@ -35,18 +35,14 @@ from . import write_table
 def load_ema(run: str | Path):
     """(config, components, model with EMA weights, step) of a run directory's newest usable checkpoint."""
     from .. import checkpoint
-    from ..evaluate import load_ema as load_ema_weights
     from ..evaluate import load_run
+    from ..training import rundir
 
     run = Path(run)
     cfg, comps = load_run(run)
-    for ck in checkpoint.list_checkpoints(run / "checkpoints"):
-        try:
-            step = load_ema_weights(comps.model, ck)
-            return cfg, comps, comps.model.eval(), step
-        except checkpoint.CheckpointError:
-            continue
-    raise checkpoint.CheckpointError(f"no usable checkpoint under {str(run / 'checkpoints')!r}")
+    ckpts = checkpoint.list_checkpoints(run / rundir.CHECKPOINTS)
+    _, step = rundir.load_newest_ema(comps.model, ckpts, run / rundir.CHECKPOINTS)
+    return cfg, comps, comps.model.eval(), step
 
 
 def distances(xa: torch.Tensor, xb: torch.Tensor) -> dict[str, float]:
@@ -96,14 +92,14 @@ def eps_agreement(
 
 def plot(xa, xb, rows, dist, path: Path) -> None:
     """Sample grids of A and B from the same noise, and ε-agreement vs t."""
-    from .. import data, plots
+    from .. import viz
 
-    plt, fig, ax = plots._figure(1, 3, size=(14.0, 4.4))
+    plt, fig, ax = viz.figure(1, 3, size=(14.0, 4.4))
     for a, x, name in ((ax[0, 0], xa, "model A"), (ax[0, 1], xb, "model B (same noise)")):
         if x.dim() == 2:
             a.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=3)
         else:
-            g = data.to_image_grid(x[:64])
+            g = viz.to_image_grid(x[:64])
             a.imshow(g, cmap="gray" if g.ndim == 2 else None, interpolation="nearest")
             a.axis("off")
         a.set_title(name)
@@ -114,7 +110,7 @@ def plot(xa, xb, rows, dist, path: Path) -> None:
     c.set_xlabel("t")
     c.set_title(f"agreement vs t (sample distance ratio {dist['ratio']:.3f})")
     c.legend(fontsize=8)
-    plots.save_figure(plt, fig, path)
+    viz.save_figure(plt, fig, path)
 
 
 def run(
@@ -136,8 +132,8 @@ def run(
 ) -> dict[str, Any]:
     """Train (or load) models A and B, then write ``consistency.csv``/``.json`` (per-t agreement; the sample
     distances in the JSON) and ``consistency.png`` into ``out``."""
-    from .. import config
-    from .difficulty import QUIET, run_parallel
+    from .. import config, sweep
+    from .difficulty import QUIET
 
     say = log or (lambda m: print(m, file=sys.stderr, flush=True))
     out = Path(out)
@@ -156,10 +152,10 @@ def run(
             config.resolve(preset, config_file, ov)
         runs = [out / "model_a", out / "model_b"]
         plans = [
-            ("model_a", runs[0], preset, config_file, ov_a, cfg["steps"]),
-            ("model_b", runs[1], preset, config_file, ov_b, cfg["steps"]),
+            sweep.RunPlan("model_a", runs[0], cfg["steps"], preset, config_file, tuple(ov_a)),
+            sweep.RunPlan("model_b", runs[1], cfg["steps"], preset, config_file, tuple(ov_b)),
         ]
-        failures = run_parallel(plans, jobs, say)
+        failures = sweep.run(plans, jobs=jobs, say=say, serial_in_process=True)
         if failures:
             raise ConfigError(f"training failed: {failures}; see {out}/model_*/train.log")
     (cfg_a, comps_a, ma, step_a), (cfg_b, comps_b, mb, step_b) = load_ema(runs[0]), load_ema(runs[1])

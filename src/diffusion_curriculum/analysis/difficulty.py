@@ -2,18 +2,17 @@
 
 Kim et al. 2024, "Denoising Task Difficulty-based Curriculum for Training Diffusion Models" (arXiv 2403.10348),
 §3 (observational study): split the timesteps into N intervals, train on each and compare how fast the loss
-converges; they find the small-t (low-noise) intervals converge more slowly — the harder tasks (METHODS.md §1,
-"Convergence per interval").
+converges; they find the small-t (low-noise) intervals converge more slowly — the harder tasks (docs/methods.md,
+"Analyses", convergence per interval).
 
 Two modes:
 
 - ``per-interval``: N models, model k trained only on t ∈ [⌊kT/N⌋, ⌊(k+1)T/N⌋) (the ``interval`` sampler),
-  same steps each, trained as parallel ``diffusion-curriculum train`` subprocesses (the machinery of
-  :mod:`diffusion_curriculum.compare`); loss curves come from each run's ``metrics.jsonl``.
+  same steps each, trained by :func:`diffusion_curriculum.sweep.run` (parallel ``diffusion-curriculum train``
+  subprocesses, or one after another in-process with one job); loss curves come from each run's ``metrics.jsonl``.
 - ``per-bucket``: one model trained on all t (the config's own sampler) in-process; the per-sample losses the
   trainer passes to ``sampler.observe`` are accumulated per t-bucket (same N equal-width buckets; ln σ buckets
-  for an EDM process) and logged every ``log_every`` steps. ``train.py`` is not changed: only the sampler
-  instance's ``observe`` is wrapped.
+  for an EDM process) and logged every ``log_every`` steps, by a trainer hook (:class:`BucketLossRecorder`).
 
 Convergence measure (definition used here; the paper reports "steps to converge" without a formula, so this is
 the project's documented choice): a loss curve is the list of logged (step, loss) pairs. Its initial loss L_0 is
@@ -27,16 +26,16 @@ step). ``None`` when Δ ≤ 0 or the level is never reached.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import noise_levels
 from ..errors import ConfigError
+from ..training.hooks import Hook
 from . import write_table
 
 FRACTIONS = (0.9, 0.95, 0.99)
@@ -87,54 +86,6 @@ def _loss_curve(records: list[dict]) -> list[tuple[int, float]]:
 
 
 # -- per-interval -----------------------------------------------------------------------------------------
-def run_parallel(plans: list[tuple], jobs: int | None, say) -> dict[str, str]:
-    """Train ``[(label, run_dir, preset, config_file, overrides, steps)]``; finished runs are skipped, unfinished
-    ones resumed. With ``jobs`` > 1 (default: the CPU count) each run is a ``diffusion-curriculum train``
-    subprocess, up to ``jobs`` at a time, through compare's helpers (threads split between jobs, output in the
-    run's ``train.log``); with ``jobs`` = 1 they run one after another in this process (no start-up cost).
-    Returns {label: error} for the failures."""
-    from .. import compare, config
-    from ..train import Trainer, TrainingError
-
-    jobs = jobs or os.cpu_count() or 1
-    todo = [p for p in plans if not compare._finished(p[1], p[5])]
-    say(f"training {len(todo)} runs ({len(plans) - len(todo)} already finished), {jobs} at a time")
-    failures: dict[str, str] = {}
-    t0 = time.time()
-    if jobs == 1:
-        for i, (label, run, preset, config_file, overrides, _) in enumerate(todo, 1):
-            try:
-                resume = (run / "metrics.jsonl").exists() or (run / "checkpoints").exists()
-                Trainer(config.resolve(preset, config_file, overrides), run, resume=resume, log=say).run()
-            except TrainingError as e:
-                failures[label] = str(e)
-            status = "done" if label not in failures else f"FAILED ({failures[label]})"
-            say(f"[{i}/{len(todo)}] {label}: {status} ({time.time() - t0:.0f} s)")
-        return failures
-    threads = compare._threads_per_job(min(jobs, max(1, len(todo))))
-
-    def work(p):
-        label, run, preset, config_file, overrides, _ = p
-        cmd = [sys.executable, "-m", "diffusion_curriculum", "train", "--out", str(run)]
-        cmd += [*config_args(preset, config_file), *overrides]
-        if run.exists():
-            cmd.append("--resume")
-        return label, *compare._train(cmd, run, threads)
-
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for i, (label, rc, err) in enumerate(pool.map(work, todo), 1):
-            if rc != 0:
-                failures[label] = err
-            status = "done" if rc == 0 else f"FAILED ({err})"
-            say(f"[{i}/{len(todo)}] {label}: {status} ({time.time() - t0:.0f} s)")
-    return failures
-
-
-def config_args(preset: str | None, config_file: str | None) -> list[str]:
-    """The CLI arguments that select the same preset or config file in a subprocess."""
-    return ["--preset", preset] if preset else ["--config", str(config_file)] if config_file else []
-
-
 #: overrides every analysis training run gets before the user's own (no periodic evaluation, no feature nets)
 QUIET = ["eval_every=0", "metrics.enabled=false", "progress=false"]
 
@@ -152,8 +103,8 @@ def per_interval(
     say,
 ) -> tuple[list[dict], dict[str, list]]:
     """Mode ``per-interval``: one model per t interval, trained for the same steps in parallel ``train`` subprocesses; returns (table rows, curves)."""
-    from .. import config, plots
-    from ..train import build_components
+    from .. import config, runlog, sweep
+    from ..training import build_components
 
     proc = build_components(cfg).process
     if proc.continuous:
@@ -165,11 +116,13 @@ def per_interval(
     for k, (lo, hi) in enumerate(bounds):
         ov = [*QUIET, *overrides, "sampler.name=interval", f"sampler.lo={lo}", f"sampler.hi={hi}"]
         config.resolve(preset, config_file, ov)  # fail before any run starts
-        plans.append((f"interval{k}", out / "runs" / f"interval{k}", preset, config_file, ov, cfg["steps"]))
-    failures = run_parallel(plans, jobs, say)
+        label = f"interval{k}"
+        plans.append(sweep.RunPlan(label, out / "runs" / label, cfg["steps"], preset, config_file, tuple(ov)))
+    failures = sweep.run(plans, jobs=jobs, say=say, serial_in_process=True)
     rows, curves = [], {}
-    for (label, run, *_), (lo, hi) in zip(plans, bounds):
-        curve = _loss_curve(plots.read_metrics(run / "metrics.jsonl"))
+    for plan, (lo, hi) in zip(plans, bounds):
+        label = plan.label
+        curve = _loss_curve(runlog.read_metrics(plan.run_dir / "metrics.jsonl"))
         curves[label] = curve
         row = {
             "interval": label,
@@ -184,40 +137,28 @@ def per_interval(
 
 
 # -- per-bucket -------------------------------------------------------------------------------------------
-class BucketLossRecorder:
-    """Wraps a sampler instance's ``observe`` to accumulate the per-sample losses per noise-level bucket and
-    emit one mean per bucket every ``every`` steps (the sampler itself is untouched otherwise)."""
+class BucketLossRecorder(Hook):
+    """A trainer hook that accumulates the per-sample losses of every step per noise-level bucket and emits
+    one mean per bucket every ``every`` steps (counted by the sampler's own step counter)."""
 
-    def __init__(self, sampler, process, buckets: int, every: int):
+    def __init__(self, process, buckets: int, every: int):
         self.process, self.buckets, self.every = process, buckets, every
         self.sum = torch.zeros(buckets, dtype=torch.float64)
         self.count = torch.zeros(buckets, dtype=torch.float64)
         self.curves: list[tuple[int, list[float | None]]] = []
-        self._sampler = sampler
-        self._observe = sampler.observe
-        sampler.observe = self.observe
 
     def bucket(self, t):
-        """Bucket index in [0, buckets) of each t (discrete: equal t ranges; EDM: equal ranges of ln σ)."""
-        p = self.process
-        if not p.continuous:
-            return (t.long() * self.buckets // p.T).clamp(0, self.buckets - 1)
-        lo, hi = math.log(p.sigma_min), math.log(p.sigma_max)
-        return (
-            ((t.double().log() - lo) / (hi - lo) * self.buckets)
-            .long()
-            .clamp(0, self.buckets - 1)
-            .to(torch.long)
-        )
+        """Bucket index in [0, buckets) of each t (:func:`diffusion_curriculum.noise_levels.bucket`: equal t
+        ranges for a discrete process, equal ranges of ln σ for EDM)."""
+        return noise_levels.bucket(self.process, t, self.buckets)
 
-    def observe(self, t, per_sample_loss) -> None:
-        """Accumulate the step's per-sample losses into their buckets, then pass the call on to the wrapped sampler."""
+    def on_step(self, trainer, t, per_sample) -> None:
+        """Accumulate the step's per-sample losses into their buckets; every ``every`` steps, emit the means."""
         b = self.bucket(t.detach().cpu())
-        loss = per_sample_loss.detach().double().cpu()
+        loss = per_sample.detach().double().cpu()
         self.sum.index_add_(0, b, loss)
         self.count.index_add_(0, b, torch.ones_like(loss))
-        self._observe(t, per_sample_loss)
-        step = self._sampler.step
+        step = trainer.sampler.step
         if step % self.every == 0:
             means = [float(s / c) if c > 0 else None for s, c in zip(self.sum.tolist(), self.count.tolist())]
             self.curves.append((step, means))
@@ -229,23 +170,21 @@ def per_bucket(
     cfg: dict, out: Path, *, intervals: int, final_window: int, say
 ) -> tuple[list[dict], dict[str, list]]:
     """Mode ``per-bucket``: one model trained on all t, its per-sample losses averaged per t-bucket every ``log_every`` steps; returns (table rows, curves)."""
-    from ..train import Trainer
+    from ..training import Trainer
 
     trainer = Trainer(cfg, out / "run", log=say)  # refuses a folder that already holds a run
-    rec = BucketLossRecorder(trainer.sampler, trainer.process, intervals, cfg["log_every"])
+    rec = BucketLossRecorder(trainer.process, intervals, cfg["log_every"])
+    trainer.hooks.append(rec)
     trainer.run()
     p = trainer.process
+    edges, _ = noise_levels.bucket_edges(p, intervals)
     rows, curves = [], {}
     for k in range(intervals):
         label = f"bucket{k}"
         curve = [(s, m[k]) for s, m in rec.curves if m[k] is not None]
         curves[label] = curve
         if p.continuous:
-            lo, hi = math.log(p.sigma_min), math.log(p.sigma_max)
-            span = {
-                "ln_sigma_lo": lo + (hi - lo) * k / intervals,
-                "ln_sigma_hi": lo + (hi - lo) * (k + 1) / intervals,
-            }
+            span = {"ln_sigma_lo": edges[k], "ln_sigma_hi": edges[k + 1]}
         else:
             span = {"t_lo": k * p.T // intervals, "t_hi": (k + 1) * p.T // intervals}
         rows.append({"interval": label, **span, **steps_to_fraction(curve, final_window=final_window)})
@@ -258,9 +197,9 @@ def plot(rows: list[dict], curves: dict[str, list], path: Path, mode: str) -> No
     of the drop per interval (right)."""
     import numpy as np
 
-    from .. import plots
+    from .. import viz
 
-    plt, fig, ax = plots._figure(1, 2, size=(12.0, 4.4))
+    plt, fig, ax = viz.figure(1, 2, size=(12.0, 4.4))
     a, b = ax[0, 0], ax[0, 1]
     cmap = plt.get_cmap("viridis")
     n = len(rows)
@@ -286,7 +225,7 @@ def plot(rows: list[dict], curves: dict[str, list], path: Path, mode: str) -> No
     b.set_xlabel("interval (0 = smallest t, cleanest)")
     b.set_ylabel("steps to reach")
     b.legend(fontsize=7)
-    plots.save_figure(plt, fig, path)
+    viz.save_figure(plt, fig, path)
 
 
 def run(

@@ -1,8 +1,8 @@
 """Relative entropy between consecutive noised marginals, D_KL(p_{t−1} ‖ p_t).
 
 Kim et al. 2024, "Denoising Task Difficulty-based Curriculum for Training Diffusion Models" (arXiv 2403.10348),
-argue that denoising is harder at small t partly because consecutive marginals differ more there; METHODS.md §1
-("Relative entropy between consecutive marginals") specifies the estimate implemented here.
+argue that denoising is harder at small t partly because consecutive marginals differ more there; docs/methods.md
+("Analyses", relative entropy between consecutive marginals) describes the estimate implemented here.
 
 For a dataset {x_i} of M points the marginal of a variance-preserving process at step t is the mixture
 
@@ -190,9 +190,9 @@ def entropy_table(
 
 def plot(rows: list[dict[str, Any]], path: Path, *, continuous: bool = False, title: str = "") -> None:
     """KL vs t (or vs σ), Monte Carlo with ±2 stderr band and the Gaussian closed form, log y."""
-    from .. import plots
+    from .. import viz
 
-    plt, fig, ax = plots._figure(size=(7.0, 4.2))
+    plt, fig, ax = viz.figure(size=(7.0, 4.2))
     a = ax[0, 0]
     xs = np.array([r["sigma"] if continuous else r["t"] for r in rows], dtype=float)
     kl = np.array([r["kl"] for r in rows])
@@ -209,7 +209,7 @@ def plot(rows: list[dict[str, Any]], path: Path, *, continuous: bool = False, ti
     a.set_ylabel("D_KL(p_{t−1} ‖ p_t)" if not continuous else "D_KL(p_{σ_{k−1}} ‖ p_{σ_k})")
     a.set_title(title or "relative entropy between consecutive marginals")
     a.legend(fontsize=8)
-    plots.save_figure(plt, fig, path)
+    viz.save_figure(plt, fig, path)
 
 
 def run(

@@ -1,6 +1,6 @@
 """Pieces the three models share: the sinusoidal time embedding, and the checks that turn a bad
 configuration value into one clear ``ValueError`` naming ``model.<param>``, the value and what is allowed
-(DESIGN.md, "Errors for people").
+(one sentence: what, where, what to do).
 
 The checks run in the model constructors, so ``MLP(...)``, ``UNet(...)`` and ``DiT(...)`` called directly
 fail as clearly as ``models.build(...)`` does.
@@ -9,12 +9,13 @@ fail as clearly as ``models.build(...)`` does.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..checks import check_value, is_int, is_number
 
 # ----------------------------------------------------------------------------------------------------------
 # Time embedding
@@ -82,23 +83,21 @@ def check_input(x: torch.Tensor, data_shape: tuple[int, ...], name: str) -> None
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return is_int(value, exact=False)  # NumPy integers are fine where an int is expected
 
 
 def integer(name: str, value: Any, minimum: int = 1) -> int:
     """``value`` as an int >= ``minimum``, else ValueError naming ``model.<name>``."""
-    if not _is_int(value) or value < minimum:
-        raise ValueError(f"model.{name}={value!r} is not allowed; it must be an integer >= {minimum}")
+    check_value(f"model.{name}", value, _is_int(value) and value >= minimum, f"an integer >= {minimum}")
     return int(value)
 
 
 def real(name: str, value: Any, low: float, high: float | None = None, *, low_open: bool = False) -> float:
     """``value`` as a finite float in [low, high) (or (low, high) with ``low_open``), else ValueError."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = is_number(value, exact=False)
     ok = ok and (value > low if low_open else value >= low) and (high is None or value < high)
-    if not ok:
-        bounds = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'})"
-        raise ValueError(f"model.{name}={value!r} is not allowed; it must be a number in {bounds}")
+    bounds = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'})"
+    check_value(f"model.{name}", value, ok, f"a number in {bounds}")
     return float(value)
 
 
@@ -106,9 +105,8 @@ def integers(name: str, value: Any, minimum: int = 1, allow_empty: bool = False)
     """``value`` (a list or tuple) as a tuple of ints >= ``minimum``, else ValueError."""
     ok = isinstance(value, (list, tuple)) and (allow_empty or len(value) > 0)
     ok = ok and all(_is_int(v) and v >= minimum for v in value)
-    if not ok:
-        what = "a list" if allow_empty else "a non-empty list"
-        raise ValueError(f"model.{name}={value!r} is not allowed; it must be {what} of integers >= {minimum}")
+    what = "a list" if allow_empty else "a non-empty list"
+    check_value(f"model.{name}", value, ok, f"{what} of integers >= {minimum}")
     return tuple(int(v) for v in value)
 
 

@@ -170,37 +170,11 @@ class UNet(nn.Module):
         dropout = common.real("dropout", dropout, 0.0, 1.0)
         groups = common.integer("groups", groups)
 
-        # Feature-map sizes per level; a stride-2 conv with padding 1 maps n to ceil(n / 2).
-        sizes = [(height, width)]
-        for _ in channel_mult[1:]:
-            sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
-        if len(sizes) > 1 and min(sizes[-1]) < 2:
-            max_levels = 1 + sum(min(s) >= 2 for s in sizes[1:])
-            raise ValueError(
-                f"model.channel_mult={list(channel_mult)} has {len(channel_mult)} levels, which "
-                f"downsamples the {height}x{width} image to {sizes[-1][0]}x{sizes[-1][1]}; allowed: at most "
-                f"{max_levels} levels for this image size (every level must be at least 2x2)"
-            )
-        resolutions = [max(s) for s in sizes]
-
-        if attention_resolutions is None:
-            attention = {16} & set(resolutions)
-        else:
-            attention = set(common.integers("attention_resolutions", attention_resolutions, allow_empty=True))
-            if not attention <= set(resolutions):
-                raise ValueError(
-                    f"model.attention_resolutions={list(attention_resolutions)} is not allowed: the feature "
-                    f"maps of this {height}x{width} image with {len(channel_mult)} levels have resolutions "
-                    f"{common.join(resolutions)}; allowed: a subset of [{common.join(resolutions)}], "
-                    "or [] for none"
-                )
+        resolutions, attention = _resolutions_and_attention(
+            height, width, channel_mult, attention_resolutions
+        )
         level_ch = [channels * m for m in channel_mult]
-        for res, ch in zip(resolutions, level_ch):
-            if res in attention and ch % num_heads:
-                raise ValueError(
-                    f"model.num_heads={num_heads} does not divide the {ch} channels at resolution {res}; "
-                    f"allowed: a divisor of {ch}, e.g. {common.join(common.divisors(ch)[:6])}"
-                )
+        _check_heads(resolutions, attention, level_ch, num_heads)
 
         # Every GroupNorm sees a sum of level widths, all multiples of `base`; a divisor of `base` works.
         base = channels * math.gcd(*channel_mult)
@@ -279,3 +253,44 @@ class UNet(nn.Module):
                 h = level.resample(h, skips[-1].shape[-2:])  # back to the size of the skip it meets next
 
         return self.out_conv(F.silu(self.out_norm(h))).to(x.dtype)
+
+
+def _resolutions_and_attention(
+    height: int, width: int, channel_mult: tuple[int, ...], attention_resolutions: Sequence[int] | None
+) -> tuple[list[int], set[int]]:
+    """(the resolution of every level, the resolutions with attention), or a ValueError naming
+    ``model.channel_mult`` (too many levels for the image) or ``model.attention_resolutions`` (one the image
+    never reaches)."""
+    # Feature-map sizes per level; a stride-2 conv with padding 1 maps n to ceil(n / 2).
+    sizes = [(height, width)]
+    for _ in channel_mult[1:]:
+        sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+    if len(sizes) > 1 and min(sizes[-1]) < 2:
+        max_levels = 1 + sum(min(s) >= 2 for s in sizes[1:])
+        raise ValueError(
+            f"model.channel_mult={list(channel_mult)} has {len(channel_mult)} levels, which "
+            f"downsamples the {height}x{width} image to {sizes[-1][0]}x{sizes[-1][1]}; allowed: at most "
+            f"{max_levels} levels for this image size (every level must be at least 2x2)"
+        )
+    resolutions = [max(s) for s in sizes]
+    if attention_resolutions is None:
+        return resolutions, {16} & set(resolutions)
+    attention = set(common.integers("attention_resolutions", attention_resolutions, allow_empty=True))
+    if not attention <= set(resolutions):
+        raise ValueError(
+            f"model.attention_resolutions={list(attention_resolutions)} is not allowed: the feature "
+            f"maps of this {height}x{width} image with {len(channel_mult)} levels have resolutions "
+            f"{common.join(resolutions)}; allowed: a subset of [{common.join(resolutions)}], "
+            "or [] for none"
+        )
+    return resolutions, attention
+
+
+def _check_heads(resolutions: list[int], attention: set[int], level_ch: list[int], num_heads: int) -> None:
+    """A ValueError naming ``model.num_heads`` unless it divides the channels of every attention level."""
+    for res, ch in zip(resolutions, level_ch):
+        if res in attention and ch % num_heads:
+            raise ValueError(
+                f"model.num_heads={num_heads} does not divide the {ch} channels at resolution {res}; "
+                f"allowed: a divisor of {ch}, e.g. {common.join(common.divisors(ch)[:6])}"
+            )

@@ -1,8 +1,9 @@
 """Which noise levels to train on: one module per strategy, one registry.
 
 ``timesteps.build(name, process, **params)`` builds a sampler by its registry name; see
-:mod:`diffusion_curriculum.timesteps.base` for the interface. Every module in this package is imported here, so a
-new strategy is one file whose class carries ``@register`` — nothing else to edit.
+:mod:`diffusion_curriculum.timesteps.base` for the interface. Each strategy's file is named as its registry name
+(``-`` written ``_``: ``loss-second-moment`` lives in ``loss_second_moment.py``). Every module in this package is
+imported here, so a new strategy is one file whose class carries ``@register`` — nothing else to edit.
 """
 
 import importlib

@@ -1,0 +1,239 @@
+"""The user's own data: a ``.npz`` / ``.npy`` array file or a folder of image files.
+
+Both end as float32 tensors in memory (images ``[N, C, H, W]`` in [-1, 1], or points ``[N, D]``); every problem with
+the file is a :class:`~diffusion_curriculum.data.DataError` saying which file, what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..checks import first_line, is_int
+from .dataset import DataError, Dataset
+from .registry import DatasetSpec, register
+
+__all__ = ["IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+# -- npz -----------------------------------------------------------------------------------------------
+def _load_npz(path: str, n=None, seed=0) -> Dataset:
+    """The images (or points) and optional labels of a ``.npz`` / ``.npy`` file; see :func:`load`."""
+    if os.path.isdir(path):
+        raise DataError(
+            f"dataset.path {path!r} is a folder, but dataset 'npz' needs a .npz file; use dataset.name=folder"
+        )
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(
+            f"dataset.path {path!r} is not a readable .npz/.npy file ({_short(e)}); "
+            "re-save it with numpy.savez"
+        ) from None
+    if isinstance(loaded, np.ndarray):  # a plain .npy
+        images, labels, key = loaded, None, "the array"
+    else:
+        with loaded:
+            keys = list(loaded.files)
+            if "images" in keys:
+                key = "images"
+            else:
+                others = [k for k in keys if k != "labels"]
+                if len(others) != 1:
+                    found = ", ".join(repr(k) for k in keys) if keys else "none"
+                    raise DataError(
+                        f"{path!r} holds arrays {found} but no 'images' array; save the images under the "
+                        "key 'images' (np.savez(path, images=..., labels=...))"
+                    )
+                key = others[0]
+            images = _npz_array(loaded, key, path)
+            labels = _npz_array(loaded, "labels", path) if "labels" in keys else None
+        key = f"array {key!r}"
+    data, kind = _images_to_tensor(images, key, path)
+    label_tensor = None
+    if labels is not None:
+        if (
+            labels.ndim != 1
+            or labels.shape[0] != data.shape[0]
+            or not np.issubdtype(labels.dtype, np.integer)
+        ):
+            raise DataError(
+                f"array 'labels' in {path!r} has shape {labels.shape} and dtype {labels.dtype}, but it must "
+                f"be integers of shape ({data.shape[0]},); fix the labels or drop them"
+            )
+        label_tensor = torch.as_tensor(labels.astype(np.int64))
+    return Dataset(data=data, labels=label_tensor, name=Path(path).stem, kind=kind)
+
+
+def _npz_array(archive, key: str, path: str) -> np.ndarray:
+    try:
+        return archive[key]
+    except ValueError as e:  # object arrays need pickle, which we never allow
+        raise DataError(
+            f"array {key!r} in {path!r} cannot be read without unpickling ({_short(e)}); re-save it as a "
+            "numeric array (uint8 or float32)"
+        ) from None
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        raise DataError(
+            f"array {key!r} in {path!r} is corrupt ({_short(e)}); re-save the file with numpy.savez"
+        ) from None
+
+
+def _images_to_tensor(arr: np.ndarray, key: str, path: str) -> tuple[Tensor, str]:
+    """Turn a numeric array into float32 ``[N, C, H, W]`` in [-1, 1] (or ``[N, D]`` points)."""
+    where = f"{key} in {path!r}"
+    if arr.dtype == bool or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
+        raise DataError(f"{where} has dtype {arr.dtype}; save images as uint8 (0..255) or float32 in [0, 1]")
+    if arr.ndim not in (2, 3, 4):
+        raise DataError(
+            f"{where} has shape {arr.shape}, but images must be NHWC, NCHW or NHW (or points N x D); "
+            "reshape the array"
+        )
+    if arr.shape[0] == 0 or arr.size == 0:
+        raise DataError(f"{where} is empty (shape {arr.shape}); save at least one sample")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise DataError(f"{where} contains NaN or infinite values; clean the data before training")
+    if arr.ndim == 2:  # points [N, D]: used as they are
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise DataError(f"{where} is a 2-D integer array; save points [N, D] as float32")
+        return torch.as_tensor(arr.astype(np.float32)).contiguous(), "points"
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    else:
+        arr = _to_nchw(arr, where)
+    if np.issubdtype(arr.dtype, np.integer):
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 255:
+            raise DataError(
+                f"{where} holds integers in [{lo}, {hi}], but integer images must be 0..255; save as uint8"
+            )
+        x = torch.as_tensor(arr.astype(np.float32)) / 127.5 - 1.0
+    else:
+        lo, hi = float(arr.min()), float(arr.max())
+        x = torch.as_tensor(arr.astype(np.float32))
+        if lo >= 0.0 and hi <= 1.0:
+            x = x * 2.0 - 1.0
+        elif not (lo >= -1.0 and hi <= 1.0):
+            raise DataError(
+                f"{where} holds floats in [{lo:.4g}, {hi:.4g}], but float images must lie in [0, 1] or "
+                "[-1, 1]; rescale the array"
+            )
+    return x.contiguous(), "image"
+
+
+def _to_nchw(arr: np.ndarray, where: str) -> np.ndarray:
+    """Decide NCHW vs NHWC by where a channel axis of size 1, 3 or 4 sits (ties: the square-image layout)."""
+    channel = (1, 3, 4)
+    first, last = arr.shape[1] in channel, arr.shape[3] in channel
+    if first and last:  # ambiguous, e.g. (N, 3, 4, 4) or (N, 4, 4, 3): prefer square spatial dims
+        if arr.shape[2] == arr.shape[3] or arr.shape[1] != arr.shape[2]:
+            return arr
+        return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
+    if first:
+        return arr
+    if last:
+        return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
+    raise DataError(
+        f"{where} has shape {arr.shape} with no channel axis of size 1, 3 or 4 at position 1 or 3; save it "
+        "as NHWC or NCHW"
+    )
+
+
+# -- folder --------------------------------------------------------------------------------------------
+def _load_folder(path: str, n=None, seed=0, size: int | None = None, channels: int = 3) -> Dataset:
+    """Every image file under ``path`` (labels from first-level subfolders); see :func:`load`."""
+    from PIL import Image
+
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(
+            f"dataset.path {path!r} is a file, but dataset 'folder' needs a folder of images; use "
+            "dataset.name=npz for a .npz file"
+        )
+    if not is_int(channels) or channels not in (1, 3):
+        raise DataError(f"dataset.channels={channels!r} is not allowed; use 1 (grayscale) or 3 (RGB)")
+    if size is not None and not (is_int(size) and size >= 1):
+        raise DataError(f"dataset.size={size!r} is not allowed; use a positive integer such as 32, or null")
+    files = sorted(
+        (
+            p
+            for p in root.rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            and p.is_file()
+        ),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
+    if not files:
+        raise DataError(
+            f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under dataset.path {path!r}; put image files "
+            "there or point dataset.path at the right folder"
+        )
+    mode = "L" if channels == 1 else "RGB"
+    out: np.ndarray | None = None
+    for i, f in enumerate(files):
+        try:
+            with Image.open(f) as im:
+                im = im.convert(mode)
+                if size is not None:
+                    im = _center_crop_resize(im, size)
+                arr = np.asarray(im, dtype=np.uint8)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise DataError(
+                f"image file {str(f)!r} cannot be read ({_short(e)}); remove or replace it"
+            ) from None
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        if out is None:
+            out = np.empty((len(files), *arr.shape), dtype=np.uint8)
+        elif arr.shape != out.shape[1:]:
+            raise DataError(
+                f"image file {str(f)!r} is {arr.shape[1]}x{arr.shape[0]} but {str(files[0])!r} is "
+                f"{out.shape[2]}x{out.shape[1]}; all images must be the same size, so set dataset.size to "
+                "resize them"
+            )
+        out[i] = arr
+    assert out is not None
+    data = torch.as_tensor(out).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+    labels, classes = None, None
+    rel = [f.relative_to(root).parts for f in files]
+    if all(len(parts) >= 2 for parts in rel):
+        classes = tuple(sorted({parts[0] for parts in rel}))
+        index = {c: k for k, c in enumerate(classes)}
+        labels = torch.tensor([index[parts[0]] for parts in rel], dtype=torch.long)
+    return Dataset(
+        data=data.contiguous(), labels=labels, name=root.name or "folder", kind="image", classes=classes
+    )
+
+
+def _center_crop_resize(im, size: int):
+    """Center-crop to a square (the shorter side), then resize to size x size (bicubic)."""
+    from PIL import Image
+
+    w, h = im.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    if (w, h) != (s, s):
+        im = im.crop((left, top, left + s, top + s))
+    if s != size:
+        im = im.resize((size, size), Image.Resampling.BICUBIC)
+    return im
+
+
+def _short(e: BaseException) -> str:
+    """The exception's first line, short enough to sit inside a one-sentence error, without a final period."""
+    return first_line(e, limit=160).rstrip(".") or type(e).__name__
+
+
+register(DatasetSpec("npz", _load_npz, reads="a .npz file"))
+register(DatasetSpec("folder", _load_folder, params=("size", "channels"), reads="a folder of images"))

@@ -1,0 +1,28 @@
+"""Reading back what a run directory holds, for the tools that look at runs from outside (compare, the sweep,
+the analyses, the offline evaluation): the records of ``metrics.jsonl`` (:func:`read_metrics`, from the run
+directory's owner :mod:`diffusion_curriculum.training.rundir`) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .training.rundir import SUMMARY, read_metrics
+
+__all__ = ["finished", "read_metrics", "read_summary"]
+
+
+def read_summary(run: str | os.PathLike) -> dict:
+    """The run's ``summary.json`` (written when training ends), or ``{}`` when it is missing or unreadable."""
+    try:
+        summary = json.loads((Path(run) / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def finished(run: str | os.PathLike, steps: int) -> bool:
+    """Whether the run's summary reports exactly ``steps`` steps (a finished run of that length)."""
+    return read_summary(run).get("steps") == steps

@@ -1,0 +1,153 @@
+"""What a configuration builds: process, data, model, sampler, weighting, optimizer and its schedules — before
+anything is written to disk — and the device and per-stream seeds a run uses.
+
+Every builder's error names its config section, so a bad config fails here with one sentence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import data, models, timesteps, weighting
+from .. import process as process_mod
+from ..checks import first_line
+from ..errors import ConfigError
+
+#: errors a builder may raise for a parameter it does not check itself (a wrong type, an impossible size); each
+#: is turned into one ConfigError sentence naming the section
+_BUILD_ERRORS = (TypeError, RuntimeError, ArithmeticError, IndexError, KeyError, AttributeError, MemoryError)
+
+
+@dataclass
+class Components:
+    """What a configuration builds, before anything is written to disk."""
+
+    process: Any
+    dataset: data.Dataset
+    model: nn.Module
+    sampler: timesteps.TimestepSampler
+    weight_fn: Callable
+
+
+def _named(cfg: dict, section: str) -> tuple[str, dict]:
+    sec = dict(cfg[section])
+    return sec.pop("name"), sec
+
+
+def _build(section: str, params: dict, fn: Callable, *args, **kwargs):
+    """Call one builder. Its own ``ValueError`` already names the key and passes through; any other error on a
+    parameter it does not check (a wrong type, an impossible size) becomes a ConfigError naming the section."""
+    try:
+        return fn(*args, **kwargs)
+    except ValueError:
+        raise
+    except _BUILD_ERRORS as e:
+        raise ConfigError(f"{section} settings {params!r} cannot be used: {first_line(e, 200)}") from None
+
+
+def build_components(cfg: dict) -> Components:
+    """Build process, data, model, sampler and weighting from a validated config; every error names its key."""
+    pname, pparams = _named(cfg, "process")
+    proc = _build("process", cfg["process"], process_mod.build, pname, **pparams)
+    dname, dparams = _named(cfg, "dataset")
+    dparams.setdefault("seed", cfg["seed"])
+    dataset = _build("dataset", cfg["dataset"], data.load, dname, **dparams)
+    mname, mparams = _named(cfg, "model")
+    model = _build("model", cfg["model"], models.build, mname, dataset.shape, **mparams)
+    sname, sparams = _named(cfg, "sampler")
+    sparams.setdefault("total_steps", cfg["steps"])
+    sampler = _build("sampler", cfg["sampler"], timesteps.build, sname, proc, **sparams)
+    wname, wparams = _named(cfg, "weighting")
+    weight_fn = _build(
+        "weighting", cfg["weighting"], weighting.build, wname, proc, cfg["prediction"], **wparams
+    )
+    return Components(proc, dataset, model, sampler, weight_fn)
+
+
+def stream_seed(seed: int, stream: str, rank: int = 0) -> int:
+    """An independent 63-bit seed for one named random stream of one rank."""
+    h = hashlib.sha256(f"{seed}/{stream}/{rank}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & (2**63 - 1)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a config's ``device`` names (``auto``: CUDA when available, else the CPU); a ConfigError for
+    anything else or for a GPU that is not there."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device={name!r} is not a device; allowed: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={name!r} was asked for but no CUDA GPU is available; use device=cpu or auto"
+        )
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name!r} is not supported; allowed: auto, cpu, cuda, cuda:N")
+    return dev
+
+
+class LRSchedule(torch.optim.lr_scheduler.LRScheduler):
+    """Linear warm-up then constant or cosine decay, written in *chainable* form (each step multiplies the
+    current LR by f(s)/f(s−1)) so a momentum schedule that also scales the LR composes with it."""
+
+    def __init__(self, optimizer, warmup_steps: int, total_steps: int, kind: str = "constant"):
+        self.warmup_steps, self.total_steps, self.kind = warmup_steps, total_steps, kind
+        super().__init__(optimizer)
+
+    def factor(self, s: int) -> float:
+        """The LR multiplier of step ``s``: linear warm-up to 1, then 1 (constant) or a cosine decay to 0."""
+        f = min(1.0, (s + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        if self.kind == "cosine" and s >= self.warmup_steps:
+            span = max(1, self.total_steps - self.warmup_steps)
+            f *= 0.5 * (1 + math.cos(math.pi * min(1.0, (s - self.warmup_steps) / span)))
+        return f
+
+    def get_lr(self):
+        """The LRs of the current step (chainable: the groups' LRs times f(s)/f(s−1))."""
+        e = self.last_epoch
+        prev = self.factor(e - 1) if e > 0 else 0.0
+        if prev == 0.0:
+            return [base * self.factor(e) for base in self.base_lrs]
+        ratio = self.factor(e) / prev
+        return [g["lr"] * ratio for g in self.optimizer.param_groups]
+
+
+def build_optimizer(cfg: dict, model: nn.Module, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over ``model``'s parameters with the config's ``lr`` and ``optim`` settings (the multi-tensor
+    ``foreach`` kernels on a GPU)."""
+    oc = cfg["optim"]
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg["lr"],
+        betas=(oc["beta1"], oc["beta2"]),
+        eps=oc["eps"],
+        weight_decay=oc["weight_decay"],
+        foreach=device.type == "cuda" or None,
+    )
+
+
+def build_lr_schedule(cfg: dict, optimizer: torch.optim.Optimizer) -> LRSchedule:
+    """The config's LR schedule (``optim.warmup_steps``, ``optim.schedule``) over ``steps``."""
+    oc = cfg["optim"]
+    return LRSchedule(optimizer, oc["warmup_steps"], cfg["steps"], oc["schedule"])
+
+
+def build_momentum(cfg: dict, optimizer: torch.optim.Optimizer):
+    """The config's momentum schedule (MDLRC, :func:`optim.build_momentum`) on ``optimizer``, or ``None`` when
+    ``momentum.enabled`` is false."""
+    params = dict(cfg["momentum"])
+    if not params.pop("enabled", False):
+        return None
+    from .. import optim
+
+    params.setdefault("total_steps", cfg["steps"])
+    return optim.build_momentum(optimizer, **params)

@@ -1,0 +1,497 @@
+"""The training loop: set-up, the step, evaluation, checkpoints and the run (see :mod:`training` for the
+determinism and data-parallel contract)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import checkpoint, config, data, generate, models, plots, timesteps
+from ..checks import first_line
+from ..ema import EMA
+from ..errors import ConfigError, TrainingError
+from ..loss import DenoisingLoss
+from . import components, hooks
+from . import distributed as dist_mod
+from .distributed import setup_distributed
+from .rundir import RunDir
+from .state import Attributes, RandomStreams, StateRegistry, check_fits, fingerprint
+
+#: samples shown in a grid PNG (image data; 2-D points are all plotted)
+GRID = 64
+
+
+class Trainer:
+    """Train one configuration into one run directory. Use :func:`train` for the common case.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process builds a Trainer with the same config: ``batch_size`` is
+    the global batch (split evenly over the processes), rank 0 alone writes the run directory, checkpoints
+    hold every rank's random streams and a resume needs the same number of processes (the :mod:`training`
+    docstring has the details). :meth:`state`, :meth:`save_checkpoint`, :meth:`train_step`, :meth:`advance`,
+    :meth:`evaluate` and :meth:`run` are then collective: every rank calls them, in the same order.
+
+    Extension points: :attr:`hooks` (:class:`~.hooks.Hook` objects called at each step and log record),
+    :attr:`eval_hooks` (``(trainer, samples, step) -> dict`` merged into each evaluation's record) and
+    :attr:`parts` (the registry of resumable state: one ``register`` line per new stateful part).
+    """
+
+    def __init__(
+        self,
+        cfg: dict,
+        out_dir: str | Path,
+        *,
+        resume: bool = False,
+        log: Callable[[str], None] | None = None,
+    ):
+        self.cfg = config.validate(cfg)
+        self.out = Path(out_dir)
+        self.dist, self.device = setup_distributed(cfg["device"])
+        self.rank, self.world = self.dist.rank, self.dist.world
+        say = log or (lambda msg: print(msg, file=sys.stderr))
+        self.say = say if self.rank == 0 else (lambda msg: None)
+        try:
+            self._setup(cfg, resume)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- set-up ---------------------------------------------------------------------------------------
+    def _check_settings(self, cfg: dict) -> None:
+        if cfg["batch_size"] % self.world:
+            raise ConfigError(
+                f"batch_size={cfg['batch_size']} is the global batch and must split evenly over the "
+                f"{self.world} processes; use a multiple of {self.world}"
+            )
+        if cfg["tensorboard"] and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError(
+                "tensorboard=true needs the tensorboard package: pip install 'diffusion_curriculum[tensorboard]'"
+            )
+
+    def _setup(self, cfg: dict, resume: bool) -> None:
+        self._check_settings(cfg)
+        prec = cfg["precision"]
+        self.bf16 = prec == "bf16" or (prec == "auto" and self.device.type == "cuda")
+        seed = cfg["seed"]
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        c = components.build_components(cfg)  # every config error surfaces here, before anything is written
+        self.process, self.dataset = c.process, c.dataset
+        self.sampler, self.weight_fn = c.sampler, c.weight_fn
+        self.loss = DenoisingLoss(self.process, cfg["prediction"], self.weight_fn)
+        self.model = c.model.to(self.device)
+        self._model_params = list(self.model.parameters())  # listed once: not per step
+        self.averager = EMA(self.model, cfg["ema"]["decay"], cfg["ema"]["warmup"])
+        #: the averaged model, for evaluation and generation
+        self.ema = self.averager.model
+        #: what the training forward calls: the model, or its DistributedDataParallel wrapper
+        self.net: nn.Module = self.model
+        if self.world > 1:
+            # every rank built the same model from the same seed; DDP also broadcasts rank 0's weights.
+            # The global RNG (dropout) then gets a stream of its own per rank.
+            torch.manual_seed(components.stream_seed(seed, "torch", self.rank))
+            self.net = dist_mod.wrap(self.model, self.device)
+        self.n_params = models.count_parameters(self.model)
+        self.optimizer = components.build_optimizer(cfg, self.model, self.device)
+        self.lr_schedule = components.build_lr_schedule(cfg, self.optimizer)
+        self.momentum = components.build_momentum(cfg, self.optimizer)
+        self._setup_streams(cfg)
+        self._setup_logging(cfg)
+        self._setup_state()
+        self._prepare_dir(resume)
+
+    def _setup_streams(self, cfg: dict) -> None:
+        seed = cfg["seed"]
+        self.batcher = data.Batcher(
+            self.dataset,
+            cfg["batch_size"] // self.world,  # this rank's share; the global batch is batch_size
+            components.stream_seed(seed, "data"),
+            rank=self.rank,
+            world_size=self.world,
+            device=self.device,
+        )
+        self.t_gen = torch.Generator().manual_seed(components.stream_seed(seed, "timesteps", self.rank))
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(
+            components.stream_seed(seed, "noise", self.rank)
+        )
+        self.step = 0
+        self.loss_sum, self.loss_count, self.skipped = 0.0, 0, 0
+        self.train_time = 0.0
+
+    def _setup_logging(self, cfg: dict) -> None:
+        self.rundir = RunDir(self.out)
+        self.ckpt_dir, self.metrics_path = self.rundir.ckpt_dir, self.rundir.metrics_path
+        self.histogram = hooks.NoiseHistogram(self.process, self.device)
+        #: the drawn-noise-level counts since the last evaluation (the histogram's tensor, updated in place)
+        self.t_hist = self.histogram.counts
+        #: called at every step and log record, in order (see :mod:`.hooks`); append your own
+        self.hooks: list[hooks.Hook] = [self.histogram]
+        if self.rank == 0:
+            self.hooks.append(hooks.JsonlLog(self.rundir))
+        self._run_hooks: list[hooks.Hook] = []  # the hooks of one run() (TensorBoard, the progress bar)
+        self._bar: hooks.ProgressBar | None = None
+        self.eval_hooks: list[Callable[[Trainer, torch.Tensor, int], dict]] = []
+        if cfg["metrics"]["enabled"] and self.rank == 0:
+            self.hooks.append(hooks.QualityMetrics(self.dataset, cfg["metrics"], self.device))
+        self.last_eval: dict[str, Any] = {}
+        self._eval_step: int | None = None  # the step of the last evaluation (on every rank)
+        self._saved_step: int | None = None
+        self.interrupts = hooks.InterruptGuard()
+        self._stop_all = False  # whether any rank asked to stop (agreed in the step's loss all-reduce)
+        self._t_log, self._s_log = time.perf_counter(), 0
+
+    def _setup_state(self) -> None:
+        """Register every resumable part, in the order (and under the names) a checkpoint stores them."""
+        self.parts = StateRegistry()
+        self.parts.register("model", self.model)
+        self.parts.register("ema", self.averager)
+        self.parts.register("optimizer", self.optimizer)
+        self.parts.register("lr_schedule", self.lr_schedule)
+        self.parts.register("momentum", self.momentum)
+        self.parts.register("sampler", self.sampler)
+        self.parts.register("batcher", self.batcher)
+        self.parts.register("rng", RandomStreams(self.t_gen, self.noise_gen, self.device), local=True)
+        log = Attributes(self, "loss_sum", "loss_count", "skipped", "train_time", "t_hist")
+        self.parts.register("log", log, local=("t_hist",))
+
+    def _prepare_dir(self, resume: bool) -> None:
+        """Check and prepare the run directory; on resume load the newest usable checkpoint (rank 0 picks it)."""
+        if self.world == 1:
+            loaded = self.rundir.start(resume, self.load_state, self.say)
+        else:
+            # rank 0 checks and prepares the directory and picks the checkpoint; the others load that one; any
+            # failure is shared, so every rank stops with the same sentence instead of waiting for the others
+            start = lambda: self.rundir.start(resume, self.load_state, self.say)  # noqa: E731
+            loaded = dist_mod.run_on_rank0(start, self.rank)
+            dist_mod.all_ok(self._follow_rank0(loaded), self.world)
+        if self.rank == 0:
+            if loaded is not None:
+                self.rundir.truncate_metrics(loaded[1])
+            self.rundir.write_config(self.cfg)
+
+    def _follow_rank0(self, loaded: tuple[Path, int] | None) -> Exception | None:
+        """On a rank other than 0, load the checkpoint rank 0 resumed from; return the error to share, if any."""
+        if self.rank == 0 or loaded is None:
+            return None
+        try:
+            _, state = checkpoint.load(loaded[0])
+            self.load_state(state)
+        except checkpoint.CheckpointError as e:
+            return checkpoint.CheckpointError(
+                f"rank {self.rank} cannot use {str(loaded[0])!r}, which rank 0 resumed from ({e}); the run "
+                "directory must be on storage every node sees"
+            )
+        except Exception as e:
+            return e
+        return None
+
+    def close(self) -> None:
+        """Destroy the process group if this trainer created it (from torchrun's environment); :meth:`run`
+        calls this at its end. A group the caller created is left alone."""
+        dist_mod.close(self.dist)
+
+    # -- state ----------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything a resume needs, as nested plain values and tensors (see :mod:`checkpoint`).
+
+        With several processes this is a collective: rank 0 gathers every other rank's own state (RNG
+        streams, noise-level histogram) under ``ranks/<r>`` and returns the whole; the other ranks get back
+        their local state only."""
+        s = {
+            "step": self.step,
+            "fingerprint": self.fingerprint(),
+            "world_size": self.world,
+            **self.parts.state_dict(),
+        }
+        if self.world > 1:
+            gathered = dist_mod.gather_to_rank0(self.parts.local_state_dict(), self.rank, self.world)
+            if gathered is not None:
+                s["ranks"] = {str(r): g for r, g in enumerate(gathered) if r != 0}
+        return s
+
+    def fingerprint(self) -> str:
+        """A hash of the settings that decide what is trained: a checkpoint from other settings is refused."""
+        return fingerprint(self.cfg)
+
+    def load_state(self, s: dict[str, Any]) -> None:
+        """Continue from a :meth:`state` (this rank's part of it); a CheckpointError if it does not fit this
+        run, a ConfigError if it was written by another number of processes."""
+        try:
+            check_fits(s, self.fingerprint(), self.world)
+            self.parts.load_state_dict(s, self.rank)
+            self.step = self._saved_step = int(s["step"])
+        except (checkpoint.CheckpointError, ConfigError):
+            raise
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
+            raise checkpoint.CheckpointError(f"it does not fit this run ({first_line(e, 200)})") from None
+
+    def save_checkpoint(self) -> Path:
+        """Write a checkpoint of this step (rank 0 writes; the other ranks wait for the write's outcome)."""
+        state = self.state()
+
+        def save() -> Path:
+            return checkpoint.save(self.ckpt_dir, self.step, state, keep=self.cfg["keep_checkpoints"])
+
+        path = save() if self.world == 1 else dist_mod.run_on_rank0(save, self.rank)
+        self._saved_step = self.step
+        return path
+
+    # -- the step -------------------------------------------------------------------------------------
+    def train_step(self) -> torch.Tensor | None:
+        """One optimizer step; returns the batch's per-sample losses (``None`` if a non-finite step was skipped)."""
+        x0 = self.batcher.next()
+        draw = self.sampler.sample(x0.shape[0], device=self.device, generator=self.t_gen)
+        noise = torch.randn(x0.shape, generator=self.noise_gen, device=self.device)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        per_sample = self.loss.error(self.net, x0, noise, draw.t, autocast=autocast)
+        loss = self.loss.objective(draw.t, per_sample, draw.weight)
+        # one sync per step: needed to catch a non-finite loss before it reaches the weights
+        value = float(loss.detach()) if self.world == 1 else self._reduce_loss(loss)
+        if not math.isfinite(value):
+            self._nonfinite(value)
+            return None
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg["optim"]["grad_clip"] > 0:
+            nn.utils.clip_grad_norm_(self._model_params, self.cfg["optim"]["grad_clip"])
+        self.optimizer.step()
+        self._schedules_step()
+        self.averager.update(self.step)
+        self.sampler.observe(draw.t, per_sample.detach())
+        self.step += 1
+        self.loss_sum += value
+        self.loss_count += 1
+        for hook in self.hooks:
+            hook.on_step(self, draw.t, per_sample.detach())
+        return per_sample
+
+    def _schedules_step(self) -> None:
+        self.lr_schedule.step()
+        if self.momentum is not None:
+            self.momentum.step()
+
+    def _nonfinite(self, value: float) -> None:
+        """A non-finite loss: stop with a TrainingError, or (``on_nonfinite=skip``) spend the step without
+        learning from it."""
+        if self.cfg["on_nonfinite"] != "skip":
+            raise TrainingError(
+                f"the loss became {value} at step {self.step + 1}; the last good checkpoint is kept in "
+                f"{str(self.ckpt_dir)!r}. Lower lr, check the data, or set on_nonfinite=skip"
+            )
+        # the data, timestep and noise streams moved on, and the LR and momentum schedules follow the step
+        # count; but nothing learns from it: no optimizer update, no EMA update, no sampler.observe, no loss
+        # or histogram entry
+        self._schedules_step()
+        self.step += 1
+        self.skipped += 1
+
+    def _reduce_loss(self, loss: torch.Tensor) -> float:
+        """The mean loss over all ranks (one all-reduce), so every rank logs it and takes the same decision on a
+        non-finite value; the same all-reduce tells whether any rank was asked to stop (Ctrl-C)."""
+        value, self._stop_all = dist_mod.mean_and_any(loss, self.interrupts.presses > 0, self.world)
+        return value
+
+    # -- evaluation -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def eval_loss(self, n: int = 512) -> float:
+        """The EMA model's mean denoising loss on a fixed batch with fixed t and noise (comparable across
+        steps and runs with the same seed)."""
+        g = torch.Generator().manual_seed(self.cfg["eval"]["seed"])
+        x0 = self.dataset.data[:n].to(self.device)
+        t = timesteps.build("uniform", self.process).sample(x0.shape[0], device=self.device, generator=g).t
+        noise = torch.randn(x0.shape, generator=g).to(self.device)
+        return float(self.loss.error(self.ema, x0, noise, t, reduce="mean"))
+
+    @torch.no_grad()
+    def generate(self, n: int | None = None) -> torch.Tensor:
+        """``n`` samples (default ``eval.samples``) from the EMA model with the run's evaluation sampler and seed."""
+        ec = self.cfg["eval"]
+        return generate.sample(
+            self.ema,
+            self.process,
+            n or ec["samples"],
+            self.dataset.shape,
+            method=ec["method"],
+            steps=ec["steps"],
+            eta=ec["eta"],
+            prediction=self.cfg["prediction"],
+            seed=ec["seed"],
+            device=self.device,
+            batch_size=ec["batch_size"],
+        )
+
+    def evaluate(self) -> dict[str, Any]:
+        """Sample a grid, measure the EMA model, log the record (with the noise-level histogram since the last
+        evaluation) and return it. With several processes only rank 0 evaluates (the others return ``{}``);
+        the histogram sums every rank's draws."""
+        self._eval_step = self.step
+        if self.world > 1:
+            torch.distributed.all_reduce(self.histogram.counts)
+            if self.rank != 0:
+                self.histogram.counts.zero_()
+                return {}
+        samples = self.generate()
+        shown = samples if self.dataset.kind == "points" else samples[:GRID]
+        self.rundir.save_samples(shown, f"step_{self.step:08d}")
+        rec: dict[str, Any] = {"step": self.step, "eval_loss": self.eval_loss()}
+        for hook in self.hooks:
+            rec.update(hook.on_eval(self, samples, self.step))
+        for fn in self.eval_hooks:
+            rec.update(fn(self, samples, self.step))
+        self.last_eval = dict(rec)
+        rec.update(self.histogram.record())
+        self._log(rec)
+        if self.rank == 0:
+            plots.timestep_plots(
+                self.rundir.read_metrics(),
+                self.out / "timesteps.png",
+                title=f"noise levels drawn ({self.sampler.name})",
+            )
+        return rec
+
+    # -- logging --------------------------------------------------------------------------------------
+    def _log(self, rec: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        for hook in self.hooks:
+            hook.on_record(self, rec)
+
+    def _training_record(self, now: float) -> dict[str, Any]:
+        rec = {
+            "step": self.step,
+            "loss": self.loss_sum / max(1, self.loss_count),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "steps_per_s": (self.step - self._s_log) / max(now - self._t_log, 1e-9),
+            "skipped": self.skipped,
+        }
+        if self.loss_count == 0:  # every step of the interval was skipped: there is no loss to report
+            rec["loss"] = None
+        status = self.sampler.status()
+        if status:
+            rec["sampler"] = status
+        return rec
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def advance(self) -> None:
+        """One iteration of :meth:`run`: a training step, then the logging, evaluation and checkpoint cadence.
+        ``train_time`` counts the training steps only, so steps/s is not diluted by evaluations."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        self.train_step()
+        self.train_time += time.perf_counter() - t0
+        for hook in self.hooks:
+            hook.on_iteration(self)
+        if self.step % cfg["log_every"] == 0:
+            now = time.perf_counter()
+            self._log(self._training_record(now))
+            self.loss_sum, self.loss_count = 0.0, 0
+            self._t_log, self._s_log = now, self.step
+        if cfg["eval_every"] and self.step % cfg["eval_every"] == 0:
+            self.model.eval()
+            self.evaluate()
+            self.model.train()
+        if cfg["checkpoint_every"] and self.step % cfg["checkpoint_every"] == 0:
+            self.save_checkpoint()
+
+    def run(self) -> dict[str, Any]:
+        """Train to ``steps``, evaluate, checkpoint and write ``summary.json``; return the summary. Ends by
+        destroying the process group if this trainer created it."""
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def _start_run_hooks(self) -> None:
+        """The hooks that live for one :meth:`run`: TensorBoard (rank 0, when asked for) and the progress bar."""
+        cfg = self.cfg
+        if cfg["tensorboard"] and self.rank == 0:
+            self._run_hooks.append(hooks.TensorBoard(self.out / "tensorboard"))
+        self._bar = hooks.ProgressBar(cfg["steps"], self.step, cfg["progress"] and self.rank == 0)
+        self._run_hooks.append(self._bar)
+        self.hooks.extend(self._run_hooks)
+
+    def _end_run_hooks(self) -> None:
+        for hook in self._run_hooks:
+            hook.close()
+            self.hooks.remove(hook)
+        self._run_hooks = []
+
+    def _loop(self) -> None:
+        """Advance to ``steps``; on Ctrl-C save a checkpoint of the step reached (see
+        :class:`~.hooks.InterruptGuard`) and re-raise. With several processes the ranks agree on the step to
+        stop after (see :meth:`_reduce_loss`), so they save one checkpoint together."""
+        self._stop_all = False
+        with self.interrupts:
+            try:
+                while self.step < self.cfg["steps"]:
+                    self.advance()
+                    stop = self.interrupts.presses > 0 if self.world == 1 else self._stop_all
+                    if stop:
+                        raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                self._bar.close()
+                self._on_interrupt()
+                raise
+
+    def _on_interrupt(self) -> None:
+        if self.interrupts.presses > 1:  # stopped mid-step: this state is not a consistent one to save
+            self.say(
+                f"interrupted twice, mid-step; nothing saved; continue with --resume from the last "
+                f"checkpoint in {str(self.ckpt_dir)!r}"
+            )
+        elif self.step > 0 and self._saved_step != self.step:
+            path = self.save_checkpoint()
+            self.say(f"interrupted at step {self.step}; saved {path}; continue with --resume")
+        elif self.step > 0:  # the checkpoint of this very step is already on disk: do not rewrite it
+            path = checkpoint.step_dir(self.ckpt_dir, self.step)
+            self.say(f"interrupted at step {self.step}; {path} is saved; continue with --resume")
+
+    def _run(self) -> dict[str, Any]:
+        self._start_run_hooks()
+        self.model.train()
+        self._t_log, self._s_log = time.perf_counter(), self.step
+        try:
+            self._loop()
+            self._bar.close()
+            if self._eval_step != self.step:
+                self.model.eval()
+                self.evaluate()
+            if self._saved_step != self.step:
+                self.save_checkpoint()  # the last collective of the run
+            return self._finish()
+        finally:
+            self._end_run_hooks()
+
+    def _finish(self) -> dict[str, Any]:
+        """The run's summary; rank 0 also draws the final samples and writes ``summary.json``."""
+        summary = {
+            "steps": self.step,
+            "final_loss": None,
+            "final_eval": self.last_eval,
+            "train_time_s": self.train_time,
+            "steps_per_s": self.step / max(self.train_time, 1e-9),
+            "parameters": self.n_params,
+            "skipped_steps": self.skipped,
+            "device": str(self.device),
+            "processes": self.world,
+        }
+        if self.rank == 0:
+            self.rundir.save_samples(self.generate(None if self.dataset.kind == "points" else GRID), "final")
+            summary["final_loss"] = self.rundir.last_loss()
+            self.rundir.write_summary(summary)
+        return summary
+
+
+def train(cfg: dict, out_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` (a resolved config, see :func:`config.resolve`) into ``out_dir``; return the summary."""
+    return Trainer(cfg, out_dir, resume=resume).run()

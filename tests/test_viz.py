@@ -1,0 +1,49 @@
+"""viz: sample grids, scatter plots and the run / comparison plots, all written atomically."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusion_curriculum import viz
+from diffusion_curriculum.data import load
+from diffusion_curriculum.viz import save_grid, to_image_grid
+
+
+def test_to_image_grid_shapes_values():
+    x = -torch.ones(5, 1, 8, 8)
+    x[0] = 1.0
+    g = to_image_grid(x, nrow=3, padding=1)
+    assert g.dtype == np.uint8 and g.shape == (2 * 9 + 1, 3 * 9 + 1)
+    assert g[1, 1] == 255 and g[1, 10] == 0
+    rgb = to_image_grid(torch.zeros(4, 3, 4, 4))
+    assert rgb.shape == (11, 11, 3) and rgb[1, 1, 0] == 128
+    with pytest.raises(ValueError):
+        to_image_grid(torch.zeros(4, 2))
+
+
+def test_save_grid_images_and_points(tmp_path):
+    x = load("digits", n=16).data
+    p = tmp_path / "sub" / "grid.png"
+    save_grid(x, p)
+    with Image.open(p) as im:
+        im.load()
+        assert im.width >= 256 and im.format == "PNG"
+    q = tmp_path / "points.png"
+    save_grid(load("swissroll", n=300).data, q)
+    with Image.open(q) as im:
+        im.load()
+        assert im.format == "PNG" and im.width > 100
+    assert sorted(f.name for f in tmp_path.rglob("*")) == ["grid.png", "points.png", "sub"]
+
+
+def test_comparison_plots(tmp_path):
+    curves = {"a": [{10: 2.0, 20: 1.0}, {10: 3.0, 20: 1.5}], "b": [{10: 2.5}, {}]}
+    viz.quality_plot(tmp_path / "q.png", curves, "fd")
+    assert (tmp_path / "q.png").is_file()
+    rec = {"t_hist": [1, 2, 3], "t_hist_edges": [0, 1, 2, 3], "t_hist_unit": "t"}
+    assert viz.drawn_levels_plot(tmp_path / "t.png", {"a": [rec, rec], "b": []})
+    assert not viz.drawn_levels_plot(tmp_path / "none.png", {"a": []})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.png", "t.png"]  # no temporary files left
