@@ -101,7 +101,8 @@ def run_one(job: dict) -> None:
     finally:
         checkpoint.save, data.save_grid, rundir.atomic_write = real_save, real_grid, real_write
     weights = hashlib.sha256()
-    for v in t.model.state_dict().values():
+    learned = t.weight_fn.state_dict() if isinstance(t.weight_fn, torch.nn.Module) else {}
+    for v in [*t.model.state_dict().values(), *learned.values()]:  # a learned weighting's parameters too
         weights.update(v.detach().cpu().numpy().tobytes())
     record = {
         "rank": t.rank,

@@ -36,7 +36,13 @@ ENV = {
 SMALL = [*TINY, "steps=20", "log_every=2", "device=cpu"]
 # adaptive pacing with 2-step windows: stage decisions by convergence (or by the 5-step cap) on both ranks
 DDC = ["sampler.name=ddc", "sampler.clusters=4", "sampler.window=2", "sampler.max_steps_per_stage=5"]
-IMPORTANCE = ["sampler.name=loss-second-moment", "sampler.history=1", "process.T=20"]
+# with the learned edm2-uncertainty weighting, whose gradients the trainer averages itself (outside DDP)
+IMPORTANCE = [
+    "sampler.name=loss-second-moment",
+    "sampler.history=1",
+    "process.T=20",
+    "weighting.name=edm2-uncertainty",
+]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 

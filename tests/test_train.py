@@ -59,8 +59,9 @@ def test_training_reduces_loss(tmp_path):
             "momentum.enabled=true",
         ],
         ["sampler.name=loss-second-moment", "sampler.history=1", "process.T=20", "weighting.name=min-snr"],
+        ["sampler.name=learning-progress", "sampler.buckets=4", "weighting.name=edm2-uncertainty"],
     ],
-    ids=["plain", "cosine-lr", "ddc-mdlrc", "importance"],
+    ids=["plain", "cosine-lr", "ddc-mdlrc", "importance", "learning-progress-edm2"],
 )
 def test_resume_is_exact(tmp_path, monkeypatch, extra):
     """Interrupt at step 17 (Ctrl-C writes a checkpoint), resume: the logged losses and final weights equal an
@@ -93,6 +94,28 @@ def test_resume_is_exact(tmp_path, monkeypatch, extra):
         b = sb["sampler"][k]
         assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, k
     assert sa["optimizer"]["param_groups"][0]["lr"] == sb["optimizer"]["param_groups"][0]["lr"]
+    assert sa.get("weighting", {}).keys() == sb.get("weighting", {}).keys()
+    for k, a in sa.get("weighting", {}).items():
+        assert torch.equal(a, sb["weighting"][k]), k
+
+
+def test_learned_weighting_trains_with_the_model_and_is_logged(tmp_path):
+    cfg = config.resolve(overrides=TINY + ["weighting.name=edm2-uncertainty", "eval_every=30", "lr=0.01"])
+    t = Trainer(cfg, tmp_path / "r")
+    w = t.weight_fn
+    groups = t.optimizer.param_groups
+    assert len(groups) == 2 and groups[1]["weight_decay"] == 0.0 and groups[1]["lr"] == groups[0]["lr"]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in w.parameters()}
+    assert torch.count_nonzero(w.u_weight) == 0  # u ≡ 0 before training
+    t.run()
+    assert torch.count_nonzero(w.u_weight) > 0  # it learned
+    rec = [r for r in map(json.loads, open(tmp_path / "r" / "metrics.jsonl")) if "weighting_u" in r][-1]
+    assert rec["step"] == 30 and len(rec["weighting_u"]) == 10
+    _, state = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "r" / "checkpoints")[0])
+    assert torch.equal(state["weighting"]["u_weight"], w.u_weight.detach().cpu())
+    # a fixed weighting adds no group and no state: checkpoints of such runs are as they always were
+    plain = Trainer(config.resolve(overrides=TINY + ["weighting.name=min-snr"]), tmp_path / "p")
+    assert len(plain.optimizer.param_groups) == 1 and "weighting" not in plain.state()
 
 
 def test_existing_run_needs_resume_and_nothing_is_lost(tmp_path):

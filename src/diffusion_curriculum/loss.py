@@ -61,7 +61,11 @@ class DenoisingLoss:
 
     def objective(self, t: Tensor, per_sample: Tensor, draw_weight: Tensor) -> Tensor:
         """The scalar training loss ``mean(weighting(t) · draw_weight · per_sample)`` (the weighting's factor is 1
-        without a ``weight_fn``)."""
+        without a ``weight_fn``); a :class:`~diffusion_curriculum.weighting.Weighting` gives it through its
+        ``weighted`` (for a learned weighting such as ``edm2-uncertainty``, its own form)."""
         if self.weight_fn is None:
             return (draw_weight * per_sample).mean()
+        weighted = getattr(self.weight_fn, "weighted", None)
+        if weighted is not None:
+            return weighted(t, per_sample, draw_weight).mean()
         return (self.weight_fn(t) * draw_weight * per_sample).mean()

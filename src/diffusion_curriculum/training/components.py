@@ -121,18 +121,33 @@ class LRSchedule(torch.optim.lr_scheduler.LRScheduler):
         return [g["lr"] * ratio for g in self.optimizer.param_groups]
 
 
-def build_optimizer(cfg: dict, model: nn.Module, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(
+    cfg: dict, model: nn.Module, device: torch.device, extra: list[nn.Parameter] = ()
+) -> torch.optim.AdamW:
     """AdamW over ``model``'s parameters with the config's ``lr`` and ``optim`` settings (the multi-tensor
-    ``foreach`` kernels on a GPU)."""
+    ``foreach`` kernels on a GPU). ``extra`` (a learned weighting's parameters) get a second parameter group:
+    the same learning rate and betas, no weight decay."""
     oc = cfg["optim"]
+    params = model.parameters()
+    if extra:
+        params = [{"params": list(model.parameters())}, {"params": list(extra), "weight_decay": 0.0}]
     return torch.optim.AdamW(
-        model.parameters(),
+        params,
         lr=cfg["lr"],
         betas=(oc["beta1"], oc["beta2"]),
         eps=oc["eps"],
         weight_decay=oc["weight_decay"],
         foreach=device.type == "cuda" or None,
     )
+
+
+def learned_weighting(weight_fn, device: torch.device) -> list[nn.Parameter]:
+    """A learned weighting's parameters (``edm2-uncertainty``), moved to ``device`` to train with the model; an
+    empty list for a fixed weighting."""
+    params = list(weight_fn.parameters()) if isinstance(weight_fn, nn.Module) else []
+    if params:
+        weight_fn.to(device)
+    return params
 
 
 def build_lr_schedule(cfg: dict, optimizer: torch.optim.Optimizer) -> LRSchedule:

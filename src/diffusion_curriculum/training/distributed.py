@@ -207,3 +207,16 @@ def gather_to_rank0(obj: Any, rank: int, world: int) -> list[Any] | None:
     gathered: list[Any] | None = [None] * world if rank == 0 else None
     torch.distributed.gather_object(obj, gathered, dst=0)
     return gathered
+
+
+def average_grads(params: list[torch.nn.Parameter], world: int) -> None:
+    """Average the gradients of parameters outside the DDP-wrapped model (a learned weighting's) over the ranks:
+    one all-reduce of their flattened gradients, so every rank takes the same optimizer step."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    i = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[i : i + g.numel()].view_as(p).clone()
+        i += g.numel()

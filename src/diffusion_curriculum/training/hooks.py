@@ -166,6 +166,29 @@ class QualityMetrics(Hook):
         return self.evaluator(samples)
 
 
+class WeightingLog(Hook):
+    """A learned weighting's u (log-variance) at the centres of ``bins`` equal noise-level buckets, logged at
+    every evaluation as ``weighting_u`` (cleanest bucket first) — where the weighting has learned the loss is
+    large (high u) or small."""
+
+    def __init__(self, weighting: Any, process: Any, bins: int = 10):
+        from .. import noise_levels
+
+        edges, _ = noise_levels.bucket_edges(process, bins)
+        mids = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+        self.weighting = weighting
+        if process.continuous:
+            self.t = torch.tensor(mids, dtype=torch.float64).exp().float()
+        else:
+            self.t = torch.tensor([int(m) for m in mids], dtype=torch.long)
+
+    def on_eval(self, trainer: Any, samples: torch.Tensor, step: int) -> dict[str, Any]:
+        """``{"weighting_u": [u per bucket]}``."""
+        with torch.no_grad():
+            u = self.weighting.u(self.t.to(trainer.device))
+        return {"weighting_u": [round(float(x), 4) for x in u.cpu()]}
+
+
 class InterruptGuard:
     """Ctrl-C taken at a step boundary, as a context manager around the training loop.
 

@@ -102,7 +102,8 @@ class Trainer:
             torch.manual_seed(components.stream_seed(seed, "torch", self.rank))
             self.net = dist_mod.wrap(self.model, self.device)
         self.n_params = models.count_parameters(self.model)
-        self.optimizer = components.build_optimizer(cfg, self.model, self.device)
+        self._weighting_params = components.learned_weighting(self.weight_fn, self.device)
+        self.optimizer = components.build_optimizer(cfg, self.model, self.device, self._weighting_params)
         self.lr_schedule = components.build_lr_schedule(cfg, self.optimizer)
         self.momentum = components.build_momentum(cfg, self.optimizer)
         self._setup_streams(cfg)
@@ -141,6 +142,8 @@ class Trainer:
         self._run_hooks: list[hooks.Hook] = []  # the hooks of one run() (TensorBoard, the progress bar)
         self._bar: hooks.ProgressBar | None = None
         self.eval_hooks: list[Callable[[Trainer, torch.Tensor, int], dict]] = []
+        if self._weighting_params and self.rank == 0:
+            self.hooks.append(hooks.WeightingLog(self.weight_fn, self.process))
         if cfg["metrics"]["enabled"] and self.rank == 0:
             self.hooks.append(hooks.QualityMetrics(self.dataset, cfg["metrics"], self.device))
         self.last_eval: dict[str, Any] = {}
@@ -159,6 +162,8 @@ class Trainer:
         self.parts.register("lr_schedule", self.lr_schedule)
         self.parts.register("momentum", self.momentum)
         self.parts.register("sampler", self.sampler)
+        if self._weighting_params:  # only a learned weighting has state; other checkpoints stay as they were
+            self.parts.register("weighting", self.weight_fn)
         self.parts.register("batcher", self.batcher)
         self.parts.register("rng", RandomStreams(self.t_gen, self.noise_gen, self.device), local=True)
         log = Attributes(self, "loss_sum", "loss_count", "skipped", "train_time", "t_hist")
@@ -262,6 +267,8 @@ class Trainer:
             return None
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self._weighting_params and self.world > 1:
+            dist_mod.average_grads(self._weighting_params, self.world)  # DDP averages the model's alone
         if self.cfg["optim"]["grad_clip"] > 0:
             nn.utils.clip_grad_norm_(self._model_params, self.cfg["optim"]["grad_clip"])
         self.optimizer.step()
@@ -316,18 +323,10 @@ class Trainer:
     def generate(self, n: int | None = None) -> torch.Tensor:
         """``n`` samples (default ``eval.samples``) from the EMA model with the run's evaluation sampler and seed."""
         ec = self.cfg["eval"]
+        kw = {k: ec[k] for k in ("method", "steps", "eta", "seed", "batch_size")}
+        n, shape = n or ec["samples"], self.dataset.shape
         return generate.sample(
-            self.ema,
-            self.process,
-            n or ec["samples"],
-            self.dataset.shape,
-            method=ec["method"],
-            steps=ec["steps"],
-            eta=ec["eta"],
-            prediction=self.cfg["prediction"],
-            seed=ec["seed"],
-            device=self.device,
-            batch_size=ec["batch_size"],
+            self.ema, self.process, n, shape, prediction=self.cfg["prediction"], device=self.device, **kw
         )
 
     def evaluate(self) -> dict[str, Any]:
