@@ -1,4 +1,4 @@
-"""CLTS (Xu et al. 2024, arXiv 2404.07946) — the [reconstruction] of METHODS.md §2."""
+"""CLTS (Xu et al. 2024, arXiv 2404.07946) — the [reconstruction] of docs/methods.md, "CLTS"."""
 
 import math
 

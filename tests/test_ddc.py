@@ -90,7 +90,7 @@ def test_interval_costs_match_direct_sums():
 
 
 def test_snr_dp_linear_and_cosine_are_skewed_and_cached():
-    # METHODS.md §1: linear β, T=1000, N=5 — the DP's last boundary is about 18; the noisiest cluster is
+    # docs/methods.md, "DDC": linear β, T=1000, N=5 — the DP's last boundary is about 18; the noisiest cluster is
     # nearly the whole range. Observed: boundaries [1, 2, 5, 18], C_5 = [18, 1000).
     cl5 = C.snr(LIN, 5)
     assert_partition(cl5, 1000, 5)

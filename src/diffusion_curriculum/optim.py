@@ -83,7 +83,7 @@ def _resolve_step(name: str, value, total_steps: int) -> int:
 
 
 class MomentumDecay:
-    """MDLRC (Xu et al. 2024, arXiv 2404.07946; METHODS.md §3) [reconstruction]: decays Adam's β1 from
+    """MDLRC (Xu et al. 2024, arXiv 2404.07946; docs/methods.md, "MDLRC") [reconstruction]: decays Adam's β1 from
     ``beta1_start`` to ``beta1_end`` between steps ``start`` and ``end`` and scales the learning rate by the
     compensation factor c(β1(s)).
 

@@ -72,7 +72,7 @@ class CLTS(TimestepSampler):
         the ramp of λ from 0 (step ``start``) to λ_max (step ``end``). A Python ``float`` in [0, 1] is a
         fraction of ``total_steps``; an ``int`` ≥ 0 is a step count. When ``total_steps`` is ``None`` a
         fractional ``end`` means 50 000 steps (whatever the fraction) and a fractional ``start`` means step 0
-        (METHODS.md §2). After this resolution ``end`` must be > ``start`` (and, when both are fractions,
+        (docs/methods.md, "CLTS"). After this resolution ``end`` must be > ``start`` (and, when both are fractions,
         ``end`` > ``start`` as fractions).
 
     The step s is the sampler's own counter (``self.step``: the number of ``observe`` calls, i.e. optimizer

@@ -1,5 +1,5 @@
 """Noise-level clusterings for the DDC curriculum (Kim et al., "Denoising Task Difficulty-based Curriculum for
-Training Diffusion Models", arXiv 2403.10348; METHODS.md §1).
+Training Diffusion Models", arXiv 2403.10348; docs/methods.md, "DDC").
 
 Every function returns the N clusters as a list ordered C_1 (cleanest, hardest, smallest t) … C_N (noisiest,
 easiest):
@@ -64,7 +64,7 @@ def _discrete(process, name: str):
 
 
 def uniform(T: int, N: int) -> list[Interval]:
-    """Equal numbers of steps: C_i = [⌊(i−1)T/N⌋, ⌊iT/N⌋), i = 1 … N (METHODS.md §1, ``uniform``).
+    """Equal numbers of steps: C_i = [⌊(i−1)T/N⌋, ⌊iT/N⌋), i = 1 … N (docs/methods.md, "DDC", ``uniform``).
 
     T=1000, N=20: C_1 = [0, 50), …, C_20 = [950, 1000).
     """
@@ -151,7 +151,7 @@ def _snr_cached(ac_bytes: bytes, N: int) -> tuple[Interval, ...]:
 
 
 def snr(process, N: int) -> list[Interval]:
-    """SNR-based interval clustering (METHODS.md §1, ``snr``; from the same authors' ANT work): the boundaries
+    """SNR-based interval clustering (docs/methods.md, "DDC", ``snr``; from the same authors' ANT work): the boundaries
     0 = b_0 < … < b_N = T minimising Σ_clusters Σ_{t∈cluster} |SNR(t) − SNR(centre)|, centre = the middle index
     lo + (hi − lo − 1)//2, SNR(t) = ᾱ_t/(1 − ᾱ_t) in float64; solved exactly by :func:`snr_partition` and cached
     per (ᾱ table, N). We do not shift the emitted bounds as the authors' code does: the DP's own partition is the
@@ -166,7 +166,7 @@ def snr(process, N: int) -> list[Interval]:
 
 
 def log_snr(process, N: int) -> list[Interval]:
-    """Equal widths of log-SNR (METHODS.md §1, ``log-snr``).
+    """Equal widths of log-SNR (docs/methods.md, "DDC", ``log-snr``).
 
     With λ_t = ln SNR(t) (non-increasing) and edges e_k = λ_0 − k·(λ_0 − λ_{T−1})/N, k = 0 … N, cluster C_i holds
     the steps with e_i ≤ λ_t < e_{i−1} (a step exactly on an edge goes to the noisier cluster), so boundary
@@ -198,7 +198,7 @@ def log_snr(process, N: int) -> list[Interval]:
 
 
 def quantile(process, N: int) -> list[tuple[float, float]]:
-    """Equal-mass clusters of EDM's training density (METHODS.md §1, ``quantile``): C_i holds ln σ between the
+    """Equal-mass clusters of EDM's training density (docs/methods.md, "DDC", ``quantile``): C_i holds ln σ between the
     (i−1)/N and i/N quantiles of N(P_mean, P_std²) (Karras et al. 2022, Table 1).
 
     The outer bounds are −∞ (C_1) and +∞ (C_N), not ln sigma_min / ln sigma_max: the training log-normal itself is

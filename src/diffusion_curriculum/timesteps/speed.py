@@ -1,7 +1,7 @@
 """SpeeD: asymmetric timestep sampling, dual sampling and change-aware weighting.
 
 Wang et al. 2024, "A Closer Look at Time Steps is Worthy of Triple Speed-Up for Diffusion Model Training"
-(arXiv 2405.17403), implemented exactly as its authors' code does it (METHODS.md §4):
+(arXiv 2405.17403), implemented exactly as its authors' code does it (docs/methods.md, "Peers and baselines"):
 
 * **Asymmetric sampling** (§4.2, "Asymmetric Sampling"): with threshold τ and suppression k,
   P(t) = k / (kτ + T − τ) for t < τ and 1 / (kτ + T − τ) for t ≥ τ — the "convergence area" near T, whose
@@ -13,7 +13,7 @@ Wang et al. 2024, "A Closer Look at Time Steps is Worthy of Triple Speed-Up for 
   w_t = (1 − λ) + (2λ − 1)·(d_t − min d)/(max d − min d) for t < τ and w_t = 1 for t ≥ τ, λ ∈ [0.5, 1]:
   the steps where the process changes fastest get the largest weight.
 
-Check values (METHODS.md §4, verified in the tests): linear β 1e-4 → 0.02, T = 1000 gives t_dual = 642;
+Check values (docs/methods.md, "Peers and baselines", verified in the tests): linear β 1e-4 → 0.02, T = 1000 gives t_dual = 642;
 cosine gives 959; for τ = 700, k = 2 the probability mass below τ is 1400/1700 ≈ 0.824.
 """
 
