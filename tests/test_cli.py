@@ -140,3 +140,13 @@ def test_train_with_an_override_after_an_option(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["steps"] == 10
     assert "seed: 3" in (out / "config.yaml").read_text()
+
+
+def test_library_warnings_print_as_one_plain_line(tmp_path):
+    """The DDC budget warning used to print a file path and a source line ("base.py:181: UserWarning ...")."""
+    r = cli("train", "--out", str(tmp_path / "r"), *TINY, "sampler.name=ddc", "sampler.pacing=patience",
+            "sampler.patience=50")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stderr.splitlines() if "curriculum stages need" in x]
+    assert len(lines) == 1 and lines[0].startswith("warning: ddc: the 20 curriculum stages need"), r.stderr
+    assert "UserWarning" not in r.stderr and ".py:" not in r.stderr

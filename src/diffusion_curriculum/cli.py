@@ -392,14 +392,21 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def _plain_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings on the command line: one plain line, not a source location and a line of code."""
+    print(f"warning: {first_line(message)}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``diffusion-curriculum`` entry point: returns the exit status (0 ok, 1 training failure or bug, 2 bad input, 130 interrupted); every error is one line on stderr."""
     import os
+    import warnings
 
     from .checkpoint import CheckpointError
     from .data import DataError
     from .errors import TrainingError
 
+    warnings.showwarning = _plain_warning
     args = parse_args(argv)
     if args.command is None:
         args.print_help()
