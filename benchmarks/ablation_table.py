@@ -102,7 +102,9 @@ def table(methods: dict, baseline: str, early: tuple[int, ...]) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--name", default="digits-ablation", help="the results folder under benchmarks/results")
-    ap.add_argument("--collect", nargs="*", metavar="GROUP=FOLDER", help="copy result files from compare folders")
+    ap.add_argument(
+        "--collect", nargs="*", metavar="GROUP=FOLDER", help="copy result files from compare folders"
+    )
     ap.add_argument("--samples", type=int, default=1000, help="the evaluation's sample count (eval-nN.jsonl)")
     ap.add_argument("--baseline", default="uniform")
     ap.add_argument("--early", default="1000,2000", help="checkpoints for the steps-to-match columns")

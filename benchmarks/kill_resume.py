@@ -72,7 +72,16 @@ def _env(slow: float) -> dict:
 
 
 def _start(out: Path, settings: list[str], slow: float) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "diffusion_curriculum", "train", "--out", str(out), "--resume", *settings]
+    cmd = [
+        sys.executable,
+        "-m",
+        "diffusion_curriculum",
+        "train",
+        "--out",
+        str(out),
+        "--resume-if-present",
+        *settings,
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(slow))
 
 

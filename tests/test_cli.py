@@ -150,3 +150,25 @@ def test_library_warnings_print_as_one_plain_line(tmp_path):
     lines = [x for x in r.stderr.splitlines() if "curriculum stages need" in x]
     assert len(lines) == 1 and lines[0].startswith("warning: ddc: the 20 curriculum stages need"), r.stderr
     assert "UserWarning" not in r.stderr and ".py:" not in r.stderr
+
+
+def test_resume_into_a_directory_without_a_run_is_refused_and_writes_nothing(tmp_path):
+    """A typo in the --resume path used to start a whole new run there, next to whatever was in the folder."""
+    missing = tmp_path / "typo"
+    r = cli("train", "--out", str(missing), "--resume", *TINY)
+    assert r.returncode == 2 and "does not exist" in r.stderr and "--resume-if-present" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not missing.exists()
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "cat.txt").write_text("mine")
+    for folder in (foreign, tmp_path / "empty"):
+        folder.mkdir(exist_ok=True)
+        r = cli("train", "--out", str(folder), "--resume", *TINY)
+        assert r.returncode == 2 and "holds no run" in r.stderr, r.stderr
+    assert sorted(p.name for p in foreign.iterdir()) == ["cat.txt"]
+    assert not list((tmp_path / "empty").iterdir())
+    # the scheduler's form: start when nothing is there, resume when a run is
+    r = cli("train", "--out", str(tmp_path / "empty"), "--resume-if-present", *TINY, "steps=10")
+    assert r.returncode == 0, r.stderr
+    r = cli("train", "--out", str(tmp_path / "empty"), "--resume-if-present", *TINY, "steps=20")
+    assert r.returncode == 0 and "resumed from step_00000010" in r.stderr, r.stderr

@@ -13,7 +13,7 @@ def test_plan_command_selects_the_config_and_resumes_an_existing_run(tmp_path):
     assert cmd[:4] == [sys.executable, "-m", "diffusion_curriculum", "train"]
     assert cmd[4:] == ["--preset", "digits", "--out", str(tmp_path / "a"), "steps=10", "seed=3"]
     (tmp_path / "a").mkdir()
-    assert plan.command()[-1] == "--resume"
+    assert plan.command()[-1] == "--resume-if-present"
     assert sweep.config_args(None, "c.yaml") == ["--config", "c.yaml"] and sweep.config_args(None, None) == []
 
 

@@ -44,7 +44,14 @@ def _add_train(sub) -> None:
     _add_config_args(t)
     t.add_argument("--out", help="run directory (default: runs/<preset>-<time>)")
     t.add_argument(
-        "--resume", action="store_true", help="continue from the newest usable checkpoint in --out"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out (which must hold one) from its newest usable checkpoint",
+    )
+    t.add_argument(
+        "--resume-if-present",
+        action="store_true",
+        help="resume the run in --out if there is one, else start it there (for schedulers and job arrays)",
     )
 
 
@@ -184,10 +191,22 @@ def cmd_train(args) -> int:
     from . import config
     from .training import RESUMABLE_KEYS, Trainer, rundir
 
-    if args.resume and not args.out:
+    if (args.resume or args.resume_if_present) and not args.out:
         raise ConfigError("--resume needs --out DIR, the run directory to continue")
     out = Path(args.out) if args.out else _default_out(args.preset, args.config)
     saved = out / "config.yaml"
+    if args.resume and not (saved.is_file() or rundir.RunDir(out).holds_run()):
+        # a typo in the path must not cost a whole run trained in the wrong place
+        what = (
+            "does not exist" if not out.exists() else "holds no run (no config.yaml, metrics or checkpoints)"
+        )
+        raise ConfigError(
+            f"--resume: {str(out)!r} {what}; check the path, or pass --resume-if-present to start a run there "
+            "when none is"
+        )
+    args.resume = args.resume or (
+        args.resume_if_present and (saved.is_file() or rundir.RunDir(out).holds_run())
+    )
     if args.resume and saved.is_file():
         base = rundir.load_config(out)
         cfg = config.validate(config.apply_overrides(base, args.overrides))

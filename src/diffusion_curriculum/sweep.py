@@ -45,7 +45,9 @@ class RunPlan:
         cmd = [sys.executable, "-m", "diffusion_curriculum", "train"]
         cmd += [*config_args(self.preset, self.config_file), "--out", str(self.run_dir), *self.overrides]
         if self.run_dir.exists():
-            cmd.append("--resume")
+            cmd.append(
+                "--resume-if-present"
+            )  # the folder may hold only a train.log of a run that never started
         return cmd
 
 
