@@ -62,7 +62,9 @@ def _mean_std(values: list[float]) -> str:
 
 
 def _ratio(v) -> str:
-    return f"{v:.2f}" if isinstance(v, float) else "n.r."
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return "n.r." if v == "not reached" else str(v)
 
 
 def table(methods: dict, baseline: str, early: tuple[int, ...]) -> str:
@@ -85,7 +87,7 @@ def table(methods: dict, baseline: str, early: tuple[int, ...]) -> str:
             if not b:
                 ups.append("no baseline")
                 continue
-            ups.append(_ratio(speedup(b, curve)["speedup"]) if len(curve) > 1 else "one point")
+            ups.append(_ratio(speedup(b, curve)["speedup"]))
             for k in early:
                 at = dict(curve).get(k)
                 if at is None:

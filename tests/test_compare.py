@@ -85,3 +85,11 @@ def test_split_methods_keeps_parameters_with_their_method():
     assert compare.split_methods(
         "uniform,ddc:clustering=snr,patience=100,clts+mdlrc:beta1_end=0.6, min-snr"
     ) == ["uniform", "ddc:clustering=snr,patience=100", "clts+mdlrc:beta1_end=0.6", "min-snr"]
+
+
+def test_speedup_is_not_a_number_from_one_evaluation():
+    """One kept checkpoint per run used to print "1.00x" (clts FD 44.5 against uniform 53.6)."""
+    assert compare.speedup([(200, 53.6)], [(200, 44.5)])["speedup"] == "one evaluation"
+    assert compare.speedup([(100, 60.0), (200, 53.6)], [(200, 44.5)])["speedup"] == "one evaluation"
+    assert compare.speedup([(200, 53.6)], [(100, 50.0), (200, 44.5)])["speedup"] == "one evaluation"
+    assert compare.speedup([(100, 60.0), (200, 53.6)], [(100, 50.0), (200, 44.5)])["speedup"] > 1

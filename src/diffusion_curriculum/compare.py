@@ -121,10 +121,13 @@ def steps_to_reach(curve: list[tuple[int, float]], target: float) -> float | Non
 
 def speedup(baseline: list[tuple[int, float]], method: list[tuple[int, float]]) -> dict[str, Any]:
     """Speed-up of ``method`` over ``baseline`` (docs/methods.md, "Measuring a speed-up"). Returns the baseline's final quality (the
-    target), the steps each needs to reach it, and the ratio — or "not reached"."""
+    target), the steps each needs to reach it, and the ratio — or "not reached", or "one evaluation" when either
+    curve has fewer than two points (a ratio of steps cannot be measured from one point)."""
     if not baseline:
         return {"target": None, "baseline_steps": None, "method_steps": None, "speedup": "no baseline"}
     target = baseline[-1][1]
+    if len(baseline) < 2 or len(method) < 2:
+        return {"target": target, "baseline_steps": None, "method_steps": None, "speedup": "one evaluation"}
     b = steps_to_reach(baseline, target)
     m = steps_to_reach(method, target)
     out: dict[str, Any] = {"target": target, "baseline_steps": b, "method_steps": m}
