@@ -33,3 +33,42 @@ TINY = [
 def _threads():
     torch.set_num_threads(1)
     yield
+
+
+def run_gloo_ranks(body, world: int = 2) -> list:
+    """Run ``body(rank, world) -> result`` in ``world`` forked CPU processes joined in one gloo process group;
+    return the results in rank order. Forked (not spawned) workers keep a test well under a second; skips
+    where torch.distributed or the fork start method is missing."""
+    import socket
+
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available() or "fork" not in mp.get_all_start_methods():
+        pytest.skip("needs torch.distributed and the fork start method")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    def worker(rank, q):
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        try:
+            q.put((rank, body(rank, world)))
+        finally:
+            dist.destroy_process_group()
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=worker, args=(r, q)) for r in range(world)]
+    for pr in procs:
+        pr.start()
+    try:
+        res = sorted((q.get(timeout=60) for _ in procs), key=lambda x: x[0])
+    finally:
+        for pr in procs:
+            pr.join(timeout=30)
+            if pr.is_alive():
+                pr.terminate()
+    return [r for _, r in res]

@@ -1,15 +1,12 @@
 """The learning-progress sampler: mass follows the falling loss, unbiasing weights, state, distributed agreement."""
 
 import json
-import os
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from conftest import run_gloo_ranks
 from diffusion_curriculum import checkpoint, timesteps
 from diffusion_curriculum.process import DiscreteProcess, EDMProcess
 
@@ -174,44 +171,18 @@ def test_bad_parameters(kw, match):
         timesteps.build("learning-progress", LIN, **kw)
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _worker(rank, world, port, q):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        s = timesteps.build("learning-progress", DiscreteProcess.linear(100), buckets=4)
-        gen = g(0)  # the same generator on both ranks: identical state gives identical draws
-        for step in range(30):
-            d = s.sample(8, generator=gen)
-            # each rank sees other losses; only the all-reduced sums decide
-            s.observe(d.t, (1.0 + rank) * torch.exp(-step * d.t.double() / 500.0))
-        q.put((rank, s.fast.tolist(), s.slow.tolist(), s.seen.tolist(), s.probs().tolist()))
-    finally:
-        dist.destroy_process_group()
+def _observe_on_rank(rank, world):
+    s = timesteps.build("learning-progress", DiscreteProcess.linear(100), buckets=4)
+    gen = g(0)  # the same generator on both ranks: identical state gives identical draws
+    for step in range(30):
+        d = s.sample(8, generator=gen)
+        # each rank sees other losses; only the all-reduced sums decide
+        s.observe(d.t, (1.0 + rank) * torch.exp(-step * d.t.double() / 500.0))
+    return rank, s.fast.tolist(), s.slow.tolist(), s.seen.tolist(), s.probs().tolist()
 
 
 def test_distributed_ranks_agree():
-    if not dist.is_available() or "fork" not in mp.get_all_start_methods():
-        pytest.skip("needs torch.distributed and the fork start method")
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, q)) for r in range(2)]
-    for pr in procs:
-        pr.start()
-    try:
-        res = sorted(q.get(timeout=60) for _ in procs)
-    finally:
-        for pr in procs:
-            pr.join(timeout=30)
-            if pr.is_alive():
-                pr.terminate()
+    res = run_gloo_ranks(_observe_on_rank)
     assert res[0][1:] == res[1][1:]
     assert sum(res[0][3]) == 30 * 16  # both ranks' 8 samples per step were counted
     assert max(res[0][4]) > 0.25  # the draws left uniform: the decisions ran on shared values

@@ -1,14 +1,10 @@
 """Loss-second-moment importance sampling (Nichol & Dhariwal 2021, §3.3)."""
 
-import os
-import socket
-
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from conftest import run_gloo_ranks
 from diffusion_curriculum import timesteps
 from diffusion_curriculum.process import DiscreteProcess, EDMProcess
 
@@ -149,43 +145,17 @@ def test_bad_params_and_inputs():
         s.observe(torch.tensor([10]), torch.ones(1))
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _worker(rank, world, port, q):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        s = timesteps.build("loss-second-moment", DiscreteProcess.linear(6), history=2)
-        # each rank sees different timesteps; after gathering every rank holds the same history
-        t = torch.tensor([rank, rank + 3, rank])
-        s.observe(t, torch.tensor([1.0, 2.0, 3.0]) + 10 * rank)
-        q.put((rank, s.history.tolist(), s.counts.tolist()))
-    finally:
-        dist.destroy_process_group()
+def _observe_on_rank(rank, world):
+    s = timesteps.build("loss-second-moment", DiscreteProcess.linear(6), history=2)
+    # each rank sees different timesteps; after gathering every rank holds the same history
+    t = torch.tensor([rank, rank + 3, rank])
+    s.observe(t, torch.tensor([1.0, 2.0, 3.0]) + 10 * rank)
+    return rank, s.history.tolist(), s.counts.tolist()
 
 
 def test_distributed_gather_gives_identical_history():
-    """Two gloo ranks on CPU. Forked (not spawned) workers keep this well under a second."""
-    if not dist.is_available() or "fork" not in mp.get_all_start_methods():
-        pytest.skip("needs torch.distributed and the fork start method")
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, q)) for r in range(2)]
-    for pr in procs:
-        pr.start()
-    try:
-        res = sorted(q.get(timeout=60) for _ in procs)
-    finally:
-        for pr in procs:
-            pr.join(timeout=30)
-            if pr.is_alive():
-                pr.terminate()
+    """Two gloo ranks on CPU."""
+    res = run_gloo_ranks(_observe_on_rank)
     assert res[0][1:] == res[1][1:]
     counts = res[0][2]
     assert counts == [2, 2, 0, 1, 1, 0]
