@@ -239,6 +239,8 @@ def cmd_sample(args) -> int:
     from . import checkpoint, data, generate
     from .training import build_components, resolve_device, rundir
 
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps {args.steps} is invalid; allowed: a positive integer")
     path = Path(args.checkpoint)
     if not path.exists():
         raise ConfigError(f"--checkpoint {str(path)!r} does not exist")
