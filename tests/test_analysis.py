@@ -150,6 +150,13 @@ def test_cli_entropy(tmp_path, capsys):
     assert "kl_gaussian" in capsys.readouterr().out
 
 
+def test_cli_entropy_stride_zero_names_only_the_broken_rule(tmp_path, capsys):
+    rc = main(["analyze", "entropy", "--out", str(tmp_path / "e"), "--stride", "0"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--stride 0 is invalid" in err and "samples-per-t" not in err
+
+
 def test_cli_difficulty_per_bucket(tmp_path):
     out = tmp_path / "d"
     rc = main(

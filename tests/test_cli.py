@@ -172,3 +172,11 @@ def test_resume_into_a_directory_without_a_run_is_refused_and_writes_nothing(tmp
     assert r.returncode == 0, r.stderr
     r = cli("train", "--out", str(tmp_path / "empty"), "--resume-if-present", *TINY, "steps=20")
     assert r.returncode == 0 and "resumed from step_00000010" in r.stderr, r.stderr
+
+
+def test_sample_refuses_zero_steps(tmp_path, capsys):
+    from diffusion_curriculum.cli import main
+
+    assert main(["sample", "--checkpoint", str(tmp_path), "--steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--steps 0 is invalid" in err

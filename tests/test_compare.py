@@ -93,3 +93,12 @@ def test_speedup_is_not_a_number_from_one_evaluation():
     assert compare.speedup([(100, 60.0), (200, 53.6)], [(200, 44.5)])["speedup"] == "one evaluation"
     assert compare.speedup([(200, 53.6)], [(100, 50.0), (200, 44.5)])["speedup"] == "one evaluation"
     assert compare.speedup([(100, 60.0), (200, 53.6)], [(100, 50.0), (200, 44.5)])["speedup"] > 1
+
+
+def test_empty_methods_is_refused_in_one_sentence(tmp_path, capsys):
+    from diffusion_curriculum.cli import main
+
+    with pytest.raises(ConfigError, match="names no method"):
+        compare.split_methods(" , ")
+    assert main(["compare", "--methods", "", "--out", str(tmp_path / "c")]) == 2
+    assert "names no method" in capsys.readouterr().err

@@ -335,3 +335,12 @@ def test_fresh_points_are_a_new_draw_of_a_toy_set():
     assert fresh.shape == (50, 2) and not torch.equal(fresh, train.data)
     assert torch.equal(data.fresh_points(train, 50, seed=0), train.data)
     assert data.fresh_points(load("digits", n=5), 5, seed=0) is None
+
+
+def test_text_file_named_npz_is_one_clear_sentence(tmp_path):
+    p = tmp_path / "notes.npz"
+    p.write_text("these are not arrays\n")
+    with pytest.raises(DataError) as err:
+        load("npz", path=str(p))
+    assert "pickle" not in str(err.value)
+    assert "neither a numpy .npz archive nor a .npy array" in str(err.value)

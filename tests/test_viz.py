@@ -47,3 +47,15 @@ def test_comparison_plots(tmp_path):
     assert viz.drawn_levels_plot(tmp_path / "t.png", {"a": [rec, rec], "b": []})
     assert not viz.drawn_levels_plot(tmp_path / "none.png", {"a": []})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.png", "t.png"]  # no temporary files left
+
+
+def test_save_grid_writes_the_format_the_suffix_names(tmp_path):
+    import torch
+
+    from diffusion_curriculum import viz
+
+    x = torch.rand(4, 3, 8, 8) * 2 - 1
+    viz.save_grid(x, tmp_path / "s.jpg")
+    viz.save_grid(x, tmp_path / "s.png")
+    assert (tmp_path / "s.jpg").read_bytes()[:2] == b"\xff\xd8"
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"

@@ -239,6 +239,8 @@ def cmd_sample(args) -> int:
     from . import checkpoint, data, generate
     from .training import build_components, resolve_device, rundir
 
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps {args.steps} is invalid; allowed: a positive integer")
     path = Path(args.checkpoint)
     if not path.exists():
         raise ConfigError(f"--checkpoint {str(path)!r} does not exist")
@@ -345,8 +347,14 @@ def cmd_analyze(args) -> int:
     if args.kind == "entropy":
         from .analysis import entropy
 
-        if args.stride < 1 or args.samples_per_t < 2 or args.subsample < 0 or args.sigmas < 2:
-            raise ConfigError("--stride must be >= 1, --samples-per-t >= 2, --subsample >= 0, --sigmas >= 2")
+        for flag, value, low in (
+            ("--stride", args.stride, 1),
+            ("--samples-per-t", args.samples_per_t, 2),
+            ("--subsample", args.subsample, 0),
+            ("--sigmas", args.sigmas, 2),
+        ):
+            if value < low:
+                raise ConfigError(f"{flag} {value} is invalid; allowed: an integer >= {low}")
         res = entropy.run(
             cfg,
             out,

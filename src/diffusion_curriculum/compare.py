@@ -57,6 +57,10 @@ def split_methods(text: str) -> list[str]:
             out[-1] += "," + tok
         else:
             out.append(tok)
+    if not out:
+        raise ConfigError(
+            f"--methods {text!r} names no method; give a comma-separated list such as uniform,ddc,clts+mdlrc"
+        )
     return out
 
 

@@ -75,6 +75,9 @@ def to_image_grid(x: Tensor, nrow: int | None = None, padding: int = 1) -> np.nd
     return grid[:, :, 0] if c == 1 else grid
 
 
+_IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP"}
+
+
 def save_grid(x: Tensor, path: str | os.PathLike, nrow: int | None = None, min_width: int = 256) -> None:
     """Write a PNG: a grid of images ``[N, C, H, W]`` in [-1, 1], or a scatter plot of points ``[N, D]``.
 
@@ -93,7 +96,9 @@ def save_grid(x: Tensor, path: str | os.PathLike, nrow: int | None = None, min_w
             factor = max(1, math.ceil(min_width / grid.shape[1]))
             if factor > 1:
                 grid = np.repeat(np.repeat(grid, factor, axis=0), factor, axis=1)
-            Image.fromarray(grid).save(tmp, format="PNG")
+            # the format the suffix names (.jpg, .bmp, .webp); PNG otherwise
+            fmt = _IMAGE_FORMATS.get(os.path.splitext(os.fspath(path))[1].lower(), "PNG")
+            Image.fromarray(grid).save(tmp, format=fmt)
 
 
 def _write_scatter(points: Tensor, filename: str) -> None:

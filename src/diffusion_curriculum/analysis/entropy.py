@@ -171,8 +171,10 @@ def entropy_table(
     σ grid for an EDM process (ignored otherwise). ``control_variate``: see :func:`mixture_kl`. Deterministic
     given ``seed``.
     """
-    if stride < 1 or samples_per_t < 2:
-        raise ValueError("stride must be ≥ 1 and samples_per_t ≥ 2")
+    if stride < 1:
+        raise ValueError(f"stride {stride} is invalid; allowed: a positive integer")
+    if samples_per_t < 2:
+        raise ValueError(f"samples_per_t {samples_per_t} is invalid; allowed: an integer ≥ 2")
     x = _flat64(data)
     g = torch.Generator().manual_seed(seed)
     if subsample is not None and subsample < len(x):

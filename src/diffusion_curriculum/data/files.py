@@ -33,9 +33,11 @@ def _load_npz(path: str, n=None, seed=0) -> Dataset:
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        why = _short(e)
+        if "pickle" in why:  # numpy's guess for bytes that are neither a zip archive nor a .npy header
+            why = "it holds neither a numpy .npz archive nor a .npy array"
         raise DataError(
-            f"dataset.path {path!r} is not a readable .npz/.npy file ({_short(e)}); "
-            "re-save it with numpy.savez"
+            f"dataset.path {path!r} is not a readable .npz/.npy file ({why}); re-save it with numpy.savez"
         ) from None
     if isinstance(loaded, np.ndarray):  # a plain .npy
         images, labels, key = loaded, None, "the array"
