@@ -463,7 +463,11 @@ def test_skip_counts_and_resumes_exactly(tmp_path, poison, monkeypatch):
 
 
 # -- 5. interruptions and a full disk -----------------------------------------------------------------------
-def test_sigint_saves_exits_130_and_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_exits_130_and_resume_continues_exactly(tmp_path, sig):
+    """Ctrl-C, and SIGTERM as kill, timeout, Slurm and Kubernetes send it (which used to end the run with
+    status 143 and nothing saved), sent for real to `diffusion-curriculum train`: one message, a checkpoint
+    of the step reached, status 130; `--resume` then logs the unbroken run's losses."""
     args = [*TINY, "steps=40", "log_every=1", "checkpoint_every=25"]
     ref, out = tmp_path / "ref", tmp_path / "r"
     cmd = [sys.executable, "-m", "diffusion_curriculum", "train"]
@@ -471,12 +475,14 @@ def test_sigint_saves_exits_130_and_resume_continues_exactly(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and len(losses(out)) < 12 and p.poll() is None:
         time.sleep(0.02)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     assert "Traceback" not in err
+    assert err.count("interrupted") == 1, err  # the trainer's message, not the CLI's "interrupted" after it
     line = [ln for ln in err.splitlines() if ln.startswith("interrupted at step")]
     assert len(line) == 1, err
+    assert ("(SIGTERM)" in line[0]) == (sig == signal.SIGTERM), line
     step = int(line[0].split()[3].rstrip(";"))
     assert 12 <= step < 40
     assert checkpoint.list_checkpoints(out / "checkpoints")[0].name == f"step_{step:08d}"

@@ -417,13 +417,13 @@ def _plain_warning(message, category, filename, lineno, file=None, line=None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The ``diffusion-curriculum`` entry point: returns the exit status (0 ok, 1 training failure or bug, 2 bad input, 130 interrupted); every error is one line on stderr."""
+    """The ``diffusion-curriculum`` entry point: returns the exit status (0 ok, 1 training failure or bug, 2 bad input, 130 interrupted by Ctrl-C or SIGTERM); every error is one line on stderr."""
     import os
     import warnings
 
     from .checkpoint import CheckpointError
     from .data import DataError
-    from .errors import TrainingError
+    from .errors import Interrupted, TrainingError
 
     warnings.showwarning = _plain_warning
     args = parse_args(argv)
@@ -456,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except Interrupted:  # the trainer has said what it saved: once is enough
+        return 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
