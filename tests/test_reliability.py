@@ -462,6 +462,34 @@ def test_skip_counts_and_resumes_exactly(tmp_path, poison, monkeypatch):
     assert summary_b["skipped_steps"] == 6
 
 
+# -- file modes -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_every_file_written_honours_the_umask(tmp_path, mask):
+    """samples/*.png, the plot, tensors.safetensors, the feature-net cache, config and summary get 0o666 less the
+    umask, as `open` would give them; the tensors, the PNGs and the cache used to come out 0600."""
+    from diffusion_curriculum.metrics import feature_nets
+    from diffusion_curriculum.training import build_components
+
+    before = os.umask(mask)
+    try:
+        out = tmp_path / "run"
+        cfg = config.resolve(overrides=[*TINY, "steps=10", "eval_every=5", "checkpoint_every=5"])
+        Trainer(cfg, out, log=lambda _: None).run()
+        feature_nets.clear_memo()
+        feature_nets.feature_net(build_components(cfg).dataset, cache_dir=tmp_path / "cache", steps=2)
+    finally:
+        os.umask(before)
+        feature_nets.clear_memo()
+    files = [p for p in [*out.rglob("*"), *(tmp_path / "cache").rglob("*")] if p.is_file()]
+    names = {p.name for p in files}
+    assert {"tensors.safetensors", "state.json", "final.png", "timesteps.png", "summary.json"} <= names
+    assert any(p.suffix == ".safetensors" and "cache" in p.parts for p in files)
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files}
+    assert set(modes.values()) == {oct(0o666 & ~mask)}, modes
+    dirs = [p for p in [*out.rglob("*"), *(tmp_path / "cache").rglob("*")] if p.is_dir()]
+    assert {oct(p.stat().st_mode & 0o777) for p in dirs} == {oct(0o777 & ~mask)}
+
+
 # -- 5. interruptions and a full disk -----------------------------------------------------------------------
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_exits_130_and_resume_continues_exactly(tmp_path, sig):
