@@ -57,7 +57,12 @@ def test_train_then_resume_then_sample(tmp_path):
         (["model.chanels=3"], "model.chanels"),
         (["dataset.name=mnist"], "mnist"),
         (["dataset.name=npz"], "dataset.path"),
-        (["process.T=1"], "T must be an integer >= 2"),
+        (["process.T=0"], "process.T must be an integer >= 2, got 0"),
+        (
+            ["sampler.nme=ddc"],
+            "sampler.nme is not a parameter of the 'uniform' sampler (did you mean 'name'?)",
+        ),
+        (["sampler.name=ddc", "sampler.total_steps=5"], "sampler.total_steps=5 cannot be set here"),
         (["--preset", "nope"], "preset 'nope' is not known"),
         (["--config", "/nonexistent.yaml"], "does not exist"),
         (["device=cuda:0"], "no CUDA GPU is available"),
@@ -89,6 +94,8 @@ def test_help_and_presets():
     assert r.returncode == 0 and "train" in r.stdout and "sample" in r.stdout
     r = cli("presets")
     assert r.returncode == 0 and "digits" in r.stdout.split()
+    rows = dict(line.split(None, 1) for line in r.stdout.splitlines())  # each name with what it is
+    assert rows["toy2d"].startswith("2-D toy data (8 Gaussians)") and all(rows.values()), r.stdout
     r = cli()
     assert r.returncode == 2
 
@@ -172,3 +179,4 @@ def test_resume_into_a_directory_without_a_run_is_refused_and_writes_nothing(tmp
     assert r.returncode == 0, r.stderr
     r = cli("train", "--out", str(tmp_path / "empty"), "--resume-if-present", *TINY, "steps=20")
     assert r.returncode == 0 and "resumed from step_00000010" in r.stderr, r.stderr
+

@@ -76,14 +76,16 @@ def unknown(kind: str, name: str, allowed) -> str:
     return f"{kind}={name!r} is not known{suggest(name, allowed)}; allowed: {', '.join(map(str, allowed))}"
 
 
-def check_params(section: str, owner: str, fn, params, skip=("self",)) -> list[str]:
+def check_params(section: str, owner: str, fn, params, skip=("self",), section_keys=("name",)) -> list[str]:
     """Raise ``ValueError`` for a config parameter that ``fn``'s signature does not take, as
-    "<section>.<key> is not a parameter of <owner> (did you mean X?); allowed: ..."; return the allowed names."""
+    "<section>.<key> is not a parameter of <owner> (did you mean X?); allowed: ..."; return the allowed names.
+    The nearest match is looked for among the parameters and ``section_keys``, the keys the section holds
+    besides them (``sampler.nme`` is a misspelt ``name``)."""
     allowed = [p for p in inspect.signature(fn).parameters if p not in skip]
     for k in params:
         if k not in allowed:
             raise ValueError(
-                f"{section}.{k} is not a parameter of {owner}{suggest(k, allowed)}; "
+                f"{section}.{k} is not a parameter of {owner}{suggest(k, [*section_keys, *allowed])}; "
                 f"allowed: {', '.join(allowed) or 'none'}"
             )
     return allowed

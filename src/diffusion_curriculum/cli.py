@@ -403,11 +403,13 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    """``presets``: list the shipped preset names."""
+    """``presets``: list the shipped presets, each with the first sentence of its file's opening comment."""
     from . import config
 
-    for name in config.preset_names():
-        print(name)
+    names = config.preset_names()
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:<{width}}  {config.preset_description(name)}".rstrip())
     return 0
 
 
