@@ -180,3 +180,45 @@ def test_resume_into_a_directory_without_a_run_is_refused_and_writes_nothing(tmp
     r = cli("train", "--out", str(tmp_path / "empty"), "--resume-if-present", *TINY, "steps=20")
     assert r.returncode == 0 and "resumed from step_00000010" in r.stderr, r.stderr
 
+
+def test_final_line_has_the_final_quality_and_a_loss_for_runs_shorter_than_log_every(tmp_path):
+    """The last stdout line lacked the final quality (only in summary.json) and said "final_loss": null for a
+    run shorter than log_every; evaluations now say so as they start."""
+    r = cli("train", "--preset", "toy2d", "--out", str(tmp_path / "r"), "steps=6", "log_every=50",
+            "eval_every=3", "eval.samples=64", "eval.steps=4", "progress=false", "batch_size=32")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    final = json.loads(r.stdout.strip().splitlines()[-1])
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert final["steps"] == 6 and isinstance(final["final_loss"], float)
+    assert final["final_loss"] == summary["final_loss"]
+    for k in ("eval_loss", "swd", "mmd"):
+        assert final[k] == summary["final_eval"][k], k
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("evaluating")] == [
+        "evaluating at step 3 (64 samples)...",
+        "evaluating at step 6 (64 samples)...",
+    ], r.stderr
+
+
+def test_the_feature_nets_training_on_first_use_is_announced(monkeypatch):
+    """The ~15 s in which the quality metrics train their feature net on first use used to be silent."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from diffusion_curriculum import metrics
+    from diffusion_curriculum.training import hooks
+
+    class Trained:  # an Evaluator that trained its feature net (image data; points have none)
+        def __init__(self, dataset, **options):
+            if dataset.kind == "image":
+                self.feature_net = SimpleNamespace(source="trained")
+
+    monkeypatch.setattr(metrics, "Evaluator", Trained)
+    said = []
+    cfg = {"n_real": None, "inception_weights": None}
+    hooks.QualityMetrics(SimpleNamespace(kind="image"), cfg, torch.device("cpu"), said.append)
+    assert said[0].startswith("quality metrics: loading the feature net for FD (trained on first use")
+    assert said[1].startswith("quality metrics: feature net trained in") and len(said) == 2
+    said.clear()
+    hooks.QualityMetrics(SimpleNamespace(kind="points"), cfg, torch.device("cpu"), said.append)
+    assert said == []  # points have no feature net

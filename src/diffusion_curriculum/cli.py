@@ -230,8 +230,25 @@ def cmd_train(args) -> int:
         print(f"run directory: {out}", file=sys.stderr)
     summary = trainer.run()
     if trainer.rank == 0:
-        print(json.dumps({k: summary[k] for k in ("steps", "final_loss", "train_time_s", "steps_per_s")}))
+        print(json.dumps(final_line(summary)))
     return 0
+
+
+def final_line(summary: dict) -> dict:
+    """What ``train`` prints last: steps, the final loss, the final evaluation's numbers (``eval_loss`` and the
+    quality metrics such as ``fd``, when measured) and the training speed."""
+    quality = {
+        k: v
+        for k, v in summary.get("final_eval", {}).items()
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    return {
+        "steps": summary["steps"],
+        "final_loss": summary["final_loss"],
+        **quality,
+        "train_time_s": summary["train_time_s"],
+        "steps_per_s": summary["steps_per_s"],
+    }
 
 
 def cmd_sample(args) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import random
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,7 +56,7 @@ class Trainer:
         self.out = Path(out_dir)
         self.dist, self.device = setup_distributed(cfg["device"])
         self.rank, self.world = self.dist.rank, self.dist.world
-        say = log or (lambda msg: print(msg, file=sys.stderr))
+        say = log or hooks.stderr_line
         self.say = say if self.rank == 0 else (lambda msg: None)
         try:
             self._setup(cfg, resume)
@@ -145,7 +144,7 @@ class Trainer:
         if self._weighting_params and self.rank == 0:
             self.hooks.append(hooks.WeightingLog(self.weight_fn, self.process))
         if cfg["metrics"]["enabled"] and self.rank == 0:
-            self.hooks.append(hooks.QualityMetrics(self.dataset, cfg["metrics"], self.device))
+            self.hooks.append(hooks.QualityMetrics(self.dataset, cfg["metrics"], self.device, self.say))
         self.last_eval: dict[str, Any] = {}
         self._eval_step: int | None = None  # the step of the last evaluation (on every rank)
         self._saved_step: int | None = None
@@ -339,6 +338,7 @@ class Trainer:
             if self.rank != 0:
                 self.histogram.counts.zero_()
                 return {}
+        self.say(f"evaluating at step {self.step} ({self.cfg['eval']['samples']} samples)...")
         samples = self.generate()
         shown = samples if self.dataset.kind == "points" else samples[:GRID]
         self.rundir.save_samples(shown, f"step_{self.step:08d}")
@@ -476,7 +476,8 @@ class Trainer:
         """The run's summary; rank 0 also draws the final samples and writes ``summary.json``."""
         summary = {
             "steps": self.step,
-            "final_loss": None,
+            # the mean since the last log line when steps are not a multiple of log_every (or fewer than it)
+            "final_loss": self.loss_sum / self.loss_count if self.loss_count else None,
             "final_eval": self.last_eval,
             "train_time_s": self.train_time,
             "steps_per_s": self.step / max(self.train_time, 1e-9),
@@ -487,7 +488,8 @@ class Trainer:
         }
         if self.rank == 0:
             self.rundir.save_samples(self.generate(None if self.dataset.kind == "points" else GRID), "final")
-            summary["final_loss"] = self.rundir.last_loss()
+            if summary["final_loss"] is None:
+                summary["final_loss"] = self.rundir.last_loss()
             self.rundir.write_summary(summary)
         return summary
 
