@@ -10,7 +10,8 @@ as ``diffusion-curriculum train`` does, and destroys it at its end; PyTorch cann
 same torchrun environment twice in one process, so at most one, the last, may do that.
 This rank records what it did — the dataset indices of each of its batches, its sampler state and a hash of
 its weights at the end, which writes it attempted — in ``dump/rank<r>.json``. ``interrupt_after: N`` sends
-rank 1 a SIGINT once step N is done, as Ctrl-C under torchrun would. A Trainer that refuses to start (a
+rank 1 a SIGINT once step N is done, as Ctrl-C under torchrun would (``"signal": "SIGTERM"`` sends that instead,
+as a scheduler would). A Trainer that refuses to start (a
 ConfigError, say) is recorded as ``{"error": class name, "message": ...}``. ``poison_step: N`` makes rank 1's
 loss NaN at step N (rank 0's stays finite).
 """
@@ -90,7 +91,7 @@ def run_one(job: dict) -> None:
             def advance():
                 real_advance()
                 if t.step == job["interrupt_after"]:
-                    os.kill(os.getpid(), signal.SIGINT)
+                    os.kill(os.getpid(), getattr(signal, job.get("signal", "SIGINT")))
 
             t.advance = advance
         interrupted = False

@@ -57,7 +57,12 @@ def test_train_then_resume_then_sample(tmp_path):
         (["model.chanels=3"], "model.chanels"),
         (["dataset.name=mnist"], "mnist"),
         (["dataset.name=npz"], "dataset.path"),
-        (["process.T=1"], "T must be an integer >= 2"),
+        (["process.T=0"], "process.T must be an integer >= 2, got 0"),
+        (
+            ["sampler.nme=ddc"],
+            "sampler.nme is not a parameter of the 'uniform' sampler (did you mean 'name'?)",
+        ),
+        (["sampler.name=ddc", "sampler.total_steps=5"], "sampler.total_steps=5 cannot be set here"),
         (["--preset", "nope"], "preset 'nope' is not known"),
         (["--config", "/nonexistent.yaml"], "does not exist"),
         (["device=cuda:0"], "no CUDA GPU is available"),
@@ -89,6 +94,8 @@ def test_help_and_presets():
     assert r.returncode == 0 and "train" in r.stdout and "sample" in r.stdout
     r = cli("presets")
     assert r.returncode == 0 and "digits" in r.stdout.split()
+    rows = dict(line.split(None, 1) for line in r.stdout.splitlines())  # each name with what it is
+    assert rows["toy2d"].startswith("2-D toy data (8 Gaussians)") and all(rows.values()), r.stdout
     r = cli()
     assert r.returncode == 2
 
@@ -180,3 +187,46 @@ def test_sample_refuses_zero_steps(tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(tmp_path), "--steps", "0"]) == 2
     err = capsys.readouterr().err
     assert "--steps 0 is invalid" in err
+
+
+def test_final_line_has_the_final_quality_and_a_loss_for_runs_shorter_than_log_every(tmp_path):
+    """The last stdout line lacked the final quality (only in summary.json) and said "final_loss": null for a
+    run shorter than log_every; evaluations now say so as they start."""
+    r = cli("train", "--preset", "toy2d", "--out", str(tmp_path / "r"), "steps=6", "log_every=50",
+            "eval_every=3", "eval.samples=64", "eval.steps=4", "progress=false", "batch_size=32")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    final = json.loads(r.stdout.strip().splitlines()[-1])
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert final["steps"] == 6 and isinstance(final["final_loss"], float)
+    assert final["final_loss"] == summary["final_loss"]
+    for k in ("eval_loss", "swd", "mmd"):
+        assert final[k] == summary["final_eval"][k], k
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("evaluating")] == [
+        "evaluating at step 3 (64 samples)...",
+        "evaluating at step 6 (64 samples)...",
+    ], r.stderr
+
+
+def test_the_feature_nets_training_on_first_use_is_announced(monkeypatch):
+    """The ~15 s in which the quality metrics train their feature net on first use used to be silent."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from diffusion_curriculum import metrics
+    from diffusion_curriculum.training import hooks
+
+    class Trained:  # an Evaluator that trained its feature net (image data; points have none)
+        def __init__(self, dataset, **options):
+            if dataset.kind == "image":
+                self.feature_net = SimpleNamespace(source="trained")
+
+    monkeypatch.setattr(metrics, "Evaluator", Trained)
+    said = []
+    cfg = {"n_real": None, "inception_weights": None}
+    hooks.QualityMetrics(SimpleNamespace(kind="image"), cfg, torch.device("cpu"), said.append)
+    assert said[0].startswith("quality metrics: loading the feature net for FD (trained on first use")
+    assert said[1].startswith("quality metrics: feature net trained in") and len(said) == 2
+    said.clear()
+    hooks.QualityMetrics(SimpleNamespace(kind="points"), cfg, torch.device("cpu"), said.append)
+    assert said == []  # points have no feature net

@@ -96,3 +96,29 @@ def test_dump_roundtrips(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text(config.dump(cfg))
     assert config.validate(config.merge(config.DEFAULTS, config.load_yaml(f))) == cfg
+
+
+def test_integral_floats_are_taken_for_integer_keys():
+    """`steps=1e3` was refused as "steps=1000.0 is invalid"; an integral float now stands for its integer."""
+    cfg = config.resolve(overrides=["steps=1e3", "eval_every=2.0", "eval.samples=1e2"])
+    assert cfg["steps"] == 1000 and type(cfg["steps"]) is int
+    assert cfg["eval_every"] == 2 and cfg["eval"]["samples"] == 100 and type(cfg["eval"]["samples"]) is int
+    assert "steps: 1000\n" in config.dump(cfg)
+    with pytest.raises(ConfigError, match=r"steps=1.5 is invalid"):
+        config.resolve(overrides=["steps=1.5"])
+    assert type(config.resolve(overrides=["lr=1"])["lr"]) is int  # a float key keeps what was given
+
+
+def test_yaml_parse_errors_name_the_line(tmp_path):
+    """The YAML error used to say what was wrong but not where."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: 3\n  lr: [1\nseed: 2\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML: .* \(line 2, column \d+\)") as e:
+        config.resolve(config_file=bad)
+    assert "\n" not in str(e.value)
+
+
+def test_preset_descriptions_are_the_first_sentence_of_their_comment():
+    assert config.preset_description("cifar10-ddpm").startswith("CIFAR-10 DDPM (Ho et al. 2020")
+    assert config.preset_description("cifar10-ddpm").endswith("for GPU users.")
+    assert all(config.preset_description(n) for n in config.preset_names())

@@ -59,8 +59,8 @@ def losses(run: Path) -> list[tuple]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, tuple[Path, list[dict]]]:
     """2-process runs in one torchrun launch (torch starts once), in order: DDC; DDC again in the same directory
-    without --resume (refused); loss-second-moment importance sampling; DDC with a NaN loss on rank 1 only —
-    these four in process groups the worker creates — then DDC with Ctrl-C reaching rank 1 after step 7, in a group the Trainer creates from
+    without --resume (refused); loss-second-moment importance sampling; DDC with a NaN loss on rank 1 only; DDC
+    with a SIGTERM reaching rank 1 after step 4 — these five in process groups the worker creates — then DDC with Ctrl-C reaching rank 1 after step 7, in a group the Trainer creates from
     torchrun's environment, as the CLI does. Name -> (run directory, each rank's record)."""
     root = tmp_path_factory.mktemp("ddp")
     short = ["steps=6", "checkpoint_every=0"]
@@ -69,6 +69,12 @@ def runs(tmp_path_factory) -> dict[str, tuple[Path, list[dict]]]:
         "occupied": ("ddc", [*SMALL, *DDC], "store-occupied", {}),
         "importance": ("importance", [*SMALL, *IMPORTANCE, *short], "store-imp", {}),
         "skip": ("skip", [*SMALL, *DDC, *short, "on_nonfinite=skip"], "store-skip", {"poison_step": 3}),
+        "terminated": (
+            "terminated",
+            [*SMALL, *DDC],
+            "store-term",
+            {"interrupt_after": 4, "signal": "SIGTERM"},
+        ),
         "interrupted": ("interrupted", [*SMALL, *DDC], None, {"interrupt_after": 7}),
     }
     spec = []
@@ -186,6 +192,16 @@ def test_interrupted_run_resumes_exactly(runs):
     for k in a["ema"]:
         assert torch.equal(a["ema"][k], b["ema"][k]), k
     assert a["sampler"] == b["sampler"]
+
+
+def test_sigterm_on_one_rank_stops_every_rank_at_one_step_with_one_checkpoint(runs):
+    """SIGTERM (a scheduler's stop) reaches rank 1 after step 4: as with Ctrl-C, both ranks stop after step 5,
+    agreed in that step's all-reduce, and save one checkpoint of it that resumes (as the Ctrl-C run shows)."""
+    out, ranks = runs["terminated"]
+    assert all(r["interrupted"] and r["step"] == 5 for r in ranks)
+    assert ranks[0]["sampler"] == ranks[1]["sampler"] and ranks[0]["weights"] == ranks[1]["weights"]
+    assert [p.name for p in checkpoint.list_checkpoints(out / "checkpoints")] == ["step_00000005"]
+    assert ranks[0]["writes"]["checkpoint"] == 1 and ranks[1]["writes"]["checkpoint"] == 0
 
 
 def test_batch_size_must_split_over_the_processes(tmp_path, monkeypatch):

@@ -462,8 +462,40 @@ def test_skip_counts_and_resumes_exactly(tmp_path, poison, monkeypatch):
     assert summary_b["skipped_steps"] == 6
 
 
+# -- file modes -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_every_file_written_honours_the_umask(tmp_path, mask):
+    """samples/*.png, the plot, tensors.safetensors, the feature-net cache, config and summary get 0o666 less the
+    umask, as `open` would give them; the tensors, the PNGs and the cache used to come out 0600."""
+    from diffusion_curriculum.metrics import feature_nets
+    from diffusion_curriculum.training import build_components
+
+    before = os.umask(mask)
+    try:
+        out = tmp_path / "run"
+        cfg = config.resolve(overrides=[*TINY, "steps=10", "eval_every=5", "checkpoint_every=5"])
+        Trainer(cfg, out, log=lambda _: None).run()
+        feature_nets.clear_memo()
+        feature_nets.feature_net(build_components(cfg).dataset, cache_dir=tmp_path / "cache", steps=2)
+    finally:
+        os.umask(before)
+        feature_nets.clear_memo()
+    files = [p for p in [*out.rglob("*"), *(tmp_path / "cache").rglob("*")] if p.is_file()]
+    names = {p.name for p in files}
+    assert {"tensors.safetensors", "state.json", "final.png", "timesteps.png", "summary.json"} <= names
+    assert any(p.suffix == ".safetensors" and "cache" in p.parts for p in files)
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files}
+    assert set(modes.values()) == {oct(0o666 & ~mask)}, modes
+    dirs = [p for p in [*out.rglob("*"), *(tmp_path / "cache").rglob("*")] if p.is_dir()]
+    assert {oct(p.stat().st_mode & 0o777) for p in dirs} == {oct(0o777 & ~mask)}
+
+
 # -- 5. interruptions and a full disk -----------------------------------------------------------------------
-def test_sigint_saves_exits_130_and_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_exits_130_and_resume_continues_exactly(tmp_path, sig):
+    """Ctrl-C, and SIGTERM as kill, timeout, Slurm and Kubernetes send it (which used to end the run with
+    status 143 and nothing saved), sent for real to `diffusion-curriculum train`: one message, a checkpoint
+    of the step reached, status 130; `--resume` then logs the unbroken run's losses."""
     args = [*TINY, "steps=40", "log_every=1", "checkpoint_every=25"]
     ref, out = tmp_path / "ref", tmp_path / "r"
     cmd = [sys.executable, "-m", "diffusion_curriculum", "train"]
@@ -471,12 +503,14 @@ def test_sigint_saves_exits_130_and_resume_continues_exactly(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and len(losses(out)) < 12 and p.poll() is None:
         time.sleep(0.02)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     assert "Traceback" not in err
+    assert err.count("interrupted") == 1, err  # the trainer's message, not the CLI's "interrupted" after it
     line = [ln for ln in err.splitlines() if ln.startswith("interrupted at step")]
     assert len(line) == 1, err
+    assert ("(SIGTERM)" in line[0]) == (sig == signal.SIGTERM), line
     step = int(line[0].split()[3].rstrip(";"))
     assert 12 <= step < 40
     assert checkpoint.list_checkpoints(out / "checkpoints")[0].name == f"step_{step:08d}"

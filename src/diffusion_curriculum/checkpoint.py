@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .checks import first_line
+from .checks import first_line, honour_umask
 
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
@@ -133,6 +133,7 @@ def save(ckpt_root: str | Path, step: int, state: dict[str, Any], keep: int | No
         tensors: dict[str, torch.Tensor] = {}
         meta = flatten(state, tensors, "s")
         save_file(tensors, str(tmp / TENSORS))
+        honour_umask(tmp / TENSORS)  # safetensors writes its file private (0600)
         _fsync_file(tmp / TENSORS)
         slow = float(os.environ.get("DIFFUSION_CURRICULUM_TEST_SLOW_CHECKPOINT", "0") or 0)
         if slow > 0:  # test hook: widen the window in which a kill lands inside the write

@@ -76,14 +76,16 @@ def unknown(kind: str, name: str, allowed) -> str:
     return f"{kind}={name!r} is not known{suggest(name, allowed)}; allowed: {', '.join(map(str, allowed))}"
 
 
-def check_params(section: str, owner: str, fn, params, skip=("self",)) -> list[str]:
+def check_params(section: str, owner: str, fn, params, skip=("self",), section_keys=("name",)) -> list[str]:
     """Raise ``ValueError`` for a config parameter that ``fn``'s signature does not take, as
-    "<section>.<key> is not a parameter of <owner> (did you mean X?); allowed: ..."; return the allowed names."""
+    "<section>.<key> is not a parameter of <owner> (did you mean X?); allowed: ..."; return the allowed names.
+    The nearest match is looked for among the parameters and ``section_keys``, the keys the section holds
+    besides them (``sampler.nme`` is a misspelt ``name``)."""
     allowed = [p for p in inspect.signature(fn).parameters if p not in skip]
     for k in params:
         if k not in allowed:
             raise ValueError(
-                f"{section}.{k} is not a parameter of {owner}{suggest(k, allowed)}; "
+                f"{section}.{k} is not a parameter of {owner}{suggest(k, [*section_keys, *allowed])}; "
                 f"allowed: {', '.join(allowed) or 'none'}"
             )
     return allowed
@@ -120,22 +122,33 @@ def _umask() -> int:
     return mask
 
 
+def honour_umask(path: str | os.PathLike) -> None:
+    """Give the file ``path`` the permissions a plain ``open(path, "w")`` would (``0o666`` less the umask).
+
+    For every file the library writes by another route than ``open``: :func:`tempfile.mkstemp` creates its
+    file ``0o600``, and some writers (safetensors' ``save_file``) replace the file they are given with one of
+    their own, private mode."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write to; on success it is renamed over ``path`` (a rename is
     atomic, so a crash leaves the old file or the new one, never half of one), on an error it is removed.
 
-    The file gets the permissions a plain ``open(path, "w")`` would (``0o666`` less the umask), not the
-    ``0o600`` of :func:`tempfile.mkstemp`. ``path``'s folder is created if missing. ``suffix`` is the
-    temporary name's ending, for writers that choose a format by it (``.png``).
+    The file gets the permissions a plain ``open(path, "w")`` would (``0o666`` less the umask,
+    :func:`honour_umask`), set after the writer is done, so neither the ``0o600`` of :func:`tempfile.mkstemp`
+    nor a writer that recreates the file (PIL, matplotlib, safetensors) decides them. ``path``'s folder is
+    created if missing. ``suffix`` is the temporary name's ending, for writers that choose a format by it
+    (``.png``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
         yield Path(tmp)
+        honour_umask(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

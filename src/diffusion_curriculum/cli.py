@@ -195,18 +195,15 @@ def cmd_train(args) -> int:
         raise ConfigError("--resume needs --out DIR, the run directory to continue")
     out = Path(args.out) if args.out else _default_out(args.preset, args.config)
     saved = out / "config.yaml"
-    if args.resume and not (saved.is_file() or rundir.RunDir(out).holds_run()):
+    present = saved.is_file() or rundir.RunDir(out).holds_run()
+    if args.resume and not present:
         # a typo in the path must not cost a whole run trained in the wrong place
-        what = (
-            "does not exist" if not out.exists() else "holds no run (no config.yaml, metrics or checkpoints)"
-        )
+        what = "holds no run (no config.yaml, metrics or checkpoints)" if out.exists() else "does not exist"
         raise ConfigError(
             f"--resume: {str(out)!r} {what}; check the path, or pass --resume-if-present to start a run there "
             "when none is"
         )
-    args.resume = args.resume or (
-        args.resume_if_present and (saved.is_file() or rundir.RunDir(out).holds_run())
-    )
+    args.resume = args.resume or (args.resume_if_present and present)
     if args.resume and saved.is_file():
         base = rundir.load_config(out)
         cfg = config.validate(config.apply_overrides(base, args.overrides))
@@ -230,8 +227,25 @@ def cmd_train(args) -> int:
         print(f"run directory: {out}", file=sys.stderr)
     summary = trainer.run()
     if trainer.rank == 0:
-        print(json.dumps({k: summary[k] for k in ("steps", "final_loss", "train_time_s", "steps_per_s")}))
+        print(json.dumps(final_line(summary)))
     return 0
+
+
+def final_line(summary: dict) -> dict:
+    """What ``train`` prints last: steps, the final loss, the final evaluation's numbers (``eval_loss`` and the
+    quality metrics such as ``fd``, when measured) and the training speed."""
+    quality = {
+        k: v
+        for k, v in summary.get("final_eval", {}).items()
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    return {
+        "steps": summary["steps"],
+        "final_loss": summary["final_loss"],
+        **quality,
+        "train_time_s": summary["train_time_s"],
+        "steps_per_s": summary["steps_per_s"],
+    }
 
 
 def cmd_sample(args) -> int:
@@ -411,11 +425,13 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    """``presets``: list the shipped preset names."""
+    """``presets``: list the shipped presets, each with the first sentence of its file's opening comment."""
     from . import config
 
-    for name in config.preset_names():
-        print(name)
+    names = config.preset_names()
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:<{width}}  {config.preset_description(name)}".rstrip())
     return 0
 
 
@@ -425,13 +441,13 @@ def _plain_warning(message, category, filename, lineno, file=None, line=None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The ``diffusion-curriculum`` entry point: returns the exit status (0 ok, 1 training failure or bug, 2 bad input, 130 interrupted); every error is one line on stderr."""
+    """The ``diffusion-curriculum`` entry point: returns the exit status (0 ok, 1 training failure or bug, 2 bad input, 130 interrupted by Ctrl-C or SIGTERM); every error is one line on stderr."""
     import os
     import warnings
 
     from .checkpoint import CheckpointError
     from .data import DataError
-    from .errors import TrainingError
+    from .errors import Interrupted, TrainingError
 
     warnings.showwarning = _plain_warning
     args = parse_args(argv)
@@ -464,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except Interrupted:  # the trainer has said what it saved: once is enough
+        return 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

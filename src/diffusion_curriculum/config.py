@@ -72,7 +72,13 @@ def _int(lo: int | None = None, hi: int = MAX_INT):
         ok = is_int(v) and (lo is None or v >= lo) and v <= hi
         return ok, f"an integer in [{lo}, {hi}]" if lo is not None else f"an integer <= {hi}"
 
+    check.integer = True  # an integral float (steps=1e3) is taken as this integer (see _check_section)
     return check
+
+
+def _as_int(v: Any) -> Any:
+    """``1000.0`` (as ``steps=1e3`` reads) as ``1000``; any other value unchanged."""
+    return int(v) if isinstance(v, float) and v.is_integer() and abs(v) <= MAX_INT else v
 
 
 def _float(lo: float | None = None, hi: float | None = None, lo_open: bool = False):
@@ -179,6 +185,15 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def _yaml_problem(e: Exception) -> str:
+    """What is wrong in a YAML text and where: "mapping values are not allowed here (line 2, column 5)"."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or first_line(e)
+    if mark is None:
+        return first_line(e)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+
+
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML mapping from a file, with one-sentence errors."""
     p = Path(path)
@@ -187,7 +202,7 @@ def load_yaml(path: str | Path) -> dict:
     try:
         data = yaml.load(p.read_text(), Loader=_Loader)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {first_line(e)}") from None
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {_yaml_problem(e)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -199,6 +214,18 @@ def preset_names() -> list[str]:
     """Names of the presets shipped with the package."""
     files = resources.files("diffusion_curriculum") / "presets"
     return sorted(f.name[:-5] for f in files.iterdir() if f.name.endswith(".yaml"))
+
+
+def preset_description(name: str) -> str:
+    """The first sentence of a shipped preset's opening comment ("" if it has none): what ``presets`` shows."""
+    f = resources.files("diffusion_curriculum") / "presets" / f"{name}.yaml"
+    lines = []
+    for line in f.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(x for x in lines if x)
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z])", text, maxsplit=1)[0]
 
 
 def load_preset(name: str) -> dict:
@@ -273,10 +300,14 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
 
 
 def _check_section(prefix: str, values: Any, schema: dict) -> None:
+    """Check ``values`` against ``schema`` (the top level: only the keys the schema has); an integral float
+    for an integer key is replaced by the integer, in place."""
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix} must be a mapping, got {values!r}")
-    for k, v in values.items():
+    for k, v in list(values.items()):
         key = f"{prefix}.{k}" if prefix else str(k)
+        if not prefix and k not in schema:  # a named section or momentum: checked elsewhere
+            continue
         if k not in schema:
             allowed = list(schema)
             raise ConfigError(
@@ -286,6 +317,8 @@ def _check_section(prefix: str, values: Any, schema: dict) -> None:
         if isinstance(check, dict):
             _check_section(key, v, check)
             continue
+        if getattr(check, "integer", False):
+            values[k] = v = _as_int(v)
         ok, allowed = check(v)
         if not ok:
             raise ConfigError(invalid(key, v, allowed))
@@ -300,7 +333,7 @@ def validate(cfg: dict) -> dict:
             raise ConfigError(
                 f"unknown key {k!r}{suggest(k, SECTION_KEYS)}; allowed: {', '.join(sorted(SECTION_KEYS))}"
             )
-    _check_section("", {k: v for k, v in cfg.items() if k in SCHEMA}, SCHEMA)
+    _check_section("", cfg, SCHEMA)
     for k in NAMED_SECTIONS:
         sec = cfg.get(k)
         if not isinstance(sec, dict):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .checks import check_params, suggest, unknown
 
-__all__ = ["ConfigError", "TrainingError", "check_params", "suggest", "unknown"]
+__all__ = ["ConfigError", "Interrupted", "TrainingError", "check_params", "suggest", "unknown"]
 
 
 class ConfigError(ValueError):
@@ -19,3 +19,8 @@ class ConfigError(ValueError):
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss, say); the message names the step and what was kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C or SIGTERM at a step boundary; the trainer has already said what it saved
+    (the message). A ``KeyboardInterrupt``, so code that catches that still does."""

@@ -284,5 +284,6 @@ def build_momentum(optimizer: torch.optim.Optimizer, total_steps: int, **params)
         MomentumDecay.__init__,
         params,
         skip=("self", "optimizer"),
+        section_keys=("enabled",),
     )
     return MomentumDecay(optimizer, total_steps, **params)

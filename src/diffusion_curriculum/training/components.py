@@ -42,11 +42,15 @@ def _named(cfg: dict, section: str) -> tuple[str, dict]:
 
 
 def _build(section: str, params: dict, fn: Callable, *args, **kwargs):
-    """Call one builder. Its own ``ValueError`` already names the key and passes through; any other error on a
+    """Call one builder. Its own ``ValueError`` names the key and passes through (a message that starts with a
+    bare parameter name, "T must be ...", gets the section in front: "process.T must be ..."); any other error on a
     parameter it does not check (a wrong type, an impossible size) becomes a ConfigError naming the section."""
     try:
         return fn(*args, **kwargs)
-    except ValueError:
+    except ValueError as e:
+        text = str(e)
+        if any(text.startswith((f"{k} ", f"{k}=")) for k in params if k != "name"):
+            raise ConfigError(f"{section}.{text}") from None
         raise
     except _BUILD_ERRORS as e:
         raise ConfigError(f"{section} settings {params!r} cannot be used: {first_line(e, 200)}") from None
@@ -62,7 +66,12 @@ def build_components(cfg: dict) -> Components:
     mname, mparams = _named(cfg, "model")
     model = _build("model", cfg["model"], models.build, mname, dataset.shape, **mparams)
     sname, sparams = _named(cfg, "sampler")
-    sparams.setdefault("total_steps", cfg["steps"])
+    if "total_steps" in sparams:
+        raise ConfigError(
+            f"sampler.total_steps={sparams['total_steps']!r} cannot be set here: the trainer plans the sampler "
+            f"over the run's steps ({cfg['steps']}); drop it, or set steps"
+        )
+    sparams["total_steps"] = cfg["steps"]
     sampler = _build("sampler", cfg["sampler"], timesteps.build, sname, proc, **sparams)
     wname, wparams = _named(cfg, "weighting")
     weight_fn = _build(

@@ -1,5 +1,5 @@
 """What the trainer does around its steps, as hooks: the drawn-noise histogram, the JSONL log, TensorBoard, the
-progress bar and Ctrl-C.
+progress bar and Ctrl-C / SIGTERM.
 
 A hook subclasses :class:`Hook` and overrides what it needs; the trainer calls, in its hooks' order,
 
@@ -17,6 +17,7 @@ import math
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -145,13 +146,25 @@ class ProgressBar(Hook):
         self.bar.close()
 
 
+def stderr_line(msg: str) -> None:
+    """One line on stderr that leaves a progress bar on it intact (``tqdm.write``): the trainer's messages."""
+    from tqdm import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
+
+
 class QualityMetrics(Hook):
     """Sample quality at every evaluation (:class:`metrics.Evaluator`: FD and friends) against ``dataset``,
-    with the config's ``metrics`` settings."""
+    with the config's ``metrics`` settings. For image data it says (``say``) that it prepares the feature net
+    first, and how long training it took when it was not cached: that is a silent ~15 s otherwise."""
 
-    def __init__(self, dataset: Any, metrics_cfg: dict, device: torch.device):
+    def __init__(self, dataset: Any, metrics_cfg: dict, device: torch.device, say: Any = None):
         from .. import metrics
 
+        say = say or (lambda msg: None)
+        if dataset.kind == "image":
+            say("quality metrics: loading the feature net for FD (trained on first use, ~15 s on a CPU)...")
+        t0 = time.perf_counter()
         # the feature net's seed is fixed (not the run's) so quality numbers compare across seeds and runs
         self.evaluator = metrics.Evaluator(
             dataset,
@@ -160,6 +173,8 @@ class QualityMetrics(Hook):
             inception_weights=metrics_cfg["inception_weights"],
             device=device,
         )
+        if getattr(getattr(self.evaluator, "feature_net", None), "source", None) == "trained":
+            say(f"quality metrics: feature net trained in {time.perf_counter() - t0:.0f} s and cached")
 
     def on_eval(self, trainer: Any, samples: torch.Tensor, step: int) -> dict[str, Any]:
         """The quality numbers of ``samples``."""
@@ -190,32 +205,44 @@ class WeightingLog(Hook):
 
 
 class InterruptGuard:
-    """Ctrl-C taken at a step boundary, as a context manager around the training loop.
+    """Ctrl-C (SIGINT) and SIGTERM taken at a step boundary, as a context manager around the training loop.
 
     A KeyboardInterrupt raised mid-step (after the batch or the timesteps were drawn, or the optimizer
     stepped, but before the step count moved) would save a state that does not match its step, and the
-    resumed run would silently diverge. So the first Ctrl-C only counts (:attr:`presses`) and the loop stops
-    after the step; a second one raises at once. The handler is installed only in the main thread (Python
-    delivers signals there) and the previous one is put back on exit.
+    resumed run would silently diverge. So the first signal only counts (:attr:`presses`) and the loop stops
+    after the step; a second one raises at once. SIGTERM (what ``kill``, ``timeout``, Slurm and Kubernetes
+    send) is taken exactly like Ctrl-C. The handlers are installed only in the main thread (Python delivers
+    signals there) and the previous ones are put back on exit.
     """
 
-    def __init__(self) -> None:
-        #: Ctrl-C presses seen while the guard was active
-        self.presses = 0
-        self._previous = None
+    #: the signals taken like Ctrl-C
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def _on_sigint(self, signum, frame) -> None:
+    def __init__(self) -> None:
+        #: Ctrl-C presses (or SIGTERMs) seen while the guard was active
+        self.presses = 0
+        #: the name of the first signal seen ("SIGINT", "SIGTERM"), or None
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _on_signal(self, signum, frame) -> None:
         self.presses += 1
+        if self.signal_name is None:
+            self.signal_name = signal.Signals(signum).name
         if self.presses > 1:
             raise KeyboardInterrupt
 
     def __enter__(self) -> InterruptGuard:
-        self.presses = 0
+        self.presses, self.signal_name = 0, None
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def reason(self) -> str:
+        """How the stop was asked for, for the trainer's message: "" for Ctrl-C, " (SIGTERM)" for SIGTERM."""
+        return f" ({self.signal_name})" if self.signal_name not in (None, "SIGINT") else ""

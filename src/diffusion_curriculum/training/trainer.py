@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import random
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ from torch import nn
 from .. import checkpoint, config, data, generate, models, plots, timesteps
 from ..checks import first_line
 from ..ema import EMA
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError, Interrupted, TrainingError
 from ..loss import DenoisingLoss
 from . import components, hooks
 from . import distributed as dist_mod
@@ -57,7 +56,7 @@ class Trainer:
         self.out = Path(out_dir)
         self.dist, self.device = setup_distributed(cfg["device"])
         self.rank, self.world = self.dist.rank, self.dist.world
-        say = log or (lambda msg: print(msg, file=sys.stderr))
+        say = log or hooks.stderr_line
         self.say = say if self.rank == 0 else (lambda msg: None)
         try:
             self._setup(cfg, resume)
@@ -145,7 +144,7 @@ class Trainer:
         if self._weighting_params and self.rank == 0:
             self.hooks.append(hooks.WeightingLog(self.weight_fn, self.process))
         if cfg["metrics"]["enabled"] and self.rank == 0:
-            self.hooks.append(hooks.QualityMetrics(self.dataset, cfg["metrics"], self.device))
+            self.hooks.append(hooks.QualityMetrics(self.dataset, cfg["metrics"], self.device, self.say))
         self.last_eval: dict[str, Any] = {}
         self._eval_step: int | None = None  # the step of the last evaluation (on every rank)
         self._saved_step: int | None = None
@@ -339,6 +338,7 @@ class Trainer:
             if self.rank != 0:
                 self.histogram.counts.zero_()
                 return {}
+        self.say(f"evaluating at step {self.step} ({self.cfg['eval']['samples']} samples)...")
         samples = self.generate()
         shown = samples if self.dataset.kind == "points" else samples[:GRID]
         self.rundir.save_samples(shown, f"step_{self.step:08d}")
@@ -426,34 +426,35 @@ class Trainer:
         self._run_hooks = []
 
     def _loop(self) -> None:
-        """Advance to ``steps``; on Ctrl-C save a checkpoint of the step reached (see
-        :class:`~.hooks.InterruptGuard`) and re-raise. With several processes the ranks agree on the step to
-        stop after (see :meth:`_reduce_loss`), so they save one checkpoint together."""
+        """Advance to ``steps``; on Ctrl-C or SIGTERM save a checkpoint of the step reached (see
+        :class:`~.hooks.InterruptGuard`), say so once and raise :class:`~..errors.Interrupted`. With several
+        processes the ranks agree on the step to stop after (see :meth:`_reduce_loss`), so they save one
+        checkpoint together."""
         self._stop_all = False
         with self.interrupts:
             try:
                 while self.step < self.cfg["steps"]:
                     self.advance()
-                    stop = self.interrupts.presses > 0 if self.world == 1 else self._stop_all
-                    if stop:
+                    if self.interrupts.presses > 0 if self.world == 1 else self._stop_all:
                         raise KeyboardInterrupt
             except KeyboardInterrupt:
                 self._bar.close()
-                self._on_interrupt()
-                raise
+                raise Interrupted(self._on_interrupt()) from None
 
-    def _on_interrupt(self) -> None:
+    def _on_interrupt(self) -> str:
+        """Save the step reached (unless it is saved, or stopped mid-step) and say what was kept, once."""
+        why, where = self.interrupts.reason(), str(self.ckpt_dir)
         if self.interrupts.presses > 1:  # stopped mid-step: this state is not a consistent one to save
-            self.say(
-                f"interrupted twice, mid-step; nothing saved; continue with --resume from the last "
-                f"checkpoint in {str(self.ckpt_dir)!r}"
-            )
-        elif self.step > 0 and self._saved_step != self.step:
-            path = self.save_checkpoint()
-            self.say(f"interrupted at step {self.step}; saved {path}; continue with --resume")
-        elif self.step > 0:  # the checkpoint of this very step is already on disk: do not rewrite it
+            msg = f"interrupted twice{why}, mid-step; nothing saved; continue with --resume from {where!r}"
+        elif self.step == 0:
+            msg = f"interrupted{why} before the first step; nothing to save"
+        elif self._saved_step != self.step:
+            msg = f"interrupted at step {self.step}{why}; saved {self.save_checkpoint()}; continue with --resume"
+        else:  # the checkpoint of this very step is already on disk: do not rewrite it
             path = checkpoint.step_dir(self.ckpt_dir, self.step)
-            self.say(f"interrupted at step {self.step}; {path} is saved; continue with --resume")
+            msg = f"interrupted at step {self.step}{why}; {path} is saved; continue with --resume"
+        self.say(msg)
+        return msg
 
     def _run(self) -> dict[str, Any]:
         self._start_run_hooks()
@@ -475,7 +476,8 @@ class Trainer:
         """The run's summary; rank 0 also draws the final samples and writes ``summary.json``."""
         summary = {
             "steps": self.step,
-            "final_loss": None,
+            # the mean since the last log line when steps are not a multiple of log_every (or fewer than it)
+            "final_loss": self.loss_sum / self.loss_count if self.loss_count else None,
             "final_eval": self.last_eval,
             "train_time_s": self.train_time,
             "steps_per_s": self.step / max(self.train_time, 1e-9),
@@ -486,7 +488,8 @@ class Trainer:
         }
         if self.rank == 0:
             self.rundir.save_samples(self.generate(None if self.dataset.kind == "points" else GRID), "final")
-            summary["final_loss"] = self.rundir.last_loss()
+            if summary["final_loss"] is None:
+                summary["final_loss"] = self.rundir.last_loss()
             self.rundir.write_summary(summary)
         return summary
 
