@@ -34,13 +34,12 @@ Use::
 
 from __future__ import annotations
 
-import difflib
 import math
 
 import torch
 from torch import Tensor
 
-from .errors import check_params
+from .checks import check_params, checker, is_int, is_number, unknown
 
 SHAPES = ("linear", "cosine", "demon")
 #: (beta1_end, compensation) when not given: demon decays to 0 with linear compensation, the others to 0.5 with noise
@@ -48,35 +47,23 @@ SHAPE_DEFAULTS = {"linear": (0.5, "noise"), "cosine": (0.5, "noise"), "demon": (
 COMPENSATIONS = ("none", "noise", "linear")
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _check(name: str, value, ok: bool, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"momentum.{name}={value!r} is invalid; allowed: {allowed}")
+_check = checker("momentum.")
 
 
 def _choice(name: str, value, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        close = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"momentum.{name}={value!r} is not known{hint}; allowed: {', '.join(allowed)}")
+        raise ValueError(unknown(f"momentum.{name}", value, allowed))
 
 
 def _resolve_step(name: str, value, total_steps: int) -> int:
     """An int is a step count; a float in [0, 1] a fraction of ``total_steps`` (rounded to the nearest step)."""
-    if _is_int(value):
+    if is_int(value):
         _check(name, value, value >= 0, "an integer step count >= 0, or a fraction of total_steps in [0, 1]")
         return int(value)
     _check(
         name,
         value,
-        _is_number(value) and 0.0 <= value <= 1.0,
+        is_number(value) and 0.0 <= value <= 1.0,
         "an integer step count >= 0, or a float fraction of total_steps in [0, 1]",
     )
     return int(round(float(value) * total_steps))
@@ -143,12 +130,12 @@ class MomentumDecay:
                     f"{type(optimizer).__name__} has betas={b!r}, not a pair (β1, β2): "
                     "MomentumDecay needs an optimizer with betas (Adam, AdamW)"
                 )
-        _check("total_steps", total_steps, _is_int(total_steps) and total_steps >= 1, "an integer >= 1")
+        _check("total_steps", total_steps, is_int(total_steps) and total_steps >= 1, "an integer >= 1")
         _choice("shape", shape, SHAPES)
         beta1_end = SHAPE_DEFAULTS[shape][0] if beta1_end is None else beta1_end
         compensation = SHAPE_DEFAULTS[shape][1] if compensation is None else compensation
         for name, v in (("beta1_start", beta1_start), ("beta1_end", beta1_end)):
-            _check(name, v, _is_number(v) and 0.0 <= v < 1.0, "a number in [0, 1)")
+            _check(name, v, is_number(v) and 0.0 <= v < 1.0, "a number in [0, 1)")
         if shape == "demon":
             _check(
                 "beta1_end",
@@ -256,9 +243,9 @@ class MomentumDecay:
             s, f = state["step"], state["factor"]
         except (KeyError, TypeError):
             raise ValueError("momentum state needs 'step' and 'factor'") from None
-        if not (_is_int(s) and s >= 0):
+        if not (is_int(s) and s >= 0):
             raise ValueError(f"momentum state step={s!r} is invalid; allowed: an integer >= 0")
-        if not (_is_number(f) and f > 0):
+        if not (is_number(f) and f > 0):
             raise ValueError(f"momentum state factor={f!r} is invalid; allowed: a finite number > 0")
         self._step = int(s)
         self._factor = float(f)

@@ -32,7 +32,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .errors import check_params, suggest, unknown
+from .checks import check_params, checker, is_int, is_number, suggest, unknown
 from .process import PREDICTIONS
 
 WeightFn = Callable[[Tensor], Tensor]
@@ -83,13 +83,7 @@ def register(name: str):
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check(name: str, value, ok: bool, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"weighting.{name}={value!r} is invalid; allowed: {allowed}")
+_check = checker("weighting.")
 
 
 def x0_to(prediction: str, lam_x0: Tensor, snr: Tensor, sigma_data: float = 1.0) -> Tensor:
@@ -193,7 +187,7 @@ def min_snr(process, prediction: str, gamma: float = 5.0) -> WeightFn:
     min(SNR, γ) for x0-prediction (via :func:`x0_to`). γ = 5 is the paper's default. On an EDM process
     SNR = 1/σ² and "v" (the F-target) converts with SNR + 1/σ_d² (see :func:`x0_to`).
     """
-    _check("gamma", gamma, _is_number(gamma) and gamma > 0, "a finite number > 0 (the paper uses 5)")
+    _check("gamma", gamma, is_number(gamma) and gamma > 0, "a finite number > 0 (the paper uses 5)")
     g = float(gamma)
     return _from_x0(process, prediction, lambda snr: snr.clamp(max=g))
 
@@ -212,7 +206,7 @@ def soft_min_snr(process, prediction: str, gamma: float | None = None) -> Weight
     """
     if gamma is None:
         gamma = 1.0 / process.sigma_data**2 if process.continuous else 5.0
-    _check("gamma", gamma, _is_number(gamma) and gamma > 0, "a finite number > 0, or null for the default")
+    _check("gamma", gamma, is_number(gamma) and gamma > 0, "a finite number > 0, or null for the default")
     g = float(gamma)
     return _from_x0(process, prediction, lambda snr: snr * g / (snr + g))
 
@@ -226,8 +220,8 @@ def p2(process, prediction: str, k: float = 1.0, gamma: float = 1.0) -> WeightFn
     (the project's documented choice): λ_x0 = SNR/(k + SNR)^γ, then :func:`x0_to` (v: SNR/((k + SNR)^γ (SNR + 1)),
     x0: SNR/(k + SNR)^γ). On an EDM process SNR = 1/σ².
     """
-    _check("k", k, _is_number(k) and k >= 0, "a finite number >= 0 (the paper uses 1)")
-    _check("gamma", gamma, _is_number(gamma) and gamma >= 0, "a finite number >= 0 (the paper uses 0.5 to 2)")
+    _check("k", k, is_number(k) and k >= 0, "a finite number >= 0 (the paper uses 1)")
+    _check("gamma", gamma, is_number(gamma) and gamma >= 0, "a finite number >= 0 (the paper uses 0.5 to 2)")
     kk, g = float(k), float(gamma)
     return _from_x0(process, prediction, lambda snr: snr / (kk + snr).pow(g))
 
@@ -250,7 +244,7 @@ def edm(process, prediction: str, sigma_data: float | None = None) -> WeightFn:
     """
     if sigma_data is None:
         sigma_data = process.sigma_data if process.continuous else 0.5
-    _check("sigma_data", sigma_data, _is_number(sigma_data) and sigma_data > 0, "a finite number > 0")
+    _check("sigma_data", sigma_data, is_number(sigma_data) and sigma_data > 0, "a finite number > 0")
     inv_sd2 = 1.0 / float(sigma_data) ** 2
     if process.continuous and prediction == "v" and inv_sd2 == 1.0 / process.sigma_data**2:
         # the identical expression in numerator and denominator: λ(σ)·c_out² is exactly 1 (no rounding)
@@ -276,10 +270,10 @@ def speed(process, prediction: str, tau: int | None = None, lam: float = 0.6) ->
     _check(
         "tau",
         tau,
-        tau is None or (isinstance(tau, int) and not isinstance(tau, bool) and 0 < tau < T),
+        tau is None or (is_int(tau) and 0 < tau < T),
         f"an integer with 0 < tau < T = {T}, or null for 700·T/1000",
     )
-    _check("lam", lam, _is_number(lam) and 0.5 <= lam <= 1, "a number in [0.5, 1] (SpeeD uses 0.6)")
+    _check("lam", lam, is_number(lam) and 0.5 <= lam <= 1, "a number in [0.5, 1] (SpeeD uses 0.6)")
     from .timesteps.speed import change_aware_weights
 
     w_eps = change_aware_weights(process, tau=tau, lam=lam).to(torch.float64).cpu()
@@ -312,9 +306,8 @@ class Uncertainty(Weighting):
     def __init__(self, process, prediction: str, base: str = "edm", channels: int = 128, seed: int = 0):
         if base not in REGISTRY or base == "edm2-uncertainty":
             raise ValueError(unknown("weighting.base", base, sorted(set(REGISTRY) - {"edm2-uncertainty"})))
-        ok = isinstance(channels, int) and not isinstance(channels, bool) and channels >= 1
-        _check("channels", channels, ok, "an integer >= 1")
-        _check("seed", seed, isinstance(seed, int) and not isinstance(seed, bool), "an integer")
+        _check("channels", channels, is_int(channels) and channels >= 1, "an integer >= 1")
+        _check("seed", seed, is_int(seed), "an integer")
         super().__init__(REGISTRY[base](process, prediction), "edm2-uncertainty")
         self.continuous = bool(process.continuous)
         g = torch.Generator().manual_seed(int(seed))

@@ -16,14 +16,25 @@ and dicts of those.
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from ..errors import check_params, suggest, unknown
+from ..checks import check_param, check_params, is_int, is_number, suggest, unknown
+
+# the value checks every strategy file imports from here (their one home is :mod:`diffusion_curriculum.checks`)
+__all__ = [
+    "Draw",
+    "TimestepSampler",
+    "build",
+    "build_spec",
+    "check_choice",
+    "check_param",
+    "is_int",
+    "is_number",
+]
 
 
 @dataclass
@@ -38,20 +49,14 @@ class Draw:
     weight: Tensor
 
 
-def check_param(name: str, value, ok: bool, allowed: str) -> None:
-    """Raise ``ValueError`` naming a sampler parameter, its value and what is allowed, unless ``ok``."""
-    if not ok:
-        raise ValueError(f"sampler parameter {name}={value!r} is invalid; allowed: {allowed}")
-
-
-def is_number(v) -> bool:
-    """True for a finite ``int`` or ``float`` that is not a ``bool``."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def is_int(v) -> bool:
-    """True for an ``int`` that is not a ``bool``."""
-    return isinstance(v, int) and not isinstance(v, bool)
+def check_choice(name: str, value, allowed: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` naming a sampler parameter whose value is not one of ``allowed`` (with the nearest
+    name, when one is close)."""
+    if value not in allowed:
+        raise ValueError(
+            f"sampler parameter {name}={value!r} is invalid{suggest(value, allowed)}; "
+            f"allowed: {', '.join(allowed)}"
+        )
 
 
 def dist_info() -> tuple[int, int]:

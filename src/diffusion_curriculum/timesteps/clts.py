@@ -34,8 +34,7 @@ import math
 
 import torch
 
-from ..errors import suggest
-from .base import TimestepSampler, check_param, is_int, is_number, register
+from .base import TimestepSampler, check_choice, check_param, is_int, is_number, register
 
 #: s_end when a fractional ``end`` is given but the planned number of steps is unknown (docs/methods.md, "CLTS")
 DEFAULT_END_STEPS = 50_000
@@ -103,11 +102,7 @@ class CLTS(TimestepSampler):
     ):
         super().__init__(process, total_steps)
         coordinate = DEFAULT_COORDINATE if coordinate is None else coordinate
-        if coordinate not in COORDINATES:
-            raise ValueError(
-                f"sampler parameter coordinate={coordinate!r} is invalid{suggest(coordinate, COORDINATES)}; "
-                f"allowed: {', '.join(COORDINATES)}"
-            )
+        check_choice("coordinate", coordinate, COORDINATES)
         check_param(
             "coordinate",
             coordinate,

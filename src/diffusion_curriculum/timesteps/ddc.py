@@ -18,9 +18,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import suggest
 from . import clusters as _clusters
-from .base import TimestepSampler, build_spec, check_param, global_mean, is_int, is_number, register
+from .base import (
+    TimestepSampler,
+    build_spec,
+    check_choice,
+    check_param,
+    global_mean,
+    is_int,
+    is_number,
+    register,
+)
 
 PACINGS = ("adaptive", "patience", "fixed")
 ORDERS = ("easy-to-hard", "anti")
@@ -30,14 +38,6 @@ DEFAULT_MAX_STEPS_PER_STAGE = 2000
 #: adaptive pacing's convergence window is at most this many steps, and at least _MIN_WINDOW
 DEFAULT_WINDOW = 200
 _MIN_WINDOW = 5
-
-
-def _name_check(name: str, value, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(
-            f"sampler parameter {name}={value!r} is invalid{suggest(value, allowed)}; "
-            f"allowed: {', '.join(allowed)}"
-        )
 
 
 def _optional_int(name: str, value, rest: str = "") -> None:
@@ -135,7 +135,7 @@ class DDC(TimestepSampler):
         check_param("clusters", clusters, is_int(clusters) and clusters >= 1, "an integer >= 1")
         if not isinstance(clustering, str):
             check_param("clustering", clustering, False, ", ".join(_clusters.KINDS))
-        _name_check("pacing", pacing, PACINGS)
+        check_choice("pacing", pacing, PACINGS)
         pace = self._pacing_params(
             pacing,
             curriculum_fraction=curriculum_fraction,
@@ -159,7 +159,7 @@ class DDC(TimestepSampler):
             pacing == "fixed" or steps_per_stage is None,
             f"None with pacing={pacing!r} (set pacing='fixed' to advance every steps_per_stage steps)",
         )
-        _name_check("order", order, ORDERS)
+        check_choice("order", order, ORDERS)
         check_param(
             "per_cluster_share", per_cluster_share, isinstance(per_cluster_share, bool), "true or false"
         )

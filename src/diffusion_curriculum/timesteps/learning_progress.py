@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from . import clusters as _clusters
-from .base import TimestepSampler, check_param, dist_info, is_int, is_number, register
+from .base import TimestepSampler, check_choice, check_param, dist_info, is_int, is_number, register
 
 PROGRESS = ("relative", "absolute")
 _U_EPS = 2.0**-60
@@ -88,7 +88,7 @@ class LearningProgress(TimestepSampler):
         check_param("fast_rate", fast_rate, fast_rate > slow_rate, f"a rate above slow_rate={slow_rate!r}")
         check_param("epsilon", epsilon, is_number(epsilon) and 0 <= epsilon <= 1, "a number in [0, 1]")
         check_param("temperature", temperature, is_number(temperature) and temperature > 0, "a number > 0")
-        check_param("progress", progress, progress in PROGRESS, ", ".join(PROGRESS))
+        check_choice("progress", progress, PROGRESS)
         check_param("unbias", unbias, isinstance(unbias, bool), "true or false")
         self.K = int(buckets)
         self.fast_rate, self.slow_rate = float(fast_rate), float(slow_rate)
