@@ -63,7 +63,7 @@ def test_compare_end_to_end_tiny(tmp_path):
         assert (out / f).is_file(), f
     assert json.loads((out / "results.json").read_text())["seeds"] == 2
     header = (out / "results.csv").read_text().splitlines()[0]
-    assert header.startswith("method,final_eval_loss_mean")
+    assert header.startswith("method,final_eval_loss_mean") and header.endswith(",machine_steps_per_s")
     # resumable: a second call reuses the finished runs (nothing retrained: metrics files unchanged)
     before = (out / "runs" / "uniform" / "seed0" / "metrics.jsonl").read_text()
     msgs = []
@@ -102,3 +102,24 @@ def test_empty_methods_is_refused_in_one_sentence(tmp_path, capsys):
         compare.split_methods(" , ")
     assert main(["compare", "--methods", "", "--out", str(tmp_path / "c")]) == 2
     assert "names no method" in capsys.readouterr().err
+
+
+def test_steps_per_s_is_labelled_as_machine_throughput():
+    """The steps/s column read as the method's cost (0.32 steps/s for clts on a shared core, issue 15)."""
+    res = {
+        "metric": "fd",
+        "baseline": "uniform",
+        "methods": {
+            "clts": {
+                "final_mean": 44.5,
+                "final_std": 0.0,
+                "speedup_mean": 1.2,
+                "speedup_per_seed": [1.2],
+                "reached": "1/1",
+                "steps_per_s": 0.32,
+            }
+        },
+    }
+    table = compare.format_table(res)
+    assert "| machine steps/s † |" in table.splitlines()[0]
+    assert table.endswith(compare.THROUGHPUT_NOTE) and "not what the method costs" in compare.THROUGHPUT_NOTE

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import config, runlog, sweep, timesteps, viz, weighting
+from . import config, launchers, runlog, sweep, timesteps, viz, weighting
 from .checks import atomic_write
 from .errors import ConfigError, suggest
 from .training import build_components
@@ -168,9 +168,20 @@ def compare(
     metric: str = "auto",
     baseline: str = "uniform",
     eval_samples: int | None = None,
+    threads: int | None = None,
+    launcher: launchers.Launcher | None = None,
+    summarize_only: bool = False,
+    progress_every: float = 30.0,
     log=None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Run every method × seed (resumably), then write ``results.csv``, ``results.json`` and plots into ``out``.
+
+    The runs are trained by :func:`diffusion_curriculum.sweep.run` through ``launcher`` (default: ``train``
+    subprocesses on this machine with ``threads`` CPU threads each, see :mod:`diffusion_curriculum.launchers`),
+    with a progress line per run every ``progress_every`` seconds. With ``summarize_only`` nothing is trained:
+    the tables are built from what is on disk, and each run that is missing or unfinished is named (and
+    marked in the results with an ``error``). A launcher that does not wait for its jobs (``slurm`` with
+    ``wait=False``) returns ``None`` once they are submitted: summarize later with ``summarize_only``.
 
     With ``eval_samples`` N the quality curves come from an offline evaluation of every kept checkpoint with N
     samples (:func:`diffusion_curriculum.evaluate.evaluate_run`, reused while newer than the run's newest
@@ -186,15 +197,29 @@ def compare(
         parsed.insert(0, parse_method(baseline))
     out = Path(out)
     plans, seed_of = _plan_runs(parsed, out, seeds, preset, config_file, list(overrides), steps)
-    out.mkdir(parents=True, exist_ok=True)
-    errors = sweep.run(
-        plans,
-        jobs=jobs,
-        say=say,
-        header=lambda total, done, n_jobs: (
-            f"compare: {total} runs ({done} already finished), {n_jobs} at a time"
-        ),
-    )
+    if summarize_only:
+        errors = on_disk(plans)
+        done = len(plans) - len(errors)
+        say(f"compare --summarize-only: {done} of {len(plans)} runs finished")
+        for label, err in errors.items():
+            say(f"  {label}: {err}")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        launcher = launcher or launchers.Processes(threads)
+        errors = sweep.run(
+            plans,
+            jobs=jobs,
+            say=say,
+            header=lambda total, done, n_jobs: (
+                f"compare: {total} runs ({done} already finished), {n_jobs} at a time"
+                + ("" if launcher.name == "processes" else f" ({launcher.name} jobs)")
+            ),
+            launcher=launcher,
+            folder=out / "jobs",
+            progress_every=progress_every,
+        )
+        if not launcher.waits:
+            return None
     failures = {seed_of[label]: err for label, err in errors.items()}
     return summarize(
         out,
@@ -206,6 +231,24 @@ def compare(
         eval_samples=eval_samples,
         log=say,
     )
+
+
+def on_disk(plans: list[sweep.RunPlan]) -> dict[str, str]:
+    """``{label: what is wrong}`` for each planned run that is not finished on disk: "missing" (no run
+    directory, or one without a run), or "unfinished (step N of M)" with N the newest checkpoint's step."""
+    out = {}
+    for p in plans:
+        if runlog.finished(p.run_dir, p.steps):
+            continue
+        step = runlog.newest_checkpoint_step(p.run_dir)
+        logged = [r["step"] for r in runlog.read_metrics(p.run_dir / "metrics.jsonl")]
+        if step is not None:
+            out[p.label] = f"unfinished (checkpoint at step {step} of {p.steps})"
+        elif logged:
+            out[p.label] = f"unfinished (logged up to step {max(logged)} of {p.steps}, no checkpoint yet)"
+        else:
+            out[p.label] = "missing (not trained yet)"
+    return out
 
 
 def _plan_runs(
@@ -234,7 +277,9 @@ def _plan_runs(
             label = f"{m.label} seed {seed}"
             run_overrides = (*shared, *m.overrides, f"seed={cfg['seed'] + seed}", "progress=false")
             run = out / "runs" / run_dir_name(m.label) / f"seed{seed}"
-            plans.append(sweep.RunPlan(label, run, cfg["steps"], src_preset, src_file, run_overrides))
+            named = any(o.split("=", 1)[0].strip() == "device" for o in run_overrides)
+            device = None if named else cfg["device"]  # a device the command line names is kept
+            plans.append(sweep.RunPlan(label, run, cfg["steps"], src_preset, src_file, run_overrides, device))
             seed_of[label] = (m.label, seed)
     return plans, seed_of
 
@@ -337,7 +382,7 @@ def _write_csv(path: Path, results: dict) -> None:
                 "speedup_mean",
                 "speedup_per_seed",
                 "reached",
-                "steps_per_s",
+                "machine_steps_per_s",  # throughput of the machine the run shared, not a cost (THROUGHPUT_NOTE)
             ]
         )
         for lab, r in results["methods"].items():
@@ -357,11 +402,20 @@ def _write_csv(path: Path, results: dict) -> None:
             )
 
 
+#: what the steps/s column measures, printed under the table
+THROUGHPUT_NOTE = (
+    "† machine steps/s: each run's wall-clock training throughput on the machine it ran on, while it shared "
+    "that machine with the other runs of this comparison; it measures the machine and the load on it, not "
+    "what the method costs (compare costs with one run at a time, e.g. benchmarks/sampler_overhead.py)."
+)
+
+
 def format_table(results: dict) -> str:
-    """A Markdown table of the results (what BENCHMARKS.md shows)."""
+    """A Markdown table of the results (what BENCHMARKS.md shows), with :data:`THROUGHPUT_NOTE` under it."""
     k = results["metric"]
     rows = [
-        f"| method | final {k} (mean ± std) | speed-up vs {results['baseline']} (mean) | per seed | steps/s |",
+        f"| method | final {k} (mean ± std) | speed-up vs {results['baseline']} (mean) | per seed "
+        "| machine steps/s † |",
         "|---|---|---|---|---|",
     ]
     for lab, r in results["methods"].items():
@@ -370,4 +424,4 @@ def format_table(results: dict) -> str:
         sp = f"{sp:.2f}×" if isinstance(sp, float) else str(sp)
         per = ", ".join(f"{u:.2f}" if isinstance(u, float) else str(u) for u in r["speedup_per_seed"])
         rows.append(f"| {lab} | {fm} | {sp} ({r['reached']} reached) | {per} | {_fmt(r['steps_per_s'], 3)} |")
-    return "\n".join(rows)
+    return "\n".join(rows) + "\n\n" + THROUGHPUT_NOTE

@@ -9,9 +9,9 @@ import json
 import os
 from pathlib import Path
 
-from .training.rundir import SUMMARY, read_metrics
+from .training.rundir import CHECKPOINTS, SUMMARY, read_metrics
 
-__all__ = ["finished", "read_metrics", "read_summary"]
+__all__ = ["finished", "newest_checkpoint_step", "read_metrics", "read_summary"]
 
 
 def read_summary(run: str | os.PathLike) -> dict:
@@ -26,3 +26,11 @@ def read_summary(run: str | os.PathLike) -> dict:
 def finished(run: str | os.PathLike, steps: int) -> bool:
     """Whether the run's summary reports exactly ``steps`` steps (a finished run of that length)."""
     return read_summary(run).get("steps") == steps
+
+
+def newest_checkpoint_step(run: str | os.PathLike) -> int | None:
+    """The step of the run's newest checkpoint directory (``checkpoints/step_N``), or ``None`` when it has none."""
+    from .checkpoint import list_checkpoints
+
+    ckpts = list_checkpoints(Path(run) / CHECKPOINTS)
+    return int(ckpts[0].name.rsplit("_", 1)[1]) if ckpts else None

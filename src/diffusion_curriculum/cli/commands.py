@@ -137,13 +137,29 @@ def _runs_of(args) -> dict:
 
 
 def cmd_compare(args) -> int:
-    """``compare``: train every method × seed side by side and print the speed-up table (exit 1 if a run failed)."""
-    from .. import compare
+    """``compare``: train every method × seed side by side (or, with ``--summarize-only``, read them from disk)
+    and print the speed-up table; exit 1 if a run failed or is missing or unfinished. With ``--launcher slurm
+    --no-wait`` it submits the jobs, prints the command that builds the table later and exits 0."""
+    from .. import compare, launchers
 
     methods = compare.split_methods(args.methods)
     runs = _runs_of(args)
     if args.eval_samples is not None and args.eval_samples < 2:
         raise ConfigError(f"--eval-samples {args.eval_samples} is invalid; allowed: an integer >= 2")
+    if args.progress_every < 0:
+        raise ConfigError(f"--progress-every {args.progress_every:g} is invalid; allowed: seconds >= 0")
+    launcher = None
+    if not args.summarize_only:
+        launcher = launchers.make(
+            args.launcher,
+            threads=args.threads,
+            partition=args.slurm_partition,
+            gpus_per_run=args.slurm_gpus_per_run,
+            time=args.slurm_time,
+            extra=args.slurm_extra,
+            wait=not args.no_wait,
+        )
+        launcher.summarize_hint = summarize_command(args.argv)
     res = compare.compare(
         methods,
         out=args.out,
@@ -152,14 +168,49 @@ def cmd_compare(args) -> int:
         metric=args.metric,
         baseline=args.baseline,
         eval_samples=args.eval_samples,
+        launcher=launcher,
+        summarize_only=args.summarize_only,
+        progress_every=args.progress_every,
         **runs,
     )
+    if res is None:  # submitted, not waited for
+        print(f"jobs submitted; when they have finished, build the tables with:\n  {launcher.summarize_hint}")
+        return 0
     print(compare.format_table(res))
     failed = [lab for lab, r in res["methods"].items() if any("error" in e for e in r["per_seed"])]
+    if failed and args.summarize_only:
+        print(
+            f"error: some runs are missing or unfinished ({', '.join(failed)}); train them with the same "
+            "command without --summarize-only, or wait for their jobs",
+            file=sys.stderr,
+        )
+        return 1
     if failed:
         print(f"error: some runs failed ({', '.join(failed)}); see their train.log", file=sys.stderr)
         return 1
     return 0
+
+
+#: compare options that choose where and how fast runs train, and take a value: not part of a summary
+_LAUNCH_OPTIONS = ("--launcher", "--slurm-partition", "--slurm-gpus-per-run", "--slurm-time", "--slurm-extra")
+_LAUNCH_OPTIONS += ("--jobs", "--threads", "--progress-every")
+
+
+def summarize_command(argv: list[str]) -> str:
+    """The ``compare --summarize-only`` command line that builds the tables of the comparison ``argv`` (a
+    ``compare`` command line) describes: the same methods, seeds, output and settings, without the options
+    that only say where and how the runs train."""
+    import shlex
+
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in _LAUNCH_OPTIONS:
+            skip = True
+        elif a.split("=", 1)[0] not in (*_LAUNCH_OPTIONS, "--no-wait", "--summarize-only"):
+            kept.append(a)
+    return shlex.join(["diffusion-curriculum", *kept, "--summarize-only"])
 
 
 def cmd_evaluate(args) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .. import __version__
 
@@ -90,7 +91,52 @@ def _add_compare(sub) -> None:
         "of the runs' own evaluations",
     )
     c.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
+    c.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads per run (default: an exported OMP_NUM_THREADS/MKL_NUM_THREADS, else cores / jobs)",
+    )
+    c.add_argument(
+        "--progress-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a progress line per running run this often (default 30; 0: none)",
+    )
+    c.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="train nothing: build the tables from the runs on disk and name those missing or unfinished",
+    )
+    _add_launcher_args(c)
     _add_config_args(c)
+
+
+def _add_launcher_args(c: argparse.ArgumentParser) -> None:
+    """``compare``'s launcher options: where the runs train (this machine or a Slurm cluster)."""
+    c.add_argument(
+        "--launcher",
+        default="processes",
+        help="where runs train: processes (default: subprocesses here, one per GPU on a multi-GPU machine), "
+        "submitit-local (submitit jobs here) or slurm (submitit jobs on a Slurm cluster)",
+    )
+    c.add_argument("--slurm-partition", help="slurm: the partition (default: the cluster's default)")
+    c.add_argument("--slurm-gpus-per-run", type=int, help="slurm: GPUs per run, 0 or 1 (default 1)")
+    c.add_argument(
+        "--slurm-time", help="slurm: each job's time limit, minutes or [D-]HH:MM:SS (default 24:00:00)"
+    )
+    c.add_argument(
+        "--slurm-extra",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="slurm: another SlurmExecutor parameter (repeatable), e.g. cpus_per_task=8 account=proj mem=32G",
+    )
+    c.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="slurm: submit the jobs and return; summarize later with --summarize-only",
+    )
 
 
 def _add_evaluate(sub) -> None:
@@ -168,4 +214,5 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if extra:
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
     args.print_help = ap.print_help
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
