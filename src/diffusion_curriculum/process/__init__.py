@@ -29,10 +29,20 @@ import torch
 from torch import Tensor
 
 from ..checks import check_params, is_int, is_number, unknown
-from .common import PREDICTIONS, Prediction, ProcessError, _bcast, _check_prediction, _eps_or_x0_target
+from .common import (
+    KINDS,
+    PREDICTIONS,
+    Prediction,
+    ProcessError,
+    _bcast,
+    _check_prediction,
+    _eps_or_x0_target,
+    kind_of,
+)
 from .flow import FlowProcess
 
 __all__ = [
+    "KINDS",
     "PREDICTIONS",
     "DiscreteProcess",
     "EDMProcess",
@@ -41,6 +51,7 @@ __all__ = [
     "Process",
     "ProcessError",
     "build",
+    "kind_of",
 ]
 
 

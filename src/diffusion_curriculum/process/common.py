@@ -28,3 +28,16 @@ def _eps_or_x0_target(x0: Tensor, noise: Tensor, prediction: str) -> Tensor:
 def _bcast(v: Tensor, like: Tensor) -> Tensor:
     """Reshape a per-sample vector [B] so it broadcasts over a batch shaped like ``like`` ([B, ...])."""
     return v.reshape(v.shape[0], *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+#: the kinds of process: a discrete VP process, EDM's σ ("continuous", the library's first continuous process), flow
+KINDS = ("discrete", "continuous", "flow")
+
+
+def kind_of(process) -> str:
+    """A process's kind (:data:`KINDS`): its ``kind`` attribute, or for a process-like object without one
+    ``continuous`` (EDM's σ) when it says ``continuous = True`` and ``discrete`` otherwise."""
+    kind = getattr(process, "kind", None)
+    if kind is None:
+        kind = "continuous" if getattr(process, "continuous", False) else "discrete"
+    return kind
