@@ -142,3 +142,10 @@ def test_compare_runs_on_flow(tmp_path):
     assert res["methods"]["uniform"]["speedup_per_seed"] == [pytest.approx(1.0)]
     cfg = config.load_yaml(out / "runs" / "logit-normal" / "seed0" / "config.yaml")
     assert cfg["process"]["name"] == "flow" and cfg["sampler"]["name"] == "logit-normal"
+
+
+def test_analyses_that_need_a_vp_or_edm_grid_refuse_flow_in_one_sentence(tmp_path):
+    from diffusion_curriculum.analysis import entropy
+
+    with pytest.raises(ConfigError, match="analyze entropy needs a discrete or EDM process"):
+        entropy.run(config.resolve("digits-flow"), tmp_path / "e")
