@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from diffusion_curriculum import optim, timesteps, weighting
-from diffusion_curriculum.process import DiscreteProcess, EDMProcess
+from diffusion_curriculum.process import DiscreteProcess, EDMProcess, FlowProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -60,6 +60,21 @@ def test_diffusers_example_runs():
     )
     check_done(out, 4)
     assert "'stage': 2" in out or "'stage': 3" in out  # a 1-step cap advances the curriculum every step
+
+
+@pytest.mark.parametrize(
+    ("sampler", "weighting_name", "shift"), [("logit-normal", "cosmap", "3.0"), ("ddc", "none", "1.0")]
+)
+def test_flow_matching_example_runs(sampler, weighting_name, shift):
+    pytest.importorskip("diffusers")
+    out = run_example(
+        "flow_matching_loop.py",
+        *("--steps", "4", "--batch-size", "8", "--channels", "4", "--log-every", "2", "--sample-steps", "3"),
+        *("--sampler", sampler, "--weighting", weighting_name, "--shift", shift),
+    )
+    check_done(out, 4)
+    m = re.search(r"^generated 16 samples, mean (\S+), std (\S+)$", out, re.MULTILINE)
+    assert m and math.isfinite(float(m.group(1))) and float(m.group(2)) > 0
 
 
 def test_accelerate_example_resumes_exactly(tmp_path):
@@ -199,9 +214,11 @@ def _same(a, b) -> bool:
     return a == b
 
 
-SAMPLER_CASES = [(n, "discrete") for n in timesteps.names()] + [
-    (n, "continuous") for n in timesteps.names() if "continuous" in timesteps.REGISTRY[n].supports
-]
+SAMPLER_CASES = (
+    [(n, "discrete") for n in timesteps.names()]
+    + [(n, "continuous") for n in timesteps.names() if "continuous" in timesteps.REGISTRY[n].supports]
+    + [(n, "flow") for n in timesteps.names() if "flow" in timesteps.REGISTRY[n].supports]
+)
 
 
 @pytest.mark.parametrize(("name", "kind"), SAMPLER_CASES)
@@ -210,8 +227,14 @@ def test_every_sampler_is_an_accelerate_custom_object(tmp_path, name, kind, fres
     continues identically; the saved file also loads with ``weights_only=True`` (plain values only)."""
     from accelerate import Accelerator
 
-    process = DiscreteProcess.linear(T=100) if kind == "discrete" else EDMProcess()
+    process = {
+        "discrete": DiscreteProcess.linear(T=100),
+        "continuous": EDMProcess(),
+        "flow": FlowProcess(shift=3),
+    }[kind]
     params = {"history": 2} if name == "loss-second-moment" else {}
+    if name == "loss-second-moment" and kind == "flow":
+        params["buckets"] = 8
     sampler = timesteps.build(name, process, total_steps=40, **params)
     g = torch.Generator().manual_seed(1)
     for _ in range(20):  # enough for importance histories to fill

@@ -275,6 +275,8 @@ def test_every_weighting_is_a_module_with_one_weighted_call():
     x = torch.tensor([0.5, 1.0, 2.0, 3.0])
     s = torch.tensor([1.0, 2.0, 0.5, 1.5])
     for name in weighting.REGISTRY:
+        if name in ("cosmap", "sigma_sqrt"):  # flow-only: tested in test_flow_weighting.py
+            continue
         w = weighting.build(name, p, "eps")
         assert isinstance(w, torch.nn.Module) and isinstance(w, weighting.Weighting)
         if name == "edm2-uncertainty":

@@ -139,7 +139,7 @@ SCHEMA: dict[str, Any] = {
     "ema": {"decay": _float(0, 1), "warmup": _float(1, 1e9)},
     "eval": {
         "samples": _int(1, 10**6),
-        "method": _choice("auto", "ddpm", "ddim", "heun"),
+        "method": _choice("auto", "ddpm", "ddim", "heun", "flow-euler", "flow-heun"),
         "steps": _int(1, 10**5),
         "eta": _float(0, 1),
         "seed": _int(0, 2**63 - 1),

@@ -1,4 +1,5 @@
-"""Image generation from a trained network: DDPM ancestral sampling, DDIM, and EDM's Heun sampler.
+"""Image generation from a trained network: DDPM ancestral sampling, DDIM, EDM's Heun sampler, and the Euler /
+Heun ODE samplers of a flow process.
 
 (Named apart from *timestep* sampling, which lives in :mod:`diffusion_curriculum.timesteps`.)
 
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .checks import check_value, is_int, is_number
-from .process import DiscreteProcess, EDMProcess
+from .process import DiscreteProcess, EDMProcess, FlowProcess, kind_of
 
 __all__ = [
     "AUTO",
@@ -34,6 +35,9 @@ __all__ = [
     "ddpm",
     "edm_heun",
     "edm_sigmas",
+    "flow_euler",
+    "flow_heun",
+    "method_for",
     "sample",
 ]
 
@@ -284,6 +288,80 @@ def edm_heun(
 
 
 # ------------------------------------------------------------------------------------------------------
+# flow ODE (Euler, Heun)
+# ------------------------------------------------------------------------------------------------------
+def _flow_ode(model, process: FlowProcess, shape, *, steps, prediction, generator, device, noise, heun: bool):
+    if kind_of(process) != "flow":
+        raise ValueError(f"flow_euler / flow_heun need a FlowProcess, got {process!r}; use method='auto'")
+    check_value("steps", steps, is_int(steps) and steps >= 1, "a positive integer")
+    device = torch.device(device)
+    shape = tuple(shape)
+    grid = process.grid(steps).tolist()  # unshifted t: what the process (and the network) is given
+    levels = process.shifted_grid(steps).tolist()  # t' = shift(t): what x moves through
+    n = shape[0]
+
+    def velocity(x: Tensor, u: float) -> Tensor:
+        u_batch = torch.full((n,), u, dtype=torch.float64, device=device)
+        out = model(*process.model_input(x.float(), u_batch))
+        return process.predict_v(out.double(), x, u_batch, prediction)
+
+    x = _initial_noise(noise, shape, generator, device).double()  # x at t' = 1 is pure noise
+    for i in range(steps):
+        dt = levels[i + 1] - levels[i]
+        d = velocity(x, grid[i])
+        x_next = x + dt * d
+        if heun and levels[i + 1] > 0:
+            x_next = x + dt * 0.5 * (d + velocity(x_next, grid[i + 1]))
+        x = x_next
+    return x.float()
+
+
+@torch.no_grad()
+def flow_euler(
+    model,
+    process: FlowProcess,
+    shape: tuple[int, ...],
+    *,
+    steps: int = 50,
+    prediction: str = "v",
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+    noise: Tensor | None = None,
+) -> Tensor:
+    """Euler integration of the flow ODE dx/dt' = v(x, t') from t' = 1 (pure noise) to 0 (Liu et al. 2023, §2.1;
+    the step of diffusers' ``FlowMatchEulerDiscreteScheduler``): x ← x + (t'_{i+1} − t'_i)·v̂(x, t_i) over the grid
+    t'_i = shift(t_i) of :meth:`FlowProcess.shifted_grid` (evenly spaced t from 1, shifted; last t' = 0).
+
+    v̂ = ``process.predict_v(model(*process.model_input(x, t_i)), x, t_i, prediction)``, so ε and x0 networks work
+    too. The loop runs in float64; the network sees float32. Randomness: only the initial noise (unless ``noise``
+    is given) — the sampler is deterministic.
+    """
+    return _flow_ode(model, process, shape, steps=steps, prediction=prediction, generator=generator,
+                     device=device, noise=noise, heun=False)  # fmt: skip
+
+
+@torch.no_grad()
+def flow_heun(
+    model,
+    process: FlowProcess,
+    shape: tuple[int, ...],
+    *,
+    steps: int = 25,
+    prediction: str = "v",
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+    noise: Tensor | None = None,
+) -> Tensor:
+    """Heun's 2nd-order integration of the flow ODE on the grid of :func:`flow_euler` (the trapezoidal correction of
+    Karras et al. 2022, Algorithm 1, in t' instead of σ): x̃ = x + Δt'·v̂(x, t_i), then
+    x ← x + Δt'·(v̂(x, t_i) + v̂(x̃, t_{i+1}))/2, except on the last step to t' = 0, which is plain Euler. Two network
+    evaluations per step but the last; deterministic after the initial noise.
+    """
+    return _flow_ode(model, process, shape, steps=steps, prediction=prediction, generator=generator,
+                     device=device, noise=noise, heun=True)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------
 # dispatcher
 # ------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -291,43 +369,55 @@ class Method:
     """A generation method :func:`sample` dispatches to by name.
 
     ``fn(model, process, shape, prediction=, generator=, device=, **options)`` makes one chunk of samples;
-    ``continuous`` says which process it needs (True: an :class:`EDMProcess`); ``default_steps`` is its step
+    ``process`` is the kind of process it needs (``discrete``, ``continuous`` — an :class:`EDMProcess` — or
+    ``flow``, see :func:`~diffusion_curriculum.process.kind_of`); ``default_steps`` is its step
     count when the caller gives none (``None``: it takes no ``steps`` — DDPM walks all T); ``options`` are the
     further keywords of :func:`sample` it takes (``eta``, ``clip_x0``).
     """
 
     fn: Callable[..., Tensor]
-    continuous: bool
+    process: str
     default_steps: int | None
     options: tuple[str, ...] = ()
 
 
 #: The generation methods by name; a new one is its function above and one entry here.
 GENERATORS: dict[str, Method] = {
-    "ddpm": Method(ddpm, continuous=False, default_steps=None, options=("clip_x0",)),
-    "ddim": Method(ddim, continuous=False, default_steps=50, options=("eta", "clip_x0")),
-    "heun": Method(edm_heun, continuous=True, default_steps=18),
+    "ddpm": Method(ddpm, process="discrete", default_steps=None, options=("clip_x0",)),
+    "ddim": Method(ddim, process="discrete", default_steps=50, options=("eta", "clip_x0")),
+    "heun": Method(edm_heun, process="continuous", default_steps=18),
+    "flow-euler": Method(flow_euler, process="flow", default_steps=50),
+    "flow-heun": Method(flow_heun, process="flow", default_steps=25),
 }
 #: ``auto`` (chosen by the process, see :data:`AUTO`) and every name of :data:`GENERATORS`.
 METHODS = ("auto", *GENERATORS)
-#: What ``method="auto"`` picks for a discrete (``False``) and a continuous (``True``) process.
-AUTO = {False: "ddim", True: "heun"}
+#: What ``method="auto"`` picks for each process kind.
+AUTO = {"discrete": "ddim", "continuous": "heun", "flow": "flow-euler"}
+_KIND_NAMES = {"discrete": "a DiscreteProcess", "continuous": "an EDMProcess", "flow": "a FlowProcess"}
 
 
 def _resolve_method(method: str, process, steps, eta) -> tuple[str, Method]:
     """Resolve ``auto``; check that the method fits the process and that ``steps`` / ``eta`` apply to it."""
-    continuous = bool(getattr(process, "continuous", False))
-    method = AUTO[continuous] if method == "auto" else method
+    kind = kind_of(process)
+    method = AUTO[kind] if method == "auto" else method
     spec = GENERATORS[method]
-    if spec.continuous != continuous:
-        fits = dict.fromkeys(
-            [AUTO[continuous], *(m for m, g in GENERATORS.items() if g.continuous == continuous)]
-        )
-        kinds = ("an EDMProcess", "a DiscreteProcess")
-        needs, other = kinds if spec.continuous else kinds[::-1]
+    if spec.process != kind:
+        fits = dict.fromkeys([AUTO[kind], *(m for m, g in GENERATORS.items() if g.process == kind)])
         alternatives = " or ".join(repr(m) for m in fits)
-        raise ValueError(f"method={method!r} needs {needs}; use method={alternatives} for {other}")
+        raise ValueError(
+            f"method={method!r} needs {_KIND_NAMES[spec.process]}; use method={alternatives} for "
+            f"{_KIND_NAMES[kind]}"
+        )
     return method, spec
+
+
+def method_for(process, method: str = "auto") -> str:
+    """The generation method ``method`` names for ``process`` (``auto`` resolved by :data:`AUTO`); a
+    ``ValueError`` in one sentence when it is unknown or does not fit the process (what the trainer checks before a
+    run starts)."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not known; allowed: {', '.join(METHODS)}")
+    return _resolve_method(method, process, None, 0.0)[0]
 
 
 def sample(
@@ -347,9 +437,10 @@ def sample(
 ) -> Tensor:
     """Generate ``n`` samples of shape ``data_shape`` (returned as ``[n, *data_shape]`` on ``device``).
 
-    ``method``: ``"auto"`` (Heun for an :class:`EDMProcess`, DDIM for a :class:`DiscreteProcess`), ``"ddpm"``
-    (all T steps; ``steps`` must be None or T), ``"ddim"`` (default 50 steps, ``eta``) or ``"heun"`` (default
-    18 steps); see :data:`GENERATORS`. ``prediction`` defaults to "v" for EDM and "eps" for discrete processes.
+    ``method``: ``"auto"`` (Heun for an :class:`EDMProcess`, DDIM for a :class:`DiscreteProcess`, flow Euler for
+    a :class:`FlowProcess`), ``"ddpm"`` (all T steps; ``steps`` must be None or T), ``"ddim"`` (default 50 steps,
+    ``eta``), ``"heun"`` (default 18 steps), ``"flow-euler"`` (default 50) or ``"flow-heun"`` (default 25); see
+    :data:`GENERATORS`. ``prediction`` defaults to "v" for EDM and flow and "eps" for discrete processes.
     Noise comes from a CPU ``torch.Generator`` seeded with ``seed`` and is moved to ``device``; the samples are
     made in chunks of ``batch_size``, one after the other from the same generator, so a result depends on
     (seed, batch_size) and not on the device's RNG. The model is put in eval mode during sampling and its mode

@@ -8,7 +8,8 @@ gives the weighted per-sample loss — ``w(t)·per_sample`` for the fixed weight
     loss = (draw.weight * w.weighted(draw.t, per_sample)).mean()
 
 Names: ``none``, ``min-snr``, ``soft-min-snr``, ``p2``, ``edm``, ``speed`` (docs/methods.md, "Loss weightings"),
-and ``edm2-uncertainty`` (learned: :class:`Uncertainty`).
+``cosmap`` and ``sigma_sqrt`` (SD3's flow-matching weightings, named as diffusers names them), and
+``edm2-uncertainty`` (learned: :class:`Uncertainty`).
 
 One idea keeps every weighting consistent across prediction types: a weighting is first defined as a weight
 λ_x0 on the *clean-sample* error ‖x̂0 − x0‖², and :func:`x0_to` turns it into the weight on the error of the
@@ -17,11 +18,13 @@ the prediction type. The conversion factors follow from the process (derivation 
 
 * ``"eps"``: ‖ε̂ − ε‖² = SNR·‖x̂0 − x0‖² (discrete VP and EDM alike, SNR = ᾱ/(1 − ᾱ) or 1/σ²);
 * ``"v"``: ‖v̂ − v‖² = (SNR + 1)·‖x̂0 − x0‖² (discrete VP); on an EDM process "v" is the F-target and
-  ‖F̂ − F‖² = ‖x̂0 − x0‖²/c_out² = (SNR + 1/σ_d²)·‖x̂0 − x0‖² (σ_d = ``sigma_data``);
+  ‖F̂ − F‖² = ‖x̂0 − x0‖²/c_out² = (SNR + 1/σ_d²)·‖x̂0 − x0‖² (σ_d = ``sigma_data``); on a flow process "v" is
+  the velocity ε − x0 and ‖v̂ − v‖² = ‖x̂0 − x0‖²/t'² = (1 + √SNR)²·‖x̂0 − x0‖²;
 * ``"x0"``: the clean-sample error itself.
 
-All weights are computed in float64 (from the process's float64 ᾱ table, or from σ) and cast to float32 at the
-end; discrete weightings are tabulated once over t ∈ {0, …, T−1} and gathered per batch.
+All weights are computed in float64 (from the process's float64 ᾱ table, from σ, or from a flow process's SNR)
+and cast to float32 at the end; discrete weightings are tabulated once over t ∈ {0, …, T−1} and gathered per
+batch.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .checks import check_params, checker, is_int, is_number, suggest, unknown
-from .process import PREDICTIONS
+from .process import PREDICTIONS, kind_of
 
 WeightFn = Callable[[Tensor], Tensor]
 REGISTRY: dict[str, Callable[..., WeightFn]] = {}
@@ -86,9 +89,12 @@ def register(name: str):
 _check = checker("weighting.")
 
 
-def x0_to(prediction: str, lam_x0: Tensor, snr: Tensor, sigma_data: float = 1.0) -> Tensor:
+def x0_to(
+    prediction: str, lam_x0: Tensor, snr: Tensor, sigma_data: float = 1.0, v_factor: Tensor | None = None
+) -> Tensor:
     """Convert a weight ``lam_x0`` on the clean-sample error ‖x̂0 − x0‖² into the weight on the error of the
-    ``prediction`` target that gives the *same* weighted loss: ε → λ/SNR, v → λ/(SNR + 1/σ_d²), x0 → λ.
+    ``prediction`` target that gives the *same* weighted loss: ε → λ/SNR, v → λ/(SNR + 1/σ_d²) (or λ/``v_factor``
+    when given), x0 → λ.
 
     Derivation for the variance-preserving process x_t = a·x0 + s·ε (a = √ᾱ, s = √(1−ᾱ), a² + s² = 1,
     SNR = a²/s²). For a fixed x_t, an estimate x̂0 implies ε̂ = (x_t − a·x̂0)/s, so ε̂ − ε = −(a/s)(x̂0 − x0) and
@@ -105,13 +111,18 @@ def x0_to(prediction: str, lam_x0: Tensor, snr: Tensor, sigma_data: float = 1.0)
     For the EDM process x = x0 + σ n (SNR = 1/σ²) the ε-factor is the same (n̂ − n = −(x̂0 − x0)/σ), and "v" is
     EDM's F-target with D = c_skip·x + c_out·F, so ‖F̂ − F‖² = ‖x̂0 − x0‖²/c_out² and
     1/c_out² = (σ² + σ_d²)/(σ σ_d)² = SNR + 1/σ_d². Pass ``sigma_data`` = σ_d there; the default 1 is the VP case.
+
+    For the flow process x_t = (1 − t')x0 + t'ε (SNR = ((1 − t')/t')²) with the velocity v = ε − x0: for a fixed
+    x_t, x0 = x_t − t'·v, so x̂0 − x0 = −t'(v̂ − v) and ‖v̂ − v‖² = ‖x̂0 − x0‖²/t'²; since √SNR = 1/t' − 1 this is
+    (1 + √SNR)²·‖x̂0 − x0‖² — pass ``v_factor`` = (1 + √SNR)² (what the weightings here do on a flow process). The
+    ε-factor is SNR again (x̂0 − x0 = −t'/(1 − t')·(ε̂ − ε)).
     """
     if prediction == "x0":
         return lam_x0
     if prediction == "eps":
         return lam_x0 / snr
     if prediction == "v":
-        return lam_x0 / (snr + 1.0 / sigma_data**2)
+        return lam_x0 / (snr + 1.0 / sigma_data**2 if v_factor is None else v_factor)
     raise ValueError(
         f"prediction={prediction!r} is not known{suggest(prediction, PREDICTIONS)}; allowed: eps, v, x0"
     )
@@ -121,24 +132,50 @@ def _float_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 
 
-def _v_sigma_data(process) -> float:
-    """σ_d in the v-conversion factor: the EDM F-target uses the process's σ_data; VP v-prediction uses 1."""
-    return float(process.sigma_data) if process.continuous else 1.0
+def _v_factor(process, snr: Tensor) -> Tensor:
+    """‖v̂ − v‖² / ‖x̂0 − x0‖² on ``process`` (see :func:`x0_to`): SNR + 1 (VP), SNR + 1/σ_d² (EDM's F-target),
+    (1 + √SNR)² = 1/t'² (flow velocity)."""
+    kind = kind_of(process)
+    if kind == "flow":
+        return (1.0 + snr.sqrt()).pow(2)
+    return snr + (1.0 / float(process.sigma_data) ** 2 if kind == "continuous" else 1.0)
 
 
 def _from_x0(process, prediction: str, lam_x0: Callable[[Tensor], Tensor]) -> WeightFn:
     """A weighting from an x0-space weight ``lam_x0(snr)`` (float64 in, float64 out), converted by :func:`x0_to`."""
-    v_sd = _v_sigma_data(process)
 
     def convert(snr: Tensor) -> Tensor:
-        return x0_to(prediction, lam_x0(snr), snr, v_sd)
+        return x0_to(prediction, lam_x0(snr), snr, v_factor=_v_factor(process, snr))
+
+    return _tabulate(process, convert)
+
+
+def _from_v(process, prediction: str, w_v: Callable[[Tensor], Tensor]) -> WeightFn:
+    """A weighting defined on the error of a flow process's velocity target, ``w_v(t')`` of the noise level t'
+    (float64), exactly that for ``"v"`` and converted for ε / x0 so the weighted loss is the same (λ_x0 = w_v/t'²,
+    then :func:`x0_to`)."""
+
+    def convert(snr: Tensor) -> Tensor:
+        tp = 1.0 / (1.0 + snr.sqrt())  # √SNR = (1 − t')/t'
+        if prediction == "v":
+            return w_v(tp)
+        return x0_to(prediction, w_v(tp) / tp.pow(2), snr)
 
     return _tabulate(process, convert)
 
 
 def _tabulate(process, of_snr: Callable[[Tensor], Tensor]) -> WeightFn:
     """Evaluate ``of_snr`` (float64 SNR → weight): once over the whole table for a discrete process (gathered by
-    ``t``), per call from σ for an EDM process. The result is float32 on ``t``'s device."""
+    ``t``), per call from σ for an EDM process and from t for a flow process. The result is float32 on ``t``'s
+    device."""
+    if kind_of(process) == "flow":
+
+        def w_flow(t: Tensor) -> Tensor:
+            if not t.is_floating_point():
+                raise ValueError(f"a flow process weighting needs float times t, got dtype {t.dtype}")
+            return of_snr(process.snr(t.to(torch.float64))).to(torch.float32).reshape(t.shape[0])
+
+        return w_flow
     if process.continuous:
 
         def w_cont(t: Tensor) -> Tensor:
@@ -202,10 +239,10 @@ def soft_min_snr(process, prediction: str, gamma: float | None = None) -> Weight
     On an EDM process with SNR = 1/σ² and ``gamma=None`` → γ = 1/σ_d², this is exactly the paper's weighting:
     λ_x0 = 1/(σ² + σ_d²), which on the F-target is (σ σ_d)²/(σ² + σ_d²)² (the form written on EDM's F-loss).
     [reconstruction] For a discrete process ``gamma=None`` → 5 (Min-SNR's γ): the project's documented choice,
-    not a number from the paper.
+    not a number from the paper; a flow process also takes γ = 5 (its data, like a discrete process's, in [−1, 1]).
     """
     if gamma is None:
-        gamma = 1.0 / process.sigma_data**2 if process.continuous else 5.0
+        gamma = 1.0 / process.sigma_data**2 if kind_of(process) == "continuous" else 5.0
     _check("gamma", gamma, is_number(gamma) and gamma > 0, "a finite number > 0, or null for the default")
     g = float(gamma)
     return _from_x0(process, prediction, lambda snr: snr * g / (snr + g))
@@ -239,14 +276,17 @@ def edm(process, prediction: str, sigma_data: float | None = None) -> WeightFn:
       its weighted loss, so the trainer's plain MSE needs no extra factor;
     * ``"v"`` on a discrete (VP) process → (SNR + 1/σ_d²)/(SNR + 1).
 
-    A discrete process uses its equivalent noise level σ = √((1 − ᾱ)/ᾱ) (``process.sigma(t)``), i.e. SNR = 1/σ².
-    ``sigma_data=None`` → the EDM process's ``sigma_data``, or EDM's 0.5 for a discrete process (data in [−1, 1]).
+    A discrete process uses its equivalent noise level σ = √((1 − ᾱ)/ᾱ) (``process.sigma(t)``), i.e. SNR = 1/σ²,
+    and a flow process its σ = t'/(1 − t') (x_t/(1 − t') = x0 + σε), so "v" there is (SNR + 1/σ_d²)/(1 + √SNR)².
+    ``sigma_data=None`` → the EDM process's ``sigma_data``, or EDM's 0.5 for a discrete or flow process (data in
+    [−1, 1]).
     """
+    edm_process = kind_of(process) == "continuous"
     if sigma_data is None:
-        sigma_data = process.sigma_data if process.continuous else 0.5
+        sigma_data = process.sigma_data if edm_process else 0.5
     _check("sigma_data", sigma_data, is_number(sigma_data) and sigma_data > 0, "a finite number > 0")
     inv_sd2 = 1.0 / float(sigma_data) ** 2
-    if process.continuous and prediction == "v" and inv_sd2 == 1.0 / process.sigma_data**2:
+    if edm_process and prediction == "v" and inv_sd2 == 1.0 / process.sigma_data**2:
         # the identical expression in numerator and denominator: λ(σ)·c_out² is exactly 1 (no rounding)
         return none(process, prediction)
     return _from_x0(process, prediction, lambda snr: snr + inv_sd2)
@@ -261,6 +301,11 @@ def speed(process, prediction: str, tau: int | None = None, lam: float = 0.6) ->
     SpeeD defines w_t on the ε-prediction loss; for v and x0 it is converted so the weighted loss is unchanged
     (the project's documented choice): λ_x0 = w_t·SNR, then :func:`x0_to`.
     """
+    if kind_of(process) == "flow":
+        raise ValueError(
+            "weighting.name='speed' needs a discrete process (SpeeD weights integer timesteps t ∈ {0, …, T−1}); on "
+            "a flow process the speed sampler returns SpeeD's change-aware weights with its draw"
+        )
     if process.continuous:
         raise ValueError(
             "weighting.name='speed' needs a discrete process (SpeeD weights integer timesteps t ∈ {0, …, T−1}); "
@@ -283,6 +328,46 @@ def speed(process, prediction: str, tau: int | None = None, lam: float = 0.6) ->
     return _gather(table.to(torch.float32))
 
 
+def _flow_only(name: str, process) -> None:
+    if kind_of(process) != "flow":
+        raise ValueError(
+            f"weighting.name={name!r} needs a flow process (process.name=flow): it weights the rectified-flow time "
+            f"t', which {process!r} does not have"
+        )
+
+
+@register("cosmap")
+def cosmap(process, prediction: str) -> WeightFn:
+    """SD3's cosine-mapped weighting (Esser et al. 2024, "Scaling Rectified Flow Transformers", §3.1 "Cosine-Mapped
+    Timesteps", eqs. 21–22): w(t') = 2/(π(1 − 2t' + 2t'²)), the density of t' = 1 − 1/(tan(πu/2) + 1) for
+    uniform u, as a weight (diffusers: ``compute_loss_weighting_for_sd3("cosmap", sigmas)``, sigmas = t'). Flow processes
+    only.
+
+    It is defined on the error of the velocity target — the rectified-flow loss, on which weighting by a density
+    of t' equals drawing t' from it — so on ``"v"`` the weight is exactly w(t'), and on ε / x0 it is converted
+    so the weighted loss is the same (x0: w/t'², ε: w/(t'²·SNR)). (diffusers' SD3 script with its default
+    ``precondition_outputs=1`` multiplies its x0-error instead; the Flux scripts multiply the velocity error, as
+    here.)
+    """
+    _flow_only("cosmap", process)
+    return _from_v(process, prediction, lambda tp: 2.0 / (math.pi * (1.0 - 2.0 * tp + 2.0 * tp.pow(2))))
+
+
+@register("sigma_sqrt")
+def sigma_sqrt(process, prediction: str) -> WeightFn:
+    """diffusers' ``sigma_sqrt`` weighting of SD3 training (``compute_loss_weighting_for_sd3("sigma_sqrt",
+    sigmas)`` = σ⁻² with σ = t', the flow noise level; diffusers cites Esser et al. 2024 for its SD3 weightings,
+    but no equation there defines this one — the factor is diffusers' own, implemented as diffusers computes it):
+    w(t') = t'^{-2} on the error of the velocity target (so on x0 it is t'^{-4}, on ε t'^{-4}/SNR). Flow
+    processes only.
+
+    Note: diffusers' SD3 script with ``precondition_outputs=1`` applies σ⁻² to the x0-error, and since
+    ‖x̂0 − x0‖² = t'²·‖v̂ − v‖² that product is the plain velocity loss — the ``none`` weighting here.
+    """
+    _flow_only("sigma_sqrt", process)
+    return _from_v(process, prediction, lambda tp: tp.pow(-2))
+
+
 class Uncertainty(Weighting):
     """EDM2's learned uncertainty weighting (Karras et al. 2024, "Analyzing and Improving the Training Dynamics of
     Diffusion Models", arXiv 2312.02696, §5 "Loss weighting", eq. 21): the per-sample loss at noise level σ is
@@ -294,7 +379,7 @@ class Uncertainty(Weighting):
     fixed Fourier features cos(2π(f·c_noise + φ)), f ~ N(0, 1), φ ~ U[0, 1), of c_noise = ln(σ)/4 — trained
     with the model. For fixed L, the loss is smallest at e^{u(σ)} = λ(σ)·E[L(σ)], so at the optimum every noise
     level contributes equally: the per-level loss magnitudes are equalised automatically. A discrete process
-    uses its equivalent σ(t) = √((1 − ᾱ_t)/ᾱ_t).
+    uses its equivalent σ(t) = √((1 − ᾱ_t)/ᾱ_t), a flow process its σ(t) = t'/(1 − t').
 
     Choices of this library [reconstruction]: the layer starts at zero (u ≡ 0: training starts as the ``base``
     weighting) where EDM2 draws random magnitude-preserving weights, and the Fourier frequencies and phases
@@ -310,6 +395,8 @@ class Uncertainty(Weighting):
         _check("seed", seed, is_int(seed), "an integer")
         super().__init__(REGISTRY[base](process, prediction), "edm2-uncertainty")
         self.continuous = bool(process.continuous)
+        #: a flow process's σ(t) (None otherwise: EDM's t is σ, a discrete process has its table)
+        self._flow_sigma = process.sigma if kind_of(process) == "flow" else None
         g = torch.Generator().manual_seed(int(seed))
         self.register_buffer("freqs", torch.randn(channels, generator=g))
         self.register_buffer("phases", torch.rand(channels, generator=g))
@@ -321,7 +408,9 @@ class Uncertainty(Weighting):
         self.u_bias = torch.nn.Parameter(torch.zeros(1))
 
     def c_noise(self, t: Tensor) -> Tensor:
-        """c_noise = ln(σ)/4 at the noise levels ``t`` (σ itself for EDM, σ(t) for a discrete process)."""
+        """c_noise = ln(σ)/4 at the noise levels ``t`` (σ itself for EDM, σ(t) for a discrete or flow process)."""
+        if self._flow_sigma is not None:
+            return (self._flow_sigma(t).log() / 4).reshape(t.shape[0])
         if self.continuous:
             return (t.float().log() / 4).reshape(t.shape[0])
         return self.c_noise_table[t.long().reshape(t.shape[0])]

@@ -177,14 +177,16 @@ def per_bucket(
     trainer.hooks.append(rec)
     trainer.run()
     p = trainer.process
-    edges, _ = noise_levels.bucket_edges(p, intervals)
+    edges, unit = noise_levels.bucket_edges(p, intervals)
     rows, curves = [], {}
     for k in range(intervals):
         label = f"bucket{k}"
         curve = [(s, m[k]) for s, m in rec.curves if m[k] is not None]
         curves[label] = curve
-        if p.continuous:
+        if unit == "ln sigma":
             span = {"ln_sigma_lo": edges[k], "ln_sigma_hi": edges[k + 1]}
+        elif p.continuous:  # a flow process: buckets of t in (0, 1)
+            span = {"t_lo": edges[k], "t_hi": edges[k + 1]}
         else:
             span = {"t_lo": k * p.T // intervals, "t_hi": (k + 1) * p.T // intervals}
         rows.append({"interval": label, **span, **steps_to_fraction(curve, final_window=final_window)})

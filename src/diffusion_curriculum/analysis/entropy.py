@@ -228,10 +228,16 @@ def run(
     ``entropy.json`` and ``entropy.png`` into ``out``; return the JSON content."""
     from .. import data as data_mod
     from .. import process as process_mod
+    from ..errors import ConfigError
 
     out = Path(out)
     pc = dict(cfg["process"])
     proc = process_mod.build(pc.pop("name"), **pc)
+    if process_mod.kind_of(proc) == "flow":
+        raise ConfigError(
+            "analyze entropy needs a discrete or EDM process (its marginals are computed for x = a·x0 + s·ε on a "
+            "timestep or σ grid); process.name=flow is not supported"
+        )
     dc = dict(cfg["dataset"])
     dc.setdefault("seed", cfg["seed"])
     ds = data_mod.load(dc.pop("name"), **dc)

@@ -55,7 +55,9 @@ def _add_sample(sub) -> None:
     s.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     s.add_argument("--out", help="PNG file (default: <run>/samples/sample.png)")
     s.add_argument(
-        "--method", choices=["auto", "ddpm", "ddim", "heun"], help="generation method (default: the run's)"
+        "--method",
+        choices=["auto", "ddpm", "ddim", "heun", "flow-euler", "flow-heun"],
+        help="generation method (default: the run's)",
     )
     s.add_argument("--steps", type=int, help="generation steps (default: the run's eval.steps)")
     s.add_argument("--seed", type=int, default=0)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..checks import check_param, check_params, is_int, is_number, suggest, unknown
+from ..process import kind_of
 
 # the value checks every strategy file imports from here (their one home is :mod:`diffusion_curriculum.checks`)
 __all__ = [
@@ -41,7 +42,8 @@ __all__ = [
 class Draw:
     """One batch's noise levels and per-sample loss weights.
 
-    ``t``: ``Long`` timesteps for a discrete process, float σ for an EDM process; shape [B].
+    ``t``: ``Long`` timesteps for a discrete process, float σ for an EDM process, float t in (0, 1) for a flow
+    process (the unshifted time; the process applies its shift); shape [B].
     ``weight``: float32, shape [B]; 1 where the strategy does not reweight.
     """
 
@@ -88,11 +90,12 @@ class TimestepSampler:
     """
 
     name: ClassVar[str] = "base"
-    #: which processes the strategy supports: "discrete", "continuous" or both
+    #: which process kinds the strategy supports: "discrete", "continuous" (EDM's σ) and "flow"
+    #: (:class:`~diffusion_curriculum.process.FlowProcess`); a sampler that does not name a kind refuses it
     supports: ClassVar[tuple[str, ...]] = ("discrete", "continuous")
 
     def __init__(self, process, total_steps: int | None = None):
-        kind = "continuous" if getattr(process, "continuous", False) else "discrete"
+        kind = kind_of(process)
         if kind not in self.supports:
             raise ValueError(
                 f"sampler {self.name!r} does not support a {kind} process ({process!r}); "
@@ -105,6 +108,8 @@ class TimestepSampler:
             "a positive integer or None",
         )
         self.process = process
+        #: the process kind (``discrete``, ``continuous`` or ``flow``) the draws are made for
+        self.kind = kind
         self.total_steps = total_steps
         self.step = 0
 

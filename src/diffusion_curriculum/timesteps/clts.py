@@ -85,9 +85,16 @@ class CLTS(TimestepSampler):
     training log-normal (u → 1 is the noisiest, playing the role of t/T): with probability 1 − λ_s, u is
     uniform (which is the plain log-normal); otherwise u ~ N(μ, σ²) truncated to (0, 1), drawn by the inverse
     CDF; then ln σ = P_mean + P_std·Φ⁻¹(u).
+
+    Flow processes: every coordinate is a function c(t) of the time — ``t`` (t itself, μ and σ fractions of the
+    axis as on a discrete process), ``noise-rate`` (1/√(1 + SNR), the VP noise rate √(1 − ᾱ) of the same SNR, so
+    its defaults mean the same noise levels as on a VP process) or ``log-snr`` (2 ln((1 − t')/t')). With
+    probability 1 − λ_s, t is uniform; otherwise c ~ N(μ, σ²) truncated to c's range over [eps, 1 − eps] (inverse
+    CDF), mapped back to t (through the inverse shift). A Gaussian in c is a density in c, as on a discrete process.
     """
 
     name = "clts"
+    supports = ("discrete", "continuous", "flow")
 
     def __init__(
         self,
@@ -106,7 +113,7 @@ class CLTS(TimestepSampler):
         check_param(
             "coordinate",
             coordinate,
-            coordinate == "t" or not process.continuous,
+            coordinate == "t" or self.kind != "continuous",
             "'t' on an EDM process (CLTS works in the quantile coordinate of its training log-normal there)",
         )
         mu = DEFAULT_MU_SIGMA[coordinate][0] if mu is None else mu
@@ -143,8 +150,19 @@ class CLTS(TimestepSampler):
         )
         self._lam_cached: float | None = None
         self._p_cached: torch.Tensor | None = None
-        if not process.continuous:
+        if self.kind == "discrete":
             self._gauss = self._gaussian_mass()
+        elif self.kind == "flow":
+            ends = self._flow_c(torch.tensor([process.eps, 1 - process.eps], dtype=torch.float64))
+            lo, hi = sorted(ends.tolist())
+            n = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0)
+            self._cdf_lo = float(n.cdf(torch.tensor((lo - self.mu) / self.sigma, dtype=torch.float64)))
+            self._cdf_hi = float(n.cdf(torch.tensor((hi - self.mu) / self.sigma, dtype=torch.float64)))
+            if not self._cdf_hi > self._cdf_lo:
+                raise ValueError(
+                    f"clts: the Gaussian (coordinate={coordinate!r}, mu={self.mu}, sigma={self.sigma}) has no "
+                    f"mass on this process's range [{lo:.3g}, {hi:.3g}]; move mu into it or widen sigma"
+                )
         else:
             self.P_mean, self.P_std = float(process.P_mean), float(process.P_std)
             # truncation of N(μ, σ²) to (0, 1) in CDF space
@@ -171,6 +189,28 @@ class CLTS(TimestepSampler):
             )
         return g / g.sum()
 
+    def _flow_c(self, t: torch.Tensor) -> torch.Tensor:
+        """The coordinate c(t) on a flow process (float64): t itself, the noise rate 1/√(1 + SNR) (=
+        t'/√(t'² + (1 − t')²), the VP noise rate √(1 − ᾱ) of the same SNR) or the log-SNR 2 ln((1 − t')/t')."""
+        p = self.process
+        if self.coordinate == "t":
+            return t
+        if self.coordinate == "log-snr":
+            return p.snr(t).log()
+        tp = p.shifted(t)
+        return tp / (tp.pow(2) + (1 - tp).pow(2)).sqrt()
+
+    def _flow_t(self, c: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`_flow_c`: the time t (float64, clamped) of each coordinate value c."""
+        p = self.process
+        if self.coordinate == "t":
+            return p.clamp(c)
+        if self.coordinate == "log-snr":
+            return p.unshifted(torch.sigmoid(-c / 2))
+        c = c.clamp(_U_EPS, 1 - _U_EPS)
+        r = c / (1 - c.pow(2)).sqrt()  # = t'/(1 − t')
+        return p.unshifted(r / (1 + r))
+
     def _resolve(self, v, is_end: bool) -> float:
         """A ``start`` / ``end`` value in optimizer steps (a float; no rounding)."""
         if is_int(v):
@@ -187,7 +227,7 @@ class CLTS(TimestepSampler):
 
     def probs(self) -> torch.Tensor:
         """The current discrete p_s(t) (float64, length T, sums to 1); cached per λ."""
-        if self.process.continuous:
+        if self.kind != "discrete":
             raise ValueError("CLTS.probs() is defined for a discrete process only; an EDM process draws in u")
         lam = self.lam()
         if self._lam_cached != lam or self._p_cached is None:
@@ -197,7 +237,7 @@ class CLTS(TimestepSampler):
 
     def _draw(self, batch_size, generator):
         lam = self.lam()
-        if not self.process.continuous:
+        if self.kind == "discrete":
             if lam == 0.0:
                 return torch.randint(0, self.process.T, (batch_size,), generator=generator), None
             return torch.multinomial(self.probs(), batch_size, replacement=True, generator=generator), None
@@ -205,6 +245,9 @@ class CLTS(TimestepSampler):
         v = torch.rand(batch_size, dtype=torch.float64, generator=generator)
         # truncated normal by inverse CDF: u = μ + σ Φ⁻¹(Φ(a) + v (Φ(b) − Φ(a)))
         q = (self._cdf_lo + v * (self._cdf_hi - self._cdf_lo)).clamp(_U_EPS, 1 - _U_EPS)
+        if self.kind == "flow":
+            t_gauss = self._flow_t(self.mu + self.sigma * torch.special.ndtri(q))
+            return torch.where(pick < lam, t_gauss, self.process.clamp(v)).float(), None
         u_gauss = (self.mu + self.sigma * torch.special.ndtri(q)).clamp(_U_EPS, 1 - _U_EPS)
         u = torch.where(pick < lam, u_gauss, v.clamp(_U_EPS, 1 - _U_EPS))
         sigma = torch.exp(self.P_mean + self.P_std * torch.special.ndtri(u))

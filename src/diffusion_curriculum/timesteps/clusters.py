@@ -10,7 +10,8 @@ easiest):
 
 Clusterings: :func:`uniform` (equal numbers of steps), :func:`snr` (the exact SNR-deviation dynamic programme of
 the authors' ANT work), :func:`log_snr` (equal widths of log-SNR) and :func:`quantile` (equal probability mass
-of EDM's training log-normal). :func:`build` dispatches on a name.
+of EDM's training log-normal); on a flow process ``uniform`` (equal widths of t, :func:`flow_uniform`) and
+``log-snr`` (equal widths of the process's log-SNR, :func:`flow_log_snr`). :func:`build` dispatches on a name.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ from scipy.stats import norm
 from torch import Tensor
 
 from ..errors import suggest
+from ..process import kind_of
 from .base import is_int
 
-#: the clustering names :func:`build` accepts, and the process kind each needs
-KINDS: dict[str, str] = {
-    "uniform": "discrete",
-    "snr": "discrete",
-    "log-snr": "discrete",
-    "quantile": "continuous",
+#: the clustering names :func:`build` accepts, and the process kinds each is defined on
+KINDS: dict[str, tuple[str, ...]] = {
+    "uniform": ("discrete", "flow"),
+    "snr": ("discrete",),
+    "log-snr": ("discrete", "flow"),
+    "quantile": ("continuous",),
 }
 
 Interval = tuple[int, int]
@@ -216,6 +218,27 @@ def quantile(process, N: int) -> list[tuple[float, float]]:
     return [(float(a), float(b)) for a, b in zip(q[:-1], q[1:])]
 
 
+def flow_uniform(N: int) -> list[tuple[float, float]]:
+    """Equal widths of the flow time: C_i = [(i−1)/N, i/N) (docs/methods.md, "DDC"; the ``uniform`` clustering
+    of a flow process, t being its sampler axis as t/T is a discrete one's)."""
+    _check_n(N)
+    return [(i / N, (i + 1) / N) for i in range(N)]
+
+
+def flow_log_snr(process, N: int) -> list[tuple[float, float]]:
+    """Equal widths of log-SNR on a flow process (docs/methods.md, "DDC", ``log-snr``): λ(t) = 2 ln((1 − t')/t')
+    between its values at the clamp, λ(1 − eps) … λ(eps) (:meth:`FlowProcess.log_snr_range`), cut into N equal
+    widths; each edge λ_k is mapped back to the time t_k with λ(t_k) = λ_k (t' = sigmoid(−λ/2), then the inverse
+    shift). The outer bounds are 0 and 1, so the clusters cover the whole axis; cleanest (largest λ) first.
+    """
+    _check_n(N)
+    lo, hi = process.log_snr_range()
+    edges = hi - (hi - lo) * torch.arange(1, N, dtype=torch.float64) / N
+    t = process.unshifted(torch.sigmoid(-edges / 2)).tolist()
+    b = [0.0, *t, 1.0]
+    return [(float(a), float(c)) for a, c in zip(b[:-1], b[1:])]
+
+
 #: the largest float64 below 1 and the smallest normal one — keep the inverse normal CDF finite
 _P_MAX = 1.0 - 2.0**-53
 _P_MIN = 2.0**-1022
@@ -233,20 +256,25 @@ def truncated_lognormal(P_mean: float, P_std: float, lo: Tensor, hi: Tensor, gen
 
 
 def build(kind: str, process, N: int) -> list:
-    """The N clusters of ``process`` by clustering name: ``uniform`` | ``snr`` | ``log-snr`` (discrete) or
-    ``quantile`` (EDM). Raises ``ValueError`` naming ``clustering`` or ``clusters`` on a bad name, a name that
-    does not fit the process, or a bad N (N < 1, N > T)."""
+    """The N clusters of ``process`` by clustering name: ``uniform`` | ``snr`` | ``log-snr`` (discrete),
+    ``quantile`` (EDM) or ``uniform`` | ``log-snr`` (flow). Raises ``ValueError`` naming ``clustering`` or
+    ``clusters`` on a bad name, a name that does not fit the process, or a bad N (N < 1, N > T)."""
     if kind not in KINDS:
         raise ValueError(
             f"sampler parameter clustering={kind!r} is invalid{suggest(kind, KINDS)}; "
             f"allowed: {', '.join(KINDS)}"
         )
-    cont = bool(getattr(process, "continuous", False))
-    if KINDS[kind] == "discrete" and cont:
+    pkind = kind_of(process)
+    if pkind not in KINDS[kind]:
+        names = {"discrete": "a discrete", "continuous": "an EDM", "flow": "a flow"}
+        needs = " or ".join(f"{names[k]} process" for k in KINDS[kind])
+        fits = ", ".join(k for k, ks in KINDS.items() if pkind in ks)
         raise ValueError(
-            f"sampler parameter clustering={kind!r} needs a discrete process, got {process!r}; "
-            "allowed for an EDM process: quantile"
+            f"sampler parameter clustering={kind!r} needs {needs}, got {process!r}; "
+            f"allowed for {names[pkind]} process: {fits}"
         )
+    if pkind == "flow":
+        return flow_uniform(N) if kind == "uniform" else flow_log_snr(process, N)
     if kind == "uniform":
         _discrete(process, kind)
         return uniform(process.T, N)

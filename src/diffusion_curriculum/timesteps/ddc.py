@@ -52,13 +52,15 @@ class DDC(TimestepSampler):
 
     **Clusters.** The noise levels are split into N = ``clusters`` clusters C_1 (cleanest, hardest) … C_N
     (noisiest, easiest) by ``clustering`` (see :mod:`~diffusion_curriculum.timesteps.clusters`): ``uniform``
-    (discrete), ``snr``, ``log-snr`` (discrete) or ``quantile`` (EDM); ``clustering=None``, the default,
-    picks ``uniform`` for a discrete process and ``quantile`` for an EDM process.
+    (discrete and flow: equal widths of t), ``snr`` (discrete), ``log-snr`` (discrete and flow) or ``quantile``
+    (EDM); ``clustering=None``, the default, picks ``uniform`` for a discrete or flow process and ``quantile``
+    for an EDM process.
 
     **Stages.** Stage n = 1 … N trains on C_{N−n+1} ∪ … ∪ C_N (cumulative, noisiest first); ``order="anti"``
     reverses the curriculum for ablations (stage n = C_1 ∪ … ∪ C_n, hardest first). Inside a stage a discrete t is
     uniform over the union (one contiguous range, one ``randint``); an EDM ln σ is drawn from the training
-    log-normal N(P_mean, P_std²) truncated to the union (inverse-CDF sampling in float64). With
+    log-normal N(P_mean, P_std²) truncated to the union (inverse-CDF sampling in float64); a flow t is uniform
+    over the union (an interval of t, clamped to [eps, 1 − eps]). With
     ``per_cluster_share=True`` each batch takes an equal share from every active cluster (uniform / truncated
     log-normal inside each): with k active clusters and batch B each gets ⌊B/k⌋ draws and the r = B mod k
     left-over draws go to r consecutive clusters starting at cluster (step·r) mod k of the active list
@@ -69,7 +71,8 @@ class DDC(TimestepSampler):
     and state are DDC's from then on; it is observed only in the joint phase, so its step counter counts joint
     steps). ``joint=None`` (the default) is the process's own training distribution: exactly
     ``torch.randint(0, T, (B,), generator=g)`` (the ``uniform`` sampler) for a discrete process and the
-    ``lognormal`` sampler's exp(P_mean + P_std·randn) for an EDM process. Any other registered sampler may be
+    ``lognormal`` sampler's exp(P_mean + P_std·randn) for an EDM process, the ``uniform`` sampler's t ~ U(0, 1)
+    for a flow process [reconstruction: uniform is rectified flow's own density]. Any other registered sampler may be
     named, with its parameters as a mapping: ``joint="loss-second-moment"`` or ``joint={"name": "speed",
     "k": 5}``; it is built with the same ``total_steps``.
 
@@ -108,6 +111,7 @@ class DDC(TimestepSampler):
     """
 
     name = "ddc"
+    supports = ("discrete", "continuous", "flow")
 
     def __init__(
         self,
@@ -129,7 +133,7 @@ class DDC(TimestepSampler):
         joint: str | dict | None = None,
     ):
         super().__init__(process, total_steps)
-        cont = bool(process.continuous)
+        cont = self.kind == "continuous"
         if clustering is None:
             clustering = "quantile" if cont else "uniform"
         check_param("clusters", clusters, is_int(clusters) and clusters >= 1, "an integer >= 1")
@@ -179,7 +183,7 @@ class DDC(TimestepSampler):
         self.order = order
         self.per_cluster_share = per_cluster_share
         if joint is None:  # the process's own training distribution
-            joint = "lognormal" if process.continuous else "uniform"
+            joint = "lognormal" if cont else "uniform"
         self.joint = build_spec("joint", joint, process, total_steps=total_steps, exclude=("ddc",))
         if cont:
             self.P_mean, self.P_std = float(process.P_mean), float(process.P_std)
@@ -325,12 +329,15 @@ class DDC(TimestepSampler):
 
     def _draw(self, batch_size, generator):
         device = generator.device if generator is not None else None
-        cont = self.process.continuous
+        cont = self.kind == "continuous"
         if self.phase == "joint":
             return self.joint._draw(batch_size, generator)
         act = self.active_clusters()
         if not self.per_cluster_share or len(act) == 1:
             lo, hi = self.stage_range()
+            if self.kind == "flow":
+                u = torch.rand(batch_size, generator=generator, dtype=torch.float64, device=device)
+                return self.process.clamp(lo + u * (hi - lo)).float(), None
             if not cont:
                 return torch.randint(lo, hi, (batch_size,), generator=generator, device=device), None
             f64 = dict(dtype=torch.float64, device=device)
@@ -340,7 +347,10 @@ class DDC(TimestepSampler):
         bounds = torch.tensor([self.intervals[i] for i in act], dtype=torch.float64, device=device)
         lo = bounds[:, 0].repeat_interleave(counts)
         hi = bounds[:, 1].repeat_interleave(counts)
-        if not cont:
+        if self.kind == "flow":
+            u = torch.rand(batch_size, generator=generator, dtype=torch.float64, device=device)
+            t = self.process.clamp(lo + u * (hi - lo)).float()
+        elif not cont:
             u = torch.rand(batch_size, generator=generator, dtype=torch.float64, device=device)
             t = lo + torch.floor(u * (hi - lo))
             t = torch.minimum(t, hi - 1).long()

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import noise_levels
 from . import clusters as _clusters
 from .base import TimestepSampler, check_choice, check_param, dist_info, is_int, is_number, register
 
@@ -40,7 +41,8 @@ class LearningProgress(TimestepSampler):
     ----------
     buckets:
         K, the number of buckets (default 20): equal runs of t for a discrete process (as DDC's uniform
-        clusters), equal-probability quantiles of the training log-normal of ln σ for an EDM process.
+        clusters), equal-probability quantiles of the training log-normal of ln σ for an EDM process, equal
+        widths of t for a flow process (t uniform inside a bucket; t ~ U(0, 1) until every bucket is seen).
     fast_rate, slow_rate:
         the moving averages' rates per observation of the bucket, fast = fast + rate·(m − fast) (defaults 0.1 and
         0.01: memories of about 10 and 100 observations); fast_rate > slow_rate.
@@ -68,6 +70,7 @@ class LearningProgress(TimestepSampler):
     """
 
     name = "learning-progress"
+    supports = ("discrete", "continuous", "flow")
 
     def __init__(
         self,
@@ -94,7 +97,10 @@ class LearningProgress(TimestepSampler):
         self.fast_rate, self.slow_rate = float(fast_rate), float(slow_rate)
         self.epsilon, self.temperature = float(epsilon), float(temperature)
         self.progress_kind, self.unbias = progress, unbias
-        if process.continuous:
+        if self.kind == "flow":
+            _clusters.flow_uniform(self.K)  # the same check of K as DDC's clusters
+            self.mass = torch.full((self.K,), 1.0 / self.K, dtype=torch.float64)
+        elif self.kind == "continuous":
             _clusters.build("quantile", process, self.K)  # the same check of K as DDC's clusters
             self.P_mean, self.P_std = float(process.P_mean), float(process.P_std)
             self.mass = torch.full((self.K,), 1.0 / self.K, dtype=torch.float64)
@@ -139,13 +145,17 @@ class LearningProgress(TimestepSampler):
     def _draw(self, batch_size, generator):
         p = self.process
         if not self.warm():
+            if self.kind == "flow":
+                return p.clamp(torch.rand(batch_size, generator=generator)), None
             if not p.continuous:
                 return torch.randint(0, p.T, (batch_size,), generator=generator), None
             return torch.exp(self.P_mean + self.P_std * torch.randn(batch_size, generator=generator)), None
         probs = self.probs()
         b = torch.multinomial(probs, batch_size, replacement=True, generator=generator)
         u = torch.rand(batch_size, dtype=torch.float64, generator=generator)
-        if p.continuous:
+        if self.kind == "flow":
+            t = p.clamp((b.double() + u) / self.K).float()
+        elif p.continuous:
             q = ((b.double() + u) / self.K).clamp(_U_EPS, 1 - _U_EPS)
             t = torch.exp(self.P_mean + self.P_std * torch.special.ndtri(q)).float()
         else:
@@ -158,6 +168,8 @@ class LearningProgress(TimestepSampler):
     def bucket(self, t: Tensor) -> Tensor:
         """The bucket index of each noise level in ``t`` (int64, on the CPU)."""
         t = t.detach().cpu()
+        if self.kind == "flow":
+            return noise_levels.bucket(self.process, t, self.K)
         if self.process.continuous:
             u = torch.special.ndtr((t.double().log() - self.P_mean) / self.P_std)
             return (u * self.K).long().clamp(0, self.K - 1)

@@ -22,10 +22,14 @@ class LogNormal(TimestepSampler):
 
     On an :class:`~diffusion_curriculum.process.EDMProcess` the defaults come from the process. On a
     discrete process each σ is mapped to the timestep with the nearest σ(t) in ln σ, so the same density can
-    drive a DDPM-style loop. Weight 1 (EDM's λ(σ) is a *weighting*, not part of the draw).
+    drive a DDPM-style loop. On a flow process σ is its EDM-equivalent level σ = t'/(1 − t'), so
+    t' = σ/(1 + σ) = sigmoid(ln σ) — the logit-normal density of SD3 with m = P_mean, s = P_std — mapped back
+    through the process's shift (t = unshifted(t')) so the *noised sample* has EDM's σ. Weight 1 (EDM's λ(σ) is
+    a *weighting*, not part of the draw).
     """
 
     name = "lognormal"
+    supports = ("discrete", "continuous", "flow")
 
     def __init__(self, process, total_steps=None, P_mean: float | None = None, P_std: float | None = None):
         super().__init__(process, total_steps)
@@ -36,7 +40,10 @@ class LogNormal(TimestepSampler):
         self.P_mean, self.P_std = float(P_mean), float(P_std)
 
     def _draw(self, batch_size, generator):
-        sigma = torch.exp(self.P_mean + self.P_std * torch.randn(batch_size, generator=generator))
-        if self.process.continuous:
+        log_sigma = self.P_mean + self.P_std * torch.randn(batch_size, generator=generator)
+        if self.kind == "flow":
+            return self.process.unshifted(torch.sigmoid(log_sigma)), None
+        sigma = torch.exp(log_sigma)
+        if self.kind == "continuous":
             return sigma, None
         return nearest_timestep(self.process, sigma), None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import noise_levels
 from .base import TimestepSampler, check_param, dist_info, is_int, is_number, register
 
 
@@ -24,6 +25,11 @@ class LossSecondMoment(TimestepSampler):
         losses kept per timestep (default 10).
     uniform_prob:
         share of the uniform density mixed in, p ← p·(1 − uniform_prob) + uniform_prob/T (default 0.001).
+    buckets:
+        flow processes only: the number K of equal buckets of t that take the place of the T timesteps
+        (:func:`~diffusion_curriculum.noise_levels.bucket`; default 1000, as diffusers' 1000 training timesteps)
+        [reconstruction]. A bucket is drawn from p and t is uniform inside it; before warm-up t ~ U(0, 1) (the
+        ``uniform`` sampler's draw). Everything said below of "t" and "T" holds for the buckets and K.
 
     Until every t holds ``history`` losses the draw is exactly ``torch.randint(0, T, (B,), generator=g)``
     with weight 1. Afterwards t ~ p by ``torch.multinomial`` and the weight is 1/(T·p(t)), whose mean under
@@ -44,12 +50,23 @@ class LossSecondMoment(TimestepSampler):
     """
 
     name = "loss-second-moment"
-    supports = ("discrete",)
+    supports = ("discrete", "flow")
 
     def __init__(
-        self, process, total_steps: int | None = None, history: int = 10, uniform_prob: float = 0.001
+        self,
+        process,
+        total_steps: int | None = None,
+        history: int = 10,
+        uniform_prob: float = 0.001,
+        buckets: int | None = None,
     ):
         super().__init__(process, total_steps)
+        check_param(
+            "buckets",
+            buckets,
+            buckets is None or (self.kind == "flow" and is_int(buckets) and buckets >= 1),
+            "an integer >= 1 on a flow process, or None (a discrete process has one history per timestep)",
+        )
         check_param("history", history, is_int(history) and history >= 1, "an integer >= 1")
         check_param(
             "uniform_prob",
@@ -57,7 +74,7 @@ class LossSecondMoment(TimestepSampler):
             is_number(uniform_prob) and 0 <= uniform_prob <= 1,
             "a number in [0, 1]",
         )
-        self.T = int(process.T)
+        self.T = (1000 if buckets is None else int(buckets)) if self.kind == "flow" else int(process.T)
         self.history_len = int(history)
         self.uniform_prob = float(uniform_prob)
         self.history = torch.zeros(self.T, self.history_len, dtype=torch.float64)
@@ -85,11 +102,18 @@ class LossSecondMoment(TimestepSampler):
         return self._p
 
     def _draw(self, batch_size, generator):
+        flow = self.kind == "flow"
         if not self.warm():
+            if flow:
+                return self.process.clamp(torch.rand(batch_size, generator=generator)), None
             return torch.randint(0, self.T, (batch_size,), generator=generator), None
         p = self.probs()
         t = torch.multinomial(p, batch_size, replacement=True, generator=generator)
-        return t, (1.0 / (self.T * p[t])).float()
+        w = (1.0 / (self.T * p[t])).float()
+        if flow:  # t is a bucket; the time is uniform inside it
+            u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+            return self.process.clamp((t.double() + u) / self.T).float(), w
+        return t, w
 
     # -- the history -----------------------------------------------------------------------------------
     def _observe(self, t, per_sample_loss):
@@ -99,7 +123,13 @@ class LossSecondMoment(TimestepSampler):
             raise ValueError(
                 f"observe got {t.numel()} timesteps but {loss.numel()} per-sample losses; pass one loss per sample"
             )
-        if t.is_floating_point():
+        if self.kind == "flow":
+            if not t.is_floating_point():
+                raise ValueError(
+                    f"the loss-second-moment sampler needs float times on a flow process, got {t.dtype}"
+                )
+            t = noise_levels.bucket(self.process, t.cpu(), self.T).to(loss.device)
+        elif t.is_floating_point():
             raise ValueError(f"the loss-second-moment sampler needs integer timesteps, got dtype {t.dtype}")
         if dist_info()[1] > 1:
             t, loss = _gather(t, loss)

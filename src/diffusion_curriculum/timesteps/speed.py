@@ -15,6 +15,12 @@ Wang et al. 2024, "A Closer Look at Time Steps is Worthy of Triple Speed-Up for 
 
 Check values (docs/methods.md, "Peers and baselines", verified in the tests): linear β 1e-4 → 0.02, T = 1000 gives t_dual = 642;
 cosine gives 959; for τ = 700, k = 2 the probability mass below τ is 1400/1700 ≈ 0.824.
+
+**Flow processes** [reconstruction]: SpeeD's quantities are functions of ᾱ_t, i.e. of the SNR curve. A flow
+process is cut into ``cells`` = C equal cells of t (default 1000) and given the variance-preserving table with the
+*same SNR* at the cell centres, ᾱ_i = SNR(t_i)/(1 + SNR(t_i)), t_i = (i + ½)/C (:func:`flow_table`); τ, t_dual
+and the change-aware weights are computed on that table exactly as above (so t_dual is where the VP-equivalent
+noise rate 1/√(1 + SNR) flattens), a cell is drawn and t is uniform inside it.
 """
 
 from __future__ import annotations
@@ -65,6 +71,16 @@ def t_dual(process, threshold: float = 1e-4) -> int:
     return int(min(int(below[0]) + 1, T - 1))
 
 
+def flow_table(process, cells: int = 1000):
+    """The variance-preserving :class:`~diffusion_curriculum.process.DiscreteProcess` with the same SNR as the flow
+    ``process`` at the centres t_i = (i + ½)/C of C = ``cells`` equal cells: ᾱ_i = SNR(t_i)/(1 + SNR(t_i))."""
+    from ..process import DiscreteProcess
+
+    check_param("cells", cells, is_int(cells) and cells >= 2, "an integer >= 2")
+    snr = process.snr((torch.arange(cells, dtype=torch.float64) + 0.5) / cells)
+    return DiscreteProcess.from_alphas_cumprod(snr / (1 + snr))
+
+
 def asymmetric_probs(T: int, tau: int, k: float) -> Tensor:
     """SpeeD's asymmetric sampling density (float64, length T, sums to 1):
     P(t) = k / (kτ + T − τ) for t < τ, 1 / (kτ + T − τ) for t ≥ τ."""
@@ -109,7 +125,9 @@ def change_aware_weights(process, tau: int | None = None, lam: float = 0.6) -> T
 
 @register
 class SpeeD(TimestepSampler):
-    """SpeeD timestep sampling (Wang et al. 2024, arXiv 2405.17403, §4.2), discrete processes only.
+    """SpeeD timestep sampling (Wang et al. 2024, arXiv 2405.17403, §4.2), on discrete processes and (through
+    :func:`flow_table`, see the module docstring) flow processes; EDM processes are refused (SpeeD is defined on
+    a fixed grid of timesteps, which EDM's σ has not).
 
     Parameters
     ----------
@@ -125,13 +143,16 @@ class SpeeD(TimestepSampler):
     weights:
         return the change-aware weight w_t as the draw weight (default on). Do not also select the ``speed``
         loss weighting, which applies the same w_t — that would apply it twice.
+    cells:
+        flow processes only: the number C of equal cells of t SpeeD's grid has (default 1000); ``tau`` is then
+        a cell index in (0, C).
 
     Draw: ``torch.multinomial(P, m, replacement=True, generator=g)`` with m = ⌊n/2⌋ + 1 (dual) or n.
     The sampler watches no losses; ``status()`` is empty.
     """
 
     name = "speed"
-    supports = ("discrete",)
+    supports = ("discrete", "flow")
 
     def __init__(
         self,
@@ -142,9 +163,18 @@ class SpeeD(TimestepSampler):
         dual: bool = True,
         lam: float = 0.6,
         weights: bool = True,
+        cells: int | None = None,
     ):
         super().__init__(process, total_steps)
-        T = int(process.T)
+        check_param(
+            "cells",
+            cells,
+            cells is None or (self.kind == "flow" and is_int(cells) and cells >= 2),
+            "an integer >= 2 on a flow process, or None (a discrete process has its own T steps)",
+        )
+        self.cells = (1000 if cells is None else int(cells)) if self.kind == "flow" else None
+        grid = flow_table(process, self.cells) if self.kind == "flow" else process
+        T = int(grid.T)
         check_param(
             "tau",
             tau,
@@ -160,9 +190,9 @@ class SpeeD(TimestepSampler):
         self.dual = dual
         self.lam = float(lam)
         self.use_weights = weights
-        self.t_dual = t_dual(process)
+        self.t_dual = t_dual(grid)
         self.p = asymmetric_probs(T, self.tau, self.k)
-        self.w = change_aware_weights(process, self.tau, self.lam).float()
+        self.w = change_aware_weights(grid, self.tau, self.lam).float()
 
     def _draw(self, batch_size, generator):
         if self.dual:
@@ -172,4 +202,8 @@ class SpeeD(TimestepSampler):
             t = torch.cat([t, mapped])[:batch_size]
         else:
             t = torch.multinomial(self.p, batch_size, replacement=True, generator=generator)
-        return t, (self.w[t] if self.use_weights else None)
+        w = self.w[t] if self.use_weights else None
+        if self.kind == "flow":  # t is a cell; the time is uniform inside it
+            u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+            return self.process.clamp((t.double() + u) / self.cells).float(), w
+        return t, w

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import data, models, timesteps, weighting
+from .. import data, generate, models, timesteps, weighting
 from .. import process as process_mod
 from ..checks import first_line
 from ..errors import ConfigError
@@ -60,6 +60,10 @@ def build_components(cfg: dict) -> Components:
     """Build process, data, model, sampler and weighting from a validated config; every error names its key."""
     pname, pparams = _named(cfg, "process")
     proc = _build("process", cfg["process"], process_mod.build, pname, **pparams)
+    try:  # the evaluation's generation method must fit the process, before anything trains
+        generate.method_for(proc, cfg["eval"]["method"])
+    except ValueError as e:
+        raise ConfigError(f"eval.{e} (process.name={pname})") from None
     dname, dparams = _named(cfg, "dataset")
     dparams.setdefault("seed", cfg["seed"])
     dataset = _build("dataset", cfg["dataset"], data.load, dname, **dparams)

@@ -13,7 +13,6 @@ A hook subclasses :class:`Hook` and overrides what it needs; the trainer calls, 
 
 from __future__ import annotations
 
-import math
 import signal
 import sys
 import threading
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .. import noise_levels
 
 #: bins of the drawn-noise-level histogram logged at every evaluation
 T_HIST_BINS = 20
@@ -49,7 +50,8 @@ class Hook:
 
 class NoiseHistogram(Hook):
     """Counts of the drawn noise levels since the last evaluation, in :data:`T_HIST_BINS` bins: t·bins/T for a
-    discrete process, ln σ over [ln σ_min, ln σ_max] for an EDM process (draws outside are put in the end bins).
+    discrete process, ln σ over [ln σ_min, ln σ_max] for an EDM process (draws outside are put in the end bins), t
+    for a flow process — the buckets of :mod:`~diffusion_curriculum.noise_levels`.
     """
 
     def __init__(self, process: Any, device: torch.device, bins: int = T_HIST_BINS):
@@ -58,12 +60,8 @@ class NoiseHistogram(Hook):
         self.counts = torch.zeros(bins, dtype=torch.long, device=device)
 
     def bin_of(self, t: torch.Tensor) -> torch.Tensor:
-        """The histogram bin of each noise level in ``t``."""
-        if not self.process.continuous:
-            return t * self.bins // self.process.T
-        lo, hi = math.log(self.process.sigma_min), math.log(self.process.sigma_max)
-        u = (t.float().log() - lo) / (hi - lo)
-        return (u * self.bins).long().clamp_(0, self.bins - 1)
+        """The histogram bin of each noise level in ``t`` (:func:`noise_levels.bucket`)."""
+        return noise_levels.bucket(self.process, t, self.bins)
 
     def on_step(self, trainer: Any, t: torch.Tensor, per_sample: torch.Tensor) -> None:
         """Count the step's draws."""
@@ -71,13 +69,7 @@ class NoiseHistogram(Hook):
 
     def record(self) -> dict[str, Any]:
         """``{"t_hist", "t_hist_edges", "t_hist_unit"}`` for an evaluation's log line; the counts restart."""
-        if not self.process.continuous:
-            edges = [i * self.process.T / self.bins for i in range(self.bins + 1)]
-            unit = "t"
-        else:
-            lo, hi = math.log(self.process.sigma_min), math.log(self.process.sigma_max)
-            edges = [lo + (hi - lo) * i / self.bins for i in range(self.bins + 1)]
-            unit = "ln sigma"
+        edges, unit = noise_levels.bucket_edges(self.process, self.bins)
         rec = {"t_hist": self.counts.tolist(), "t_hist_edges": edges, "t_hist_unit": unit}
         self.counts.zero_()
         return rec
@@ -187,15 +179,10 @@ class WeightingLog(Hook):
     large (high u) or small."""
 
     def __init__(self, weighting: Any, process: Any, bins: int = 10):
-        from .. import noise_levels
-
         edges, _ = noise_levels.bucket_edges(process, bins)
         mids = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
         self.weighting = weighting
-        if process.continuous:
-            self.t = torch.tensor(mids, dtype=torch.float64).exp().float()
-        else:
-            self.t = torch.tensor([int(m) for m in mids], dtype=torch.long)
+        self.t = noise_levels.levels(process, mids)
 
     def on_eval(self, trainer: Any, samples: torch.Tensor, step: int) -> dict[str, Any]:
         """``{"weighting_u": [u per bucket]}``."""

@@ -1,13 +1,15 @@
 """Noise processes: where a clean sample x0 goes at each noise level, and what the network learns to predict.
 
-Two families:
+Three families:
 
 * :class:`DiscreteProcess` — variance preserving, T steps, ``x_t = sqrt(ᾱ_t) x0 + sqrt(1 − ᾱ_t) ε``
   (Ho et al. 2020, eq. 4). ``t`` is a ``Long`` tensor in ``{0, …, T−1}``; larger t = more noise.
 * :class:`EDMProcess` — variance exploding in σ with the EDM preconditioning (Karras et al. 2022, "Elucidating
   the Design Space of Diffusion-Based Generative Models", Table 1): ``x = x0 + σ n``; ``t`` *is* σ (float).
+* :class:`FlowProcess` — rectified flow / flow matching (SD3, Flux): ``x_t = (1 − t') x0 + t' ε`` with
+  t' = shift(t), ``t`` a float in (0, 1) (module :mod:`~diffusion_curriculum.process.flow`).
 
-Both expose the same small interface the trainer, the samplers and the weightings use:
+All three expose the same small interface the trainer, the samplers and the weightings use:
 ``snr(t)``, ``add_noise(x0, noise, t)``, ``model_input(x_t, t)`` (what the network is fed),
 ``target(x0, noise, t, prediction)`` (what it is trained to output) and ``predict_x0`` / ``predict_eps``
 (turn its output back into a clean-image or noise estimate, for generation).
@@ -22,35 +24,35 @@ rescaling of x when σ_data = 1; it is EDM's default and with it the plain MSE e
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-from .checks import check_params, is_int, is_number, unknown
+from ..checks import check_params, is_int, is_number, unknown
+from .common import (
+    KINDS,
+    PREDICTIONS,
+    Prediction,
+    ProcessError,
+    _bcast,
+    _check_prediction,
+    _eps_or_x0_target,
+    kind_of,
+)
+from .flow import FlowProcess
 
-Prediction = Literal["eps", "v", "x0"]
-PREDICTIONS = ("eps", "v", "x0")
-
-
-class ProcessError(ValueError):
-    """A noise process was asked for something it cannot give (bad schedule, bad parameter)."""
-
-
-def _check_prediction(prediction: str) -> None:
-    if prediction not in PREDICTIONS:
-        raise ProcessError(f"prediction={prediction!r} is not known; allowed: {', '.join(PREDICTIONS)}")
-
-
-def _eps_or_x0_target(x0: Tensor, noise: Tensor, prediction: str) -> Tensor:
-    """The target of ε- or x0-prediction, the same for every process (a ProcessError for an unknown one)."""
-    _check_prediction(prediction)
-    return noise if prediction == "eps" else x0
-
-
-def _bcast(v: Tensor, like: Tensor) -> Tensor:
-    """Reshape a per-sample vector [B] so it broadcasts over a batch shaped like ``like`` ([B, ...])."""
-    return v.reshape(v.shape[0], *([1] * (like.dim() - 1))).to(like.dtype)
+__all__ = [
+    "KINDS",
+    "PREDICTIONS",
+    "DiscreteProcess",
+    "EDMProcess",
+    "FlowProcess",
+    "Prediction",
+    "Process",
+    "ProcessError",
+    "build",
+    "kind_of",
+]
 
 
 class DiscreteProcess:
@@ -62,6 +64,8 @@ class DiscreteProcess:
     """
 
     continuous = False
+    #: the process kind samplers and generation methods dispatch on (``TimestepSampler.supports``)
+    kind = "discrete"
 
     def __init__(self, alphas_cumprod: Tensor | list[float], name: str = "custom"):
         ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).detach().cpu().flatten()
@@ -203,6 +207,8 @@ class EDMProcess:
     """
 
     continuous = True
+    #: the process kind: "continuous" is EDM's σ (``TimestepSampler.supports``; a flow process is "flow")
+    kind = "continuous"
 
     def __init__(
         self,
@@ -299,15 +305,21 @@ class EDMProcess:
         )
 
 
-Process = DiscreteProcess | EDMProcess
+Process = DiscreteProcess | EDMProcess | FlowProcess
 
 
 def build(name: str = "linear", **params) -> Process:
-    """Build a process from config: ``linear`` (T, beta_start, beta_end), ``cosine`` (T), ``edm`` (EDM parameters).
+    """Build a process from config: ``linear`` (T, beta_start, beta_end), ``cosine`` (T), ``edm`` (EDM parameters),
+    ``flow`` (:class:`FlowProcess`: shift, time_scale, eps, grid_min).
 
     Unknown names or parameters raise :class:`ProcessError` (a ``ValueError``) naming them.
     """
-    makers = {"linear": DiscreteProcess.linear, "cosine": DiscreteProcess.cosine, "edm": EDMProcess}
+    makers = {
+        "linear": DiscreteProcess.linear,
+        "cosine": DiscreteProcess.cosine,
+        "edm": EDMProcess,
+        "flow": FlowProcess,
+    }
     if name not in makers:
         raise ProcessError(unknown("process.name", name, makers))
     try:
