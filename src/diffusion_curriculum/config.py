@@ -51,7 +51,15 @@ DEFAULTS: dict[str, Any] = {
         "schedule": "constant",
     },
     "ema": {"decay": 0.999, "warmup": 10},
-    "eval": {"samples": 1000, "method": "auto", "steps": 50, "eta": 0.0, "seed": 12345, "batch_size": 500},
+    "eval": {
+        "samples": 1000,
+        "method": "auto",
+        "steps": 50,
+        "eta": 0.0,
+        "seed": 12345,
+        "batch_size": 500,
+        "clip": "auto",
+    },
     "metrics": {"enabled": True, "n_real": None, "inception_weights": None},
     "eval_every": 1000,
     "checkpoint_every": 1000,
@@ -110,6 +118,13 @@ def _str(v):
     return isinstance(v, str) and v.strip() != "", "a non-empty string"
 
 
+def _clip(v):
+    pair = isinstance(v, list) and len(v) == 2 and all(is_number(x) for x in v) and v[0] < v[1]
+    return v == "auto" or v is False or pair, (
+        "auto (the data's range: [-1, 1] for images, none for 2-D points), false or [low, high] with low < high"
+    )
+
+
 def _optional(check):
     def opt(v):
         if v is None:
@@ -144,6 +159,7 @@ SCHEMA: dict[str, Any] = {
         "eta": _float(0, 1),
         "seed": _int(0, 2**63 - 1),
         "batch_size": _int(1, 2**20),
+        "clip": _clip,
     },
     "metrics": {"enabled": _bool, "n_real": _optional(_int(2, 10**9)), "inception_weights": _optional(_str)},
     "eval_every": _int(0, 10**9),

@@ -116,6 +116,7 @@ def cmd_sample(args) -> int:
         seed=args.seed,
         device=device,
         batch_size=ec["batch_size"],
+        clip_x0=comps.clip,
     )
     out = Path(args.out) if args.out else run / "samples" / "sample.png"
     out.parent.mkdir(parents=True, exist_ok=True)

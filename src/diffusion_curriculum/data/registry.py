@@ -7,6 +7,7 @@ against it — one clear :class:`~diffusion_curriculum.data.DataError` for each 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from collections.abc import Callable
@@ -102,13 +103,8 @@ def load(
     ds = entry.loader(path, n, seed, **params)
     if entry.synthetic or n is None or n >= len(ds):
         return ds
-    return Dataset(
-        data=ds.data[:n].contiguous(),
-        labels=None if ds.labels is None else ds.labels[:n].contiguous(),
-        name=ds.name,
-        kind=ds.kind,
-        classes=ds.classes,
-    )
+    labels = None if ds.labels is None else ds.labels[:n].contiguous()
+    return dataclasses.replace(ds, data=ds.data[:n].contiguous(), labels=labels)
 
 
 def _check_params(entry: DatasetSpec, params: dict) -> None:

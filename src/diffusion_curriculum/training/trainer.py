@@ -86,7 +86,7 @@ class Trainer:
         np.random.seed(seed % 2**32)
         c = components.build_components(cfg)  # every config error surfaces here, before anything is written
         self.process, self.dataset = c.process, c.dataset
-        self.sampler, self.weight_fn = c.sampler, c.weight_fn
+        self.sampler, self.weight_fn, self.clip = c.sampler, c.weight_fn, c.clip
         self.loss = DenoisingLoss(self.process, cfg["prediction"], self.weight_fn)
         self.model = c.model.to(self.device)
         self._model_params = list(self.model.parameters())  # listed once: not per step
@@ -320,9 +320,10 @@ class Trainer:
 
     @torch.no_grad()
     def generate(self, n: int | None = None) -> torch.Tensor:
-        """``n`` samples (default ``eval.samples``) from the EMA model with the run's evaluation sampler and seed."""
+        """``n`` samples (default ``eval.samples``) from the EMA model with the run's evaluation sampler and seed;
+        x̂0 is clipped to :attr:`clip` (``eval.clip``: the data's range by default, none for 2-D points)."""
         ec = self.cfg["eval"]
-        kw = {k: ec[k] for k in ("method", "steps", "eta", "seed", "batch_size")}
+        kw = {k: ec[k] for k in ("method", "steps", "eta", "seed", "batch_size")} | {"clip_x0": self.clip}
         n, shape = n or ec["samples"], self.dataset.shape
         return generate.sample(
             self.ema, self.process, n, shape, prediction=self.cfg["prediction"], device=self.device, **kw
