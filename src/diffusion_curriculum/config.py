@@ -34,7 +34,7 @@ DEFAULTS: dict[str, Any] = {
         "channels": 16,
         "channel_mult": [1, 2],
         "num_res_blocks": 1,
-        "attention_resolutions": [4],
+        "attention_resolutions": "auto",  # the lowest level: [4] for the 8x8 digits, [8] for 16x16 images
         "groups": 8,
     },
     "process": {"name": "linear", "T": 1000},
