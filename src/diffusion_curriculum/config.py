@@ -68,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "precision": "auto",
     "on_nonfinite": "error",
+    "logger": "none",
     "tensorboard": False,
     "progress": True,
 }
@@ -125,6 +126,16 @@ def _clip(v):
     )
 
 
+#: the experiment trackers ``logger`` chooses from (each is also the name of its package and of its extra)
+LOGGERS = ("tensorboard", "wandb")
+
+
+def _loggers(v):
+    names = LOGGERS
+    ok = v == "none" or v in names or (isinstance(v, list) and len(v) > 0 and all(x in names for x in v))
+    return ok, "none, tensorboard, wandb, or a list of them such as [tensorboard, wandb]"
+
+
 def _optional(check):
     def opt(v):
         if v is None:
@@ -169,6 +180,7 @@ SCHEMA: dict[str, Any] = {
     "device": _str,
     "precision": _choice("auto", "fp32", "bf16"),
     "on_nonfinite": _choice("error", "skip"),
+    "logger": _loggers,
     "tensorboard": _bool,
     "progress": _bool,
 }

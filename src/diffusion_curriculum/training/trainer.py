@@ -3,7 +3,6 @@ determinism and data-parallel contract)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
 import time
@@ -71,10 +70,7 @@ class Trainer:
                 f"batch_size={cfg['batch_size']} is the global batch and must split evenly over the "
                 f"{self.world} processes; use a multiple of {self.world}"
             )
-        if cfg["tensorboard"] and importlib.util.find_spec("tensorboard") is None:
-            raise ConfigError(
-                "tensorboard=true needs the tensorboard package: pip install 'diffusion_curriculum[tensorboard]'"
-            )
+        hooks.check_loggers(cfg)
 
     def _setup(self, cfg: dict, resume: bool) -> None:
         self._check_settings(cfg)
@@ -342,7 +338,7 @@ class Trainer:
         self.say(f"evaluating at step {self.step} ({self.cfg['eval']['samples']} samples)...")
         samples = self.generate()
         shown = samples if self.dataset.kind == "points" else samples[:GRID]
-        self.rundir.save_samples(shown, f"step_{self.step:08d}")
+        self.samples_path = self.rundir.save_samples(shown, f"step_{self.step:08d}")  # for the trackers
         rec: dict[str, Any] = {"step": self.step, "eval_loss": self.eval_loss()}
         for hook in self.hooks:
             rec.update(hook.on_eval(self, samples, self.step))
@@ -412,10 +408,10 @@ class Trainer:
             self.close()
 
     def _start_run_hooks(self) -> None:
-        """The hooks that live for one :meth:`run`: TensorBoard (rank 0, when asked for) and the progress bar."""
+        """The hooks that live for one :meth:`run`: the trackers ``logger`` asks for (rank 0) and the progress bar."""
         cfg = self.cfg
-        if cfg["tensorboard"] and self.rank == 0:
-            self._run_hooks.append(hooks.TensorBoard(self.out / "tensorboard"))
+        if self.rank == 0:
+            self._run_hooks.extend(hooks.loggers(cfg, self.out))
         self._bar = hooks.ProgressBar(cfg["steps"], self.step, cfg["progress"] and self.rank == 0)
         self._run_hooks.append(self._bar)
         self.hooks.extend(self._run_hooks)
