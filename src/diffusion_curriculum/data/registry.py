@@ -81,8 +81,9 @@ def load(
       than ``labels``) and optional ``labels``; NHWC, NCHW or grayscale NHW; uint8 0..255 or float in [0, 1]
       or [-1, 1]. A 2-D float array ``[N, D]`` is taken as points, unchanged. Loaded with
       ``allow_pickle=False`` (nothing is ever unpickled).
-    * ``folder`` — every .png/.jpg/.jpeg/.bmp/.webp under ``path`` (recursive, sorted), as RGB (or grayscale
-      with ``channels=1``), optionally center-cropped to a square and resized to ``size`` x ``size``; when
+    * ``folder`` — every .png/.jpg/.jpeg/.bmp/.webp under ``path`` (recursive, sorted), as grayscale when every
+      file is grayscale and RGB otherwise (``channels=1`` or ``3`` forces one; the choice is the dataset's
+      ``note``), optionally center-cropped to a square and resized to ``size`` x ``size``; when
       every image sits in a subfolder, the first-level subfolder names (sorted) become class labels.
 
     ``n`` on digits/npz/folder keeps the first ``n`` samples (all of them when there are fewer).

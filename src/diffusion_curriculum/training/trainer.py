@@ -81,6 +81,10 @@ class Trainer:
         random.seed(seed)
         np.random.seed(seed % 2**32)
         c = components.build_components(cfg)  # every config error surfaces here, before anything is written
+        if (
+            c.dataset.note
+        ):  # what the loader chose for the user (e.g. grayscale detected): the run's first line
+            self.say(c.dataset.note)
         self.process, self.dataset = c.process, c.dataset
         self.sampler, self.weight_fn, self.clip = c.sampler, c.weight_fn, c.clip
         self.loss = DenoisingLoss(self.process, cfg["prediction"], self.weight_fn)
