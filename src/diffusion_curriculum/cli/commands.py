@@ -208,6 +208,8 @@ def cmd_analyze(args) -> int:
             seed=args.seed,
             sigmas=args.sigmas,
         )
+        if res["note"]:
+            print(f"note: {res['note']}", file=sys.stderr)
         cols = ("t", "kl", "kl_stderr", "kl_gaussian")
     elif args.kind == "difficulty":
         from ..analysis import difficulty
