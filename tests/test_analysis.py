@@ -4,6 +4,7 @@ import copy
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -148,6 +149,49 @@ def test_cli_entropy(tmp_path, capsys):
     res = _files(out, "entropy")
     assert [r["t"] for r in res["rows"]] == [1, 251, 501, 751]
     assert "kl_gaussian" in capsys.readouterr().out
+
+
+def test_cli_entropy_at_cheap_settings_says_so_and_plots_no_dips_for_negative_estimates(
+    tmp_path, capsys, monkeypatch
+):
+    """Cheap settings give Monte Carlo KL estimates <= 0; they used to be drawn as dips to 1e-12 on the log
+    axis with no word. Now they are left out of the line, marked at their +2 stderr bound, and noted."""
+    from diffusion_curriculum import viz
+
+    figures = []
+    real_save = viz.save_figure
+    monkeypatch.setattr(
+        viz, "save_figure", lambda plt, fig, path: (figures.append(fig), real_save(plt, fig, path))
+    )
+    out = tmp_path / "e"
+    argv = [
+        "analyze",
+        "entropy",
+        "--out",
+        str(out),
+        "--stride",
+        "50",
+        "--samples-per-t",
+        "16",
+        "--subsample",
+        "200",
+    ]
+    assert main(argv) == 0
+    res = _files(out, "entropy")
+    bad = [r for r in res["rows"] if r["kl"] <= 0]
+    assert bad and res["note"].startswith(
+        f"{len(bad)} of {len(res['rows'])} Monte Carlo KL estimates are <= 0"
+    )
+    assert f"note: {res['note']}" in capsys.readouterr().err
+    (ax,) = figures[0].axes
+    bottom = ax.get_ylim()[0]
+    positive = [r["kl"] for r in res["rows"] if r["kl"] > 0]
+    assert bottom >= min(positive) / 100  # no dip to a 1e-12 floor
+    for line in ax.get_lines():
+        y = np.asarray(line.get_ydata(), dtype=float)
+        assert (y[np.isfinite(y)] >= bottom).all(), line.get_label()
+    marked = [ln for ln in ax.get_lines() if ln.get_label().startswith("estimate <= 0")]
+    assert len(marked) == 1 and len(marked[0].get_ydata()) == len(bad)
 
 
 def test_cli_entropy_stride_zero_names_only_the_broken_rule(tmp_path, capsys):

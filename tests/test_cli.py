@@ -89,6 +89,32 @@ def test_resume_rejects_changed_settings(tmp_path):
     assert r.returncode == 2 and "already holds a run" in r.stderr
 
 
+def test_resume_with_the_preset_accepts_a_saved_choice_where_the_preset_says_auto(tmp_path):
+    """A run that saved a concrete value where its preset now says ``auto`` (model.attention_resolutions was [4]
+    in the digits preset before it became ``auto``) resumes with that preset; a real change is still refused."""
+    out = tmp_path / "run"
+    tiny = [a for a in TINY if not a.startswith("model.attention_resolutions")]
+    r = cli(
+        "train", "--out", str(out), "--preset", "digits", *tiny, "model.attention_resolutions=[4]", "steps=10"
+    )
+    assert r.returncode == 0, r.stderr
+    r = cli("train", "--out", str(out), "--resume", "--preset", "digits", *tiny, "steps=20")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "summary.json").read_text())["steps"] == 20
+    r = cli("train", "--out", str(out), "--resume", "--preset", "toy2d", "steps=30")
+    assert r.returncode == 2 and "with different settings for" in r.stderr and "model" in r.stderr, r.stderr
+
+
+def test_same_setting_treats_a_given_auto_as_the_saved_choice():
+    from diffusion_curriculum.config import same_setting
+
+    assert same_setting({"a": "auto", "b": 1}, {"a": [4], "b": 1})
+    assert not same_setting({"a": "auto", "b": 1}, {"a": [4], "b": 2})
+    assert not same_setting({"a": [8]}, {"a": [4]})
+    assert not same_setting({"a": 1}, {"a": 1, "extra": 2})
+    assert same_setting("auto", None) and not same_setting(None, "auto")
+
+
 def test_help_and_presets():
     r = cli("--help")
     assert r.returncode == 0 and "train" in r.stdout and "sample" in r.stdout
@@ -207,26 +233,31 @@ def test_final_line_has_the_final_quality_and_a_loss_for_runs_shorter_than_log_e
     ], r.stderr
 
 
-def test_the_feature_nets_training_on_first_use_is_announced(monkeypatch):
-    """The ~15 s in which the quality metrics train their feature net on first use used to be silent."""
-    from types import SimpleNamespace
-
+def test_the_feature_nets_training_on_first_use_is_announced_and_a_cached_one_is_not(tmp_path, monkeypatch):
+    """The ~15 s in which the quality metrics train their feature net on first use used to be silent; then
+    "loading/training the feature net" was said on every run, also when the net came from the cache."""
     import torch
 
-    from diffusion_curriculum import metrics
+    from diffusion_curriculum import data, metrics
+    from diffusion_curriculum.metrics import feature_nets
     from diffusion_curriculum.training import hooks
 
-    class Trained:  # an Evaluator that trained its feature net (image data; points have none)
-        def __init__(self, dataset, **options):
-            if dataset.kind == "image":
-                self.feature_net = SimpleNamespace(source="trained")
-
-    monkeypatch.setattr(metrics, "Evaluator", Trained)
-    said = []
+    monkeypatch.setenv("DIFFUSION_CURRICULUM_CACHE", str(tmp_path / "cache"))
+    real_train = feature_nets.train_feature_net
+    monkeypatch.setattr(
+        feature_nets, "train_feature_net", lambda *a, **k: real_train(*a, **{**k, "steps": 3})
+    )
+    ds = data.load("digits", n=300)
     cfg = {"n_real": None, "inception_weights": None}
-    hooks.QualityMetrics(SimpleNamespace(kind="image"), cfg, torch.device("cpu"), said.append)
-    assert said[0].startswith("quality metrics: loading the feature net for FD (trained on first use")
+    said = []
+    hooks.QualityMetrics(ds, cfg, torch.device("cpu"), said.append)  # first use: trains and caches
+    assert said[0].startswith("quality metrics: training the feature net for FD on first use")
     assert said[1].startswith("quality metrics: feature net trained in") and len(said) == 2
-    said.clear()
-    hooks.QualityMetrics(SimpleNamespace(kind="points"), cfg, torch.device("cpu"), said.append)
+    for forget in (False, True):  # from this process's memo, then from the disk cache
+        if forget:
+            metrics.clear_memo()
+        said.clear()
+        hooks.QualityMetrics(ds, cfg, torch.device("cpu"), said.append)
+        assert said == [], forget
+    hooks.QualityMetrics(data.load("8gaussians", n=200), cfg, torch.device("cpu"), said.append)
     assert said == []  # points have no feature net

@@ -119,6 +119,41 @@ def test_folder_grayscale_resize(tmp_path):
     assert ds.data[0].min().item() == 1.0
 
 
+def test_a_folder_of_grayscale_files_is_read_with_one_channel(tmp_path):
+    """Grayscale PNGs used to be trained as RGB (colour-noise samples); every file grayscale -> channels=1
+    (files of mode L, or RGB ones with R = G = B), said in the dataset's note; dataset.channels overrides."""
+    for i in range(3):
+        _write_png(tmp_path / "g" / f"{i}.png", 60 * i, mode="L")
+    _write_png(tmp_path / "g" / "rgb-but-gray.png", (90, 90, 90))
+    ds = load("folder", path=str(tmp_path / "g"))
+    assert tuple(ds.data.shape) == (4, 1, 6, 6)
+    assert ds.note == (
+        "dataset 'g': 4 images, every file is grayscale, so 1 channel(s) (1x6x6); set dataset.channels=3 to "
+        "change that"
+    )
+    assert tuple(load("folder", path=str(tmp_path / "g"), channels=3).data.shape) == (4, 3, 6, 6)
+    assert load("folder", path=str(tmp_path / "g"), channels=3).note is None
+    _write_png(tmp_path / "g" / "colour.png", (255, 0, 0))
+    ds = load("folder", path=str(tmp_path / "g"))
+    assert tuple(ds.data.shape) == (5, 3, 6, 6) and "the files are in colour, so 3 channel(s)" in ds.note
+    assert load("folder", path=str(tmp_path / "g"), n=2).note == ds.note
+
+
+def test_the_run_says_what_channel_count_it_chose_first(tmp_path):
+    from diffusion_curriculum import config
+    from diffusion_curriculum.training import Trainer
+
+    for i in range(4):
+        _write_png(tmp_path / "g" / f"{i}.png", 50 * i, size=(8, 8), mode="L")
+    over = ["dataset.name=folder", f"dataset.path={tmp_path / 'g'}", "steps=2", "batch_size=4",
+            "model.channels=8", "progress=false", "metrics.enabled=false", "eval_every=0"]  # fmt: skip
+    said = []
+    trainer = Trainer(config.resolve(overrides=over), tmp_path / "r", log=said.append)
+    assert said[0].startswith("dataset 'g': 4 images, every file is grayscale, so 1 channel(s)")
+    assert trainer.dataset.shape == (1, 8, 8)
+    trainer.close()
+
+
 # -- errors ----------------------------------------------------------------------------------------------
 def test_unknown_name_suggests():
     with pytest.raises(DataError, match="dataset.name='digit'.*did you mean 'digits'"):

@@ -260,3 +260,40 @@ UNET_8 = dict(channels=16, channel_mult=[1, 2], num_res_blocks=1, attention_reso
 def test_build_errors_name_the_parameter(name, shape, params, expected):
     with pytest.raises(ValueError, match=expected):
         models.build(name, shape, **params)
+
+
+@pytest.mark.parametrize("size", [8, 16, 32])
+def test_the_default_model_fits_a_folder_of_any_image_size(tmp_path, size):
+    """A folder of 16x16 PNGs (or dataset.size=32) used to fail with the default model: "model.
+    attention_resolutions=[4] is not allowed ... for this 16x16 image". The default (auto) now puts attention
+    at the lowest resolution the U-Net reaches, which for the 8x8 digits is the [4] it always was."""
+    from PIL import Image
+
+    from diffusion_curriculum import config
+    from diffusion_curriculum.training import build_components
+
+    for i in range(3):
+        Image.new("RGB", (16, 16), (40 * i, 90, 200)).save(tmp_path / f"{i}.png")
+    over = ["dataset.name=folder", f"dataset.path={tmp_path}", "steps=2"]
+    cfg = config.resolve(overrides=over if size == 16 else [*over, f"dataset.size={size}"])
+    model = build_components(cfg).model
+    assert cfg["model"]["attention_resolutions"] == "auto"
+    attention = {level.blocks[0].attn is not None for level in model.down}
+    assert attention == {False, True}  # the lowest level has attention, the full-resolution one not
+    x = torch.randn(2, 3, size, size)
+    assert model(x, torch.zeros(2)).shape == x.shape
+    digits = build_components(config.resolve(overrides=["steps=2"])).model
+    assert [b.attn is not None for level in digits.down for b in level.blocks] == [False, True]  # [4]
+
+
+def test_auto_attention_is_the_lowest_level_and_a_wrong_word_is_one_sentence():
+    auto = models.build(
+        "unet", (1, 8, 8), channels=16, channel_mult=[1, 2], attention_resolutions="auto", groups=8
+    )
+    four = models.build(
+        "unet", (1, 8, 8), channels=16, channel_mult=[1, 2], attention_resolutions=[4], groups=8
+    )
+    assert models.count_parameters(auto) == models.count_parameters(four)
+    assert [b.attn is not None for level in auto.down for b in level.blocks] == [False, False, True, True]
+    with pytest.raises(ValueError, match=r"model\.attention_resolutions='lowest' is invalid; allowed: auto"):
+        models.build("unet", (1, 8, 8), attention_resolutions="lowest")

@@ -76,14 +76,18 @@ def unknown(kind: str, name: str, allowed) -> str:
     return f"{kind}={name!r} is not known{suggest(name, allowed)}; allowed: {', '.join(map(str, allowed))}"
 
 
-def check_params(section: str, owner: str, fn, params, skip=("self",), section_keys=("name",)) -> list[str]:
+def check_params(
+    section: str, owner: str, fn, params, skip=("self",), section_keys=("name",), unlisted=()
+) -> list[str]:
     """Raise ``ValueError`` for a config parameter that ``fn``'s signature does not take, as
     "<section>.<key> is not a parameter of <owner> (did you mean X?); allowed: ..."; return the allowed names.
     The nearest match is looked for among the parameters and ``section_keys``, the keys the section holds
-    besides them (``sampler.nme`` is a misspelt ``name``)."""
-    allowed = [p for p in inspect.signature(fn).parameters if p not in skip]
+    besides them (``sampler.nme`` is a misspelt ``name``). ``unlisted`` parameters are taken but neither listed
+    nor suggested: ones the caller sets itself (a sampler's ``total_steps``, which the trainer plans)."""
+    taken = [p for p in inspect.signature(fn).parameters if p not in skip]
+    allowed = [p for p in taken if p not in unlisted]
     for k in params:
-        if k not in allowed:
+        if k not in taken:
             raise ValueError(
                 f"{section}.{k} is not a parameter of {owner}{suggest(k, [*section_keys, *allowed])}; "
                 f"allowed: {', '.join(allowed) or 'none'}"

@@ -34,7 +34,7 @@ DEFAULTS: dict[str, Any] = {
         "channels": 16,
         "channel_mult": [1, 2],
         "num_res_blocks": 1,
-        "attention_resolutions": [4],
+        "attention_resolutions": "auto",  # the lowest level: [4] for the 8x8 digits, [8] for 16x16 images
         "groups": 8,
     },
     "process": {"name": "linear", "T": 1000},
@@ -51,7 +51,15 @@ DEFAULTS: dict[str, Any] = {
         "schedule": "constant",
     },
     "ema": {"decay": 0.999, "warmup": 10},
-    "eval": {"samples": 1000, "method": "auto", "steps": 50, "eta": 0.0, "seed": 12345, "batch_size": 500},
+    "eval": {
+        "samples": 1000,
+        "method": "auto",
+        "steps": 50,
+        "eta": 0.0,
+        "seed": 12345,
+        "batch_size": 500,
+        "clip": "auto",
+    },
     "metrics": {"enabled": True, "n_real": None, "inception_weights": None},
     "eval_every": 1000,
     "checkpoint_every": 1000,
@@ -60,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "precision": "auto",
     "on_nonfinite": "error",
+    "logger": "none",
     "tensorboard": False,
     "progress": True,
 }
@@ -110,6 +119,23 @@ def _str(v):
     return isinstance(v, str) and v.strip() != "", "a non-empty string"
 
 
+def _clip(v):
+    pair = isinstance(v, list) and len(v) == 2 and all(is_number(x) for x in v) and v[0] < v[1]
+    return v == "auto" or v is False or pair, (
+        "auto (the data's range: [-1, 1] for images, none for 2-D points), false or [low, high] with low < high"
+    )
+
+
+#: the experiment trackers ``logger`` chooses from (each is also the name of its package and of its extra)
+LOGGERS = ("tensorboard", "wandb")
+
+
+def _loggers(v):
+    names = LOGGERS
+    ok = v == "none" or v in names or (isinstance(v, list) and len(v) > 0 and all(x in names for x in v))
+    return ok, "none, tensorboard, wandb, or a list of them such as [tensorboard, wandb]"
+
+
 def _optional(check):
     def opt(v):
         if v is None:
@@ -144,6 +170,7 @@ SCHEMA: dict[str, Any] = {
         "eta": _float(0, 1),
         "seed": _int(0, 2**63 - 1),
         "batch_size": _int(1, 2**20),
+        "clip": _clip,
     },
     "metrics": {"enabled": _bool, "n_real": _optional(_int(2, 10**9)), "inception_weights": _optional(_str)},
     "eval_every": _int(0, 10**9),
@@ -153,6 +180,7 @@ SCHEMA: dict[str, Any] = {
     "device": _str,
     "precision": _choice("auto", "fp32", "bf16"),
     "on_nonfinite": _choice("error", "skip"),
+    "logger": _loggers,
     "tensorboard": _bool,
     "progress": _bool,
 }
@@ -369,3 +397,15 @@ def resolve(
 def dump(cfg: dict) -> str:
     """The YAML text of a resolved configuration (what a run directory's config.yaml holds)."""
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+
+
+def same_setting(given: Any, saved: Any) -> bool:
+    """Whether a section of the configuration given on resuming (``given``) asks for what a run was trained with
+    (``saved``, from its ``config.yaml``). A given ``"auto"`` matches whatever the run saved there: it asks the
+    library to choose, and the run keeps the choice it started with (a run begun when a default was a concrete
+    value, such as ``model.attention_resolutions: [4]`` before it became ``auto``, resumes with its preset)."""
+    if given == "auto" or given == saved:
+        return True
+    if isinstance(given, dict) and isinstance(saved, dict):
+        return all(same_setting(given.get(k), saved.get(k)) for k in set(given) | set(saved))
+    return False

@@ -97,6 +97,7 @@ def evaluate_run(
             seed=ec["seed"],
             device=dev,
             batch_size=ec["batch_size"],
+            clip_x0=comps.clip,
         )
         rec = {"step": step, "samples": n, **evaluator(x.cpu())}
         records.append(rec)

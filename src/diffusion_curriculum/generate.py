@@ -28,10 +28,12 @@ from .process import DiscreteProcess, EDMProcess, FlowProcess, kind_of
 __all__ = [
     "AUTO",
     "GENERATORS",
+    "Clip",
     "METHODS",
     "Method",
     "ddim",
     "ddim_timesteps",
+    "clip_bounds",
     "ddpm",
     "edm_heun",
     "edm_sigmas",
@@ -42,6 +44,24 @@ __all__ = [
 ]
 
 StepNoises = Tensor | Callable[[int], Tensor] | None
+#: ``clip_x0``: ``True`` clamps x̂0 to [-1, 1] (images scaled there), ``(low, high)`` to those bounds,
+#: ``False`` / ``None`` not at all (2-D points and other unbounded data)
+Clip = bool | tuple[float, float] | None
+
+
+def clip_bounds(clip_x0: Clip) -> tuple[float, float] | None:
+    """The (low, high) a ``clip_x0`` setting clamps x̂0 to, or ``None`` for no clipping; a ValueError for
+    anything else."""
+    if clip_x0 is None or clip_x0 is False:
+        return None
+    if clip_x0 is True:
+        return (-1.0, 1.0)
+    ok = isinstance(clip_x0, (tuple, list)) and len(clip_x0) == 2 and all(is_number(v) for v in clip_x0)
+    if not ok or not clip_x0[0] < clip_x0[1]:
+        raise ValueError(
+            f"clip_x0={clip_x0!r} is not allowed; use True, False or (low, high) with low < high"
+        )
+    return float(clip_x0[0]), float(clip_x0[1])
 
 
 def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device) -> Tensor:
@@ -84,13 +104,14 @@ def ddpm(
     device: str | torch.device = "cpu",
     noise: Tensor | None = None,
     step_noises: StepNoises = None,
-    clip_x0: bool = True,
+    clip_x0: Clip = True,
     variance: str = "posterior",
 ) -> Tensor:
     """Ancestral sampling through all T steps (Ho et al. 2020, Algorithm 2).
 
     At each t = T−1, …, 0 the network's output gives x̂0 = ``process.predict_x0`` (clamped to [-1, 1] when
-    ``clip_x0``), and x_{t−1} is drawn from the Gaussian posterior q(x_{t−1} | x_t, x̂0) with mean
+    ``clip_x0`` is True, to (low, high) when it is a pair; see :func:`clip_bounds`), and x_{t−1} is drawn
+    from the Gaussian posterior q(x_{t−1} | x_t, x̂0) with mean
     μ̃_t = sqrt(ᾱ_{t−1}) β_t / (1 − ᾱ_t) · x̂0 + sqrt(α_t)(1 − ᾱ_{t−1}) / (1 − ᾱ_t) · x_t (Ho et al. eq. 7).
     Without clipping this equals Algorithm 2's 1/sqrt(α_t) (x_t − β_t / sqrt(1 − ᾱ_t) ε̂) (eq. 11).
     The variance σ_t² is β̃_t = (1 − ᾱ_{t−1}) / (1 − ᾱ_t) β_t (``variance="posterior"``, eq. 7) or β_t
@@ -102,6 +123,7 @@ def ddpm(
     ``generator``, after the initial noise.
     """
     _require_discrete(process, "ddpm")
+    bounds = clip_bounds(clip_x0)
     if variance not in ("posterior", "beta"):
         raise ValueError(f"variance={variance!r} is not known; allowed: posterior, beta")
     device = torch.device(device)
@@ -124,8 +146,8 @@ def ddpm(
         t_batch = _as_long_batch(t, n, device)
         out = model(*process.model_input(x, t_batch))
         x0 = process.predict_x0(out.float(), x, t_batch, prediction)
-        if clip_x0:
-            x0 = x0.clamp(-1.0, 1.0)
+        if bounds is not None:
+            x0 = x0.clamp(*bounds)
         mean = coef_x0[t] * x0 + coef_xt[t] * x
         if t > 0:
             z = _step_noise(step_noises, t, shape, generator, device)
@@ -171,7 +193,7 @@ def ddim(
     prediction: str = "eps",
     generator: torch.Generator | None = None,
     device: str | torch.device = "cpu",
-    clip_x0: bool = True,
+    clip_x0: Clip = True,
     noise: Tensor | None = None,
 ) -> Tensor:
     """DDIM sampling (Song et al. 2021, "Denoising Diffusion Implicit Models", eq. 12).
@@ -181,12 +203,14 @@ def ddim(
     :func:`ddim_timesteps` (t' is the next one; after t = 0 comes ᾱ = 1, i.e. the output is x̂0).
     η = 0 is the deterministic DDIM, η = 1 DDPM-like ancestral sampling on the sub-sequence.
 
-    With ``clip_x0`` the estimate x̂0 is clamped to [-1, 1] and ε̂ is recomputed from the clamped x̂0 as
+    With ``clip_x0`` the estimate x̂0 is clamped to [-1, 1] (or to the (low, high) given; see
+    :func:`clip_bounds`) and ε̂ is recomputed from the clamped x̂0 as
     (x_t − sqrt(ᾱ_t) x̂0) / sqrt(1 − ᾱ_t) (eq. 9 solved for ε), so the step stays consistent with x_t.
     Randomness: the initial noise (unless ``noise`` is given), then one draw per step where σ > 0.
     """
     _require_discrete(process, "ddim")
     check_value("eta", eta, is_number(eta) and eta >= 0, "a finite number >= 0")
+    bounds = clip_bounds(clip_x0)
     device = torch.device(device)
     shape = tuple(shape)
     ts = ddim_timesteps(process.T, steps)
@@ -198,8 +222,8 @@ def ddim(
         a_prev = ac[ts[i + 1]] if i + 1 < len(ts) else 1.0
         t_batch = _as_long_batch(t, n, device)
         out = model(*process.model_input(x, t_batch)).float()
-        if clip_x0:
-            x0 = process.predict_x0(out, x, t_batch, prediction).clamp(-1.0, 1.0)
+        if bounds is not None:
+            x0 = process.predict_x0(out, x, t_batch, prediction).clamp(*bounds)
             eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1.0 - a_t)
         else:
             x0 = process.predict_x0(out, x, t_batch, prediction)
@@ -433,7 +457,7 @@ def sample(
     seed: int = 0,
     device: str | torch.device = "cpu",
     batch_size: int = 256,
-    clip_x0: bool = True,
+    clip_x0: Clip = True,
 ) -> Tensor:
     """Generate ``n`` samples of shape ``data_shape`` (returned as ``[n, *data_shape]`` on ``device``).
 
@@ -444,7 +468,11 @@ def sample(
     Noise comes from a CPU ``torch.Generator`` seeded with ``seed`` and is moved to ``device``; the samples are
     made in chunks of ``batch_size``, one after the other from the same generator, so a result depends on
     (seed, batch_size) and not on the device's RNG. The model is put in eval mode during sampling and its mode
-    restored afterwards. ``clip_x0`` applies to DDPM and DDIM (EDM's Heun never clips).
+    restored afterwards. ``clip_x0`` applies to DDPM and DDIM (EDM's Heun never clips): ``True`` clamps each
+    x̂0 to [-1, 1], a pair ``(low, high)`` to those bounds, ``False`` / ``None`` not at all — pass the data's
+    range (:attr:`Dataset.value_range`; the trainer, ``sample`` and ``evaluate`` use the config's ``eval.clip``
+    through :func:`~diffusion_curriculum.training.components.clip_range`), since 2-D points clamped to
+    [-1, 1] end on the edges of a square.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not known; allowed: {', '.join(METHODS)}")

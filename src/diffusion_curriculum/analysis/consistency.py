@@ -57,14 +57,22 @@ def distances(xa: torch.Tensor, xb: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def shared_noise_samples(models, process, shape, n: int, *, prediction: str, seed: int) -> list[torch.Tensor]:
+def shared_noise_samples(
+    models, process, shape, n: int, *, prediction: str, seed: int, clip_x0=True
+) -> list[torch.Tensor]:
     """DDPM ancestral samples of each model from the same x_T and the same per-step noise (generators seeded
-    alike: :func:`generate.ddpm` draws the initial noise, then one draw per step)."""
+    alike: :func:`generate.ddpm` draws the initial noise, then one draw per step); ``clip_x0`` as in
+    :func:`generate.ddpm` (the runs' own data range, ``Components.clip``, when called from :func:`run`)."""
     from .. import generate
 
     return [
         generate.ddpm(
-            m, process, (n, *shape), prediction=prediction, generator=torch.Generator().manual_seed(seed)
+            m,
+            process,
+            (n, *shape),
+            prediction=prediction,
+            generator=torch.Generator().manual_seed(seed),
+            clip_x0=clip_x0,
         )
         for m in models
     ]
@@ -171,8 +179,8 @@ def run(
         raise ConfigError("models A and B use different prediction types; compare like with like")
     shape = comps_a.dataset.shape
     xa, xb = (
-        shared_noise_samples([ma], proc, shape, n, prediction=pa, seed=sample_seed)[0],
-        shared_noise_samples([mb], proc, shape, n, prediction=pb, seed=sample_seed)[0],
+        shared_noise_samples([ma], proc, shape, n, prediction=pa, seed=sample_seed, clip_x0=comps_a.clip)[0],
+        shared_noise_samples([mb], proc, shape, n, prediction=pb, seed=sample_seed, clip_x0=comps_b.clip)[0],
     )
     dist = distances(xa, xb)
     ts = sorted({int(round(v)) for v in np.linspace(0, proc.T - 1, t_points)})

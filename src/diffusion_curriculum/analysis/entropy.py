@@ -190,8 +190,30 @@ def entropy_table(
     return rows
 
 
+def nonpositive_note(rows: list[dict[str, Any]]) -> str | None:
+    """A sentence about the Monte Carlo estimates that came out ≤ 0, or ``None`` when there are none.
+
+    A KL divergence is ≥ 0, but its Monte Carlo estimate is a mean of log-ratios and can fall below 0 when the
+    true value is smaller than its standard error (cheap settings: few ``samples_per_t``, large t where
+    consecutive marginals are nearly equal). The table keeps the raw, unbiased estimates; the plot does not draw
+    them as dips (see :func:`plot`)."""
+    bad = [r["t"] for r in rows if not r["kl"] > 0]
+    if not bad:
+        return None
+    shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+    return (
+        f"{len(bad)} of {len(rows)} Monte Carlo KL estimates are <= 0 (t = {shown}): the true value there is "
+        "below the estimate's noise; the plot marks them at their +2 stderr bound (an upper bound) and the table "
+        "keeps the raw estimates; raise --samples-per-t for a tighter estimate"
+    )
+
+
 def plot(rows: list[dict[str, Any]], path: Path, *, continuous: bool = False, title: str = "") -> None:
-    """KL vs t (or vs σ), Monte Carlo with ±2 stderr band and the Gaussian closed form, log y."""
+    """KL vs t (or vs σ), Monte Carlo with ±2 stderr band and the Gaussian closed form, log y.
+
+    An estimate ≤ 0 (Monte Carlo noise, see :func:`nonpositive_note`) cannot sit on a log axis: instead of a dip
+    to a tiny floor it is left out of the line and drawn as a hollow ▽ at its +2 stderr bound, an upper bound
+    of the true value, with the count in the legend; the band's lower edge is cut at the axis' bottom."""
     from .. import viz
 
     plt, fig, ax = viz.figure(size=(7.0, 4.2))
@@ -200,11 +222,19 @@ def plot(rows: list[dict[str, Any]], path: Path, *, continuous: bool = False, ti
     kl = np.array([r["kl"] for r in rows])
     se = np.array([r["kl_stderr"] for r in rows])
     kg = np.array([r["kl_gaussian"] for r in rows])
-    floor = 1e-12
-    a.plot(xs, np.clip(kl, floor, None), "o-", ms=3, label="empirical data (Monte Carlo)")
-    a.fill_between(xs, np.clip(kl - 2 * se, floor, None), np.clip(kl + 2 * se, floor, None), alpha=0.2)
+    upper = kl + 2 * se
+    shown = np.concatenate([kl, kg, upper])
+    shown = shown[np.isfinite(shown) & (shown > 0)]
+    floor = float(shown.min()) / 10 if shown.size else 1e-12
+    pos = kl > 0
+    a.plot(xs, np.where(pos, kl, np.nan), "o-", ms=3, label="empirical data (Monte Carlo)")
+    a.fill_between(xs, np.clip(kl - 2 * se, floor, None), np.clip(upper, floor, None), alpha=0.2)
+    if not pos.all():
+        label = f"estimate <= 0 ({int((~pos).sum())}): noise; shown at its +2 stderr bound"
+        a.plot(xs[~pos], np.clip(upper[~pos], floor, None), "v", mfc="none", color="C0", label=label)
     a.plot(xs, np.clip(kg, floor, None), "--", label="Gaussian fit (closed form)")
     a.set_yscale("log")
+    a.set_ylim(bottom=floor)
     if continuous:
         a.set_xscale("log")
     a.set_xlabel("σ (grid point k; pair k−1 → k)" if continuous else "t")
@@ -225,7 +255,8 @@ def run(
     sigmas: int = 100,
 ) -> dict[str, Any]:
     """Build the config's process and dataset, compute :func:`entropy_table`, write ``entropy.csv``,
-    ``entropy.json`` and ``entropy.png`` into ``out``; return the JSON content."""
+    ``entropy.json`` and ``entropy.png`` into ``out``; return the JSON content (its ``note`` is
+    :func:`nonpositive_note`: estimates ≤ 0, or ``None``)."""
     from .. import data as data_mod
     from .. import process as process_mod
     from ..errors import ConfigError
@@ -261,6 +292,7 @@ def run(
         "samples_per_t": samples_per_t,
         "seed": seed,
         "time_s": time.perf_counter() - t0,
+        "note": nonpositive_note(rows),
     }
     write_table(out, "entropy", rows, meta)
     plot(rows, out / "entropy.png", continuous=bool(getattr(proc, "continuous", False)))

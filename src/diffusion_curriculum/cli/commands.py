@@ -38,7 +38,9 @@ def cmd_train(args) -> int:
         cfg = config.validate(config.apply_overrides(base, args.overrides))
         if args.preset or args.config:
             given = config.resolve(args.preset, args.config, args.overrides)
-            changed = [k for k in given if k not in RESUMABLE_KEYS and given[k] != cfg.get(k)]
+            changed = [
+                k for k in given if k not in RESUMABLE_KEYS and not config.same_setting(given[k], cfg.get(k))
+            ]
             if changed:
                 raise ConfigError(
                     f"cannot resume {str(out)!r} with different settings for {', '.join(changed)}; "
@@ -116,6 +118,7 @@ def cmd_sample(args) -> int:
         seed=args.seed,
         device=device,
         batch_size=ec["batch_size"],
+        clip_x0=comps.clip,
     )
     out = Path(args.out) if args.out else run / "samples" / "sample.png"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -258,6 +261,8 @@ def cmd_analyze(args) -> int:
             seed=args.seed,
             sigmas=args.sigmas,
         )
+        if res["note"]:
+            print(f"note: {res['note']}", file=sys.stderr)
         cols = ("t", "kl", "kl_stderr", "kl_gaussian")
     elif args.kind == "difficulty":
         from ..analysis import difficulty

@@ -151,8 +151,12 @@ def _to_nchw(arr: np.ndarray, where: str) -> np.ndarray:
 
 
 # -- folder --------------------------------------------------------------------------------------------
-def _load_folder(path: str, n=None, seed=0, size: int | None = None, channels: int = 3) -> Dataset:
-    """Every image file under ``path`` (labels from first-level subfolders); see :func:`load`."""
+def _load_folder(path: str, n=None, seed=0, size: int | None = None, channels: int | None = None) -> Dataset:
+    """Every image file under ``path`` (labels from first-level subfolders); see :func:`load`.
+
+    ``channels`` 1 reads every file as grayscale, 3 as RGB; ``None`` (not set) detects it: 1 when every file is
+    grayscale (a grayscale file, or an RGB one whose pixels all have R = G = B), else 3. The choice is stated
+    in the dataset's ``note``, which the trainer shows as the run starts."""
     from PIL import Image
 
     root = Path(path)
@@ -161,8 +165,10 @@ def _load_folder(path: str, n=None, seed=0, size: int | None = None, channels: i
             f"dataset.path {path!r} is a file, but dataset 'folder' needs a folder of images; use "
             "dataset.name=npz for a .npz file"
         )
-    if not is_int(channels) or channels not in (1, 3):
-        raise DataError(f"dataset.channels={channels!r} is not allowed; use 1 (grayscale) or 3 (RGB)")
+    if channels is not None and (not is_int(channels) or channels not in (1, 3)):
+        raise DataError(
+            f"dataset.channels={channels!r} is not allowed; use 1 (grayscale) or 3 (RGB), or null"
+        )
     if size is not None and not (is_int(size) and size >= 1):
         raise DataError(f"dataset.size={size!r} is not allowed; use a positive integer such as 32, or null")
     files = sorted(
@@ -181,6 +187,7 @@ def _load_folder(path: str, n=None, seed=0, size: int | None = None, channels: i
             "there or point dataset.path at the right folder"
         )
     mode = "L" if channels == 1 else "RGB"
+    gray = True  # every file read so far is grayscale (what channels=None decides on)
     out: np.ndarray | None = None
     for i, f in enumerate(files):
         try:
@@ -195,6 +202,7 @@ def _load_folder(path: str, n=None, seed=0, size: int | None = None, channels: i
             ) from None
         if arr.ndim == 2:
             arr = arr[:, :, None]
+        gray = gray and bool((arr == arr[:, :, :1]).all())
         if out is None:
             out = np.empty((len(files), *arr.shape), dtype=np.uint8)
         elif arr.shape != out.shape[1:]:
@@ -205,7 +213,16 @@ def _load_folder(path: str, n=None, seed=0, size: int | None = None, channels: i
             )
         out[i] = arr
     assert out is not None
-    data = torch.as_tensor(out).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    note = None
+    if channels is None:
+        out = out[..., :1] if gray else out
+        kind = "every file is grayscale" if gray else "the files are in colour"
+        other = 3 if gray else 1
+        note = (
+            f"dataset {root.name or 'folder'!r}: {len(files)} images, {kind}, so {out.shape[-1]} channel(s) "
+            f"({out.shape[-1]}x{out.shape[1]}x{out.shape[2]}); set dataset.channels={other} to change that"
+        )
+    data = torch.as_tensor(np.ascontiguousarray(out)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
     labels, classes = None, None
     rel = [f.relative_to(root).parts for f in files]
@@ -213,9 +230,8 @@ def _load_folder(path: str, n=None, seed=0, size: int | None = None, channels: i
         classes = tuple(sorted({parts[0] for parts in rel}))
         index = {c: k for k, c in enumerate(classes)}
         labels = torch.tensor([index[parts[0]] for parts in rel], dtype=torch.long)
-    return Dataset(
-        data=data.contiguous(), labels=labels, name=root.name or "folder", kind="image", classes=classes
-    )
+    name = root.name or "folder"
+    return Dataset(data=data.contiguous(), labels=labels, name=name, kind="image", classes=classes, note=note)
 
 
 def _center_crop_resize(im, size: int):

@@ -7,6 +7,7 @@ against it — one clear :class:`~diffusion_curriculum.data.DataError` for each 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from collections.abc import Callable
@@ -80,8 +81,9 @@ def load(
       than ``labels``) and optional ``labels``; NHWC, NCHW or grayscale NHW; uint8 0..255 or float in [0, 1]
       or [-1, 1]. A 2-D float array ``[N, D]`` is taken as points, unchanged. Loaded with
       ``allow_pickle=False`` (nothing is ever unpickled).
-    * ``folder`` — every .png/.jpg/.jpeg/.bmp/.webp under ``path`` (recursive, sorted), as RGB (or grayscale
-      with ``channels=1``), optionally center-cropped to a square and resized to ``size`` x ``size``; when
+    * ``folder`` — every .png/.jpg/.jpeg/.bmp/.webp under ``path`` (recursive, sorted), as grayscale when every
+      file is grayscale and RGB otherwise (``channels=1`` or ``3`` forces one; the choice is the dataset's
+      ``note``), optionally center-cropped to a square and resized to ``size`` x ``size``; when
       every image sits in a subfolder, the first-level subfolder names (sorted) become class labels.
 
     ``n`` on digits/npz/folder keeps the first ``n`` samples (all of them when there are fewer).
@@ -102,13 +104,8 @@ def load(
     ds = entry.loader(path, n, seed, **params)
     if entry.synthetic or n is None or n >= len(ds):
         return ds
-    return Dataset(
-        data=ds.data[:n].contiguous(),
-        labels=None if ds.labels is None else ds.labels[:n].contiguous(),
-        name=ds.name,
-        kind=ds.kind,
-        classes=ds.classes,
-    )
+    labels = None if ds.labels is None else ds.labels[:n].contiguous()
+    return dataclasses.replace(ds, data=ds.data[:n].contiguous(), labels=labels)
 
 
 def _check_params(entry: DatasetSpec, params: dict) -> None:

@@ -9,6 +9,7 @@ each class computes only its own metrics.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ __all__ = ["EVAL_SEED_OFFSET", "Evaluator", "ImageEvaluator", "PointEvaluator"]
 #: Seed offset of the fresh toy points a :class:`PointEvaluator` compares against (never the training draw).
 EVAL_SEED_OFFSET = 1_000_003
 
-_IMAGE_OPTIONS = ("cache_dir", "inception_weights", "k", "device", "feature_settings")
+_IMAGE_OPTIONS = ("cache_dir", "inception_weights", "k", "device", "feature_settings", "on_train")
 _POINT_OPTIONS = ("bandwidths", "n_projections")
 
 
@@ -93,7 +94,9 @@ class ImageEvaluator(Evaluator):
     ``precision`` and ``recall`` are Kynkäänniemi et al. 2019's with ``k`` neighbours on the same features.
     ``fid`` is the Inception-v3 FID (:func:`~diffusion_curriculum.metrics.inception_fid`'s network), run on
     ``device``; the small feature nets run on the CPU. ``feature_settings`` override the feature net's training
-    settings (e.g. ``{"steps": 2000}``); ``cache_dir`` is its disk cache. Images are clamped to [-1, 1] first.
+    settings (e.g. ``{"steps": 2000}``); ``cache_dir`` is its disk cache; ``on_train()`` is called just before
+    the feature net is trained (not when it comes from the cache), for a caller that announces the wait.
+    Images are clamped to [-1, 1] first.
     """
 
     def __init__(
@@ -107,13 +110,14 @@ class ImageEvaluator(Evaluator):
         k: int = 3,
         device: str | torch.device = "cpu",
         feature_settings: dict[str, Any] | None = None,
+        on_train: Callable[[], None] | None = None,
         **point_options: Any,
     ):
         super().__init__(dataset, seed=seed, n_real=n_real, **point_options)
         self.k = int(k)
         self.device = torch.device(device)
         self.feature_net: nn.Module = feature_net(
-            dataset, seed=seed, cache_dir=cache_dir, **(feature_settings or {})
+            dataset, seed=seed, cache_dir=cache_dir, on_train=on_train, **(feature_settings or {})
         )
         self.fd_features: str = self.feature_net.kind
         self.inception: FIDInceptionV3 | None = None

@@ -15,6 +15,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -391,9 +392,13 @@ def feature_net(
     cache_dir: str | os.PathLike | None = None,
     *,
     kind: str | None = None,
+    on_train: Callable[[], None] | None = None,
     **settings: Any,
 ) -> FeatureNet | AutoEncoder:
     """A trained feature net for ``dataset``: from this process's memo, else the disk cache, else trained.
+
+    ``on_train()``, when given, is called just before a net is trained — never on a memo or cache hit — so a
+    caller can announce the wait only when there is one.
 
     The cache key is the SHA-256 of the data tensor's bytes, the labels, the net kind, ``seed``, every
     training setting (``settings`` override the defaults, see :func:`train_feature_net`) and
@@ -412,6 +417,8 @@ def feature_net(
     stem = root / "feature_nets" / f"{kind}-{digest[:24]}"
     net = _load_cached(stem, kind, digest)
     if net is None:
+        if on_train is not None:
+            on_train()
         net = train_feature_net(dataset, seed=seed, kind=kind, **s)
         _save_cached(stem, net, digest)
     _MEMO[digest] = net

@@ -138,7 +138,9 @@ class UNet(nn.Module):
         attention_resolutions: feature-map sizes (the side length; the longer side for non-square images)
             that get self-attention after each residual block, the middle block included; ``[]`` disables
             attention. ``None`` (default) is the choice of Ho et al. and ADM for small images: attention at
-            the 16x16 level if there is one, none otherwise. Explicit values must be resolutions that this
+            the 16x16 level if there is one, none otherwise. ``"auto"`` (the config's default) puts it at the
+            lowest resolution the U-Net reaches — 4 for 8x8 images with two levels, 8 for 16x16, 16 for
+            32x32 — so one setting fits every image size. Explicit values must be resolutions that this
             image reaches.
         num_heads: attention heads; must divide the channel count at every attention level.
         dropout: dropout probability inside the residual blocks.
@@ -155,7 +157,7 @@ class UNet(nn.Module):
         channels: int = 64,
         channel_mult: Sequence[int] = (1, 2, 2),
         num_res_blocks: int = 2,
-        attention_resolutions: Sequence[int] | None = None,
+        attention_resolutions: Sequence[int] | str | None = None,
         num_heads: int = 4,
         dropout: float = 0.0,
         groups: int = 32,
@@ -256,7 +258,7 @@ class UNet(nn.Module):
 
 
 def _resolutions_and_attention(
-    height: int, width: int, channel_mult: tuple[int, ...], attention_resolutions: Sequence[int] | None
+    height: int, width: int, channel_mult: tuple[int, ...], attention_resolutions: Sequence[int] | str | None
 ) -> tuple[list[int], set[int]]:
     """(the resolution of every level, the resolutions with attention), or a ValueError naming
     ``model.channel_mult`` (too many levels for the image) or ``model.attention_resolutions`` (one the image
@@ -275,13 +277,20 @@ def _resolutions_and_attention(
     resolutions = [max(s) for s in sizes]
     if attention_resolutions is None:
         return resolutions, {16} & set(resolutions)
+    if attention_resolutions == "auto":
+        return resolutions, {resolutions[-1]}
+    if isinstance(attention_resolutions, str):
+        raise ValueError(
+            f"model.attention_resolutions={attention_resolutions!r} is invalid; allowed: auto (the lowest "
+            "resolution), [] for none, or a list of resolutions such as [8]"
+        )
     attention = set(common.integers("attention_resolutions", attention_resolutions, allow_empty=True))
     if not attention <= set(resolutions):
         raise ValueError(
             f"model.attention_resolutions={list(attention_resolutions)} is not allowed: the feature "
             f"maps of this {height}x{width} image with {len(channel_mult)} levels have resolutions "
             f"{common.join(resolutions)}; allowed: a subset of [{common.join(resolutions)}], "
-            "or [] for none"
+            "[] for none, or auto (the lowest resolution)"
         )
     return resolutions, attention
 

@@ -227,15 +227,26 @@ def build_spec(param: str, spec, process, exclude: tuple[str, ...] = (), **fixed
         raise ValueError(f"sampler parameter {param}: {e}") from None
 
 
+#: parameters every sampler takes that the config does not set (the trainer passes them), left out of the
+#: "allowed:" list of an unknown-parameter error
+UNLISTED = ("total_steps",)
+
+
 def build(name: str, process, **params) -> TimestepSampler:
     """Build a registered sampler: ``build("ddc", process, total_steps=100_000, clusters=20)``.
 
-    Raises ``ValueError`` for an unknown name or parameter (naming it, listing what is allowed and
-    suggesting the nearest) and for an invalid value (from the sampler's own checks).
+    Raises ``ValueError`` for an unknown name or parameter (naming it, listing what is allowed — without
+    ``total_steps``, which the trainer sets from ``steps`` — and suggesting the nearest) and for an invalid
+    value (from the sampler's own checks).
     """
     if name not in REGISTRY:
         raise ValueError(unknown("sampler.name", name, sorted(REGISTRY)))
-    check_params(
-        "sampler", f"the {name!r} sampler", REGISTRY[name].__init__, params, skip=("self", "process")
+    check_params(  # total_steps is the trainer's (planned over `steps`), so an error does not offer it
+        "sampler",
+        f"the {name!r} sampler",
+        REGISTRY[name].__init__,
+        params,
+        ("self", "process"),
+        unlisted=UNLISTED,
     )
     return REGISTRY[name](process, **params)

@@ -38,9 +38,9 @@ is created and a run is bit-identical to a plain single-process one.
   pacing on the all-reduced mean loss, the importance sampler's history on the all-gathered (t, loss) of
   every rank), so all ranks hold identical sampler state. The logged loss is the all-reduced mean, and a
   non-finite loss on any rank stops (or skips the step on) every rank alike.
-* **Rank 0 writes.** Only rank 0 writes ``config.yaml``, ``metrics.jsonl``, the progress bar, TensorBoard,
-  sample grids, evaluations (quality metrics included), ``summary.json`` and checkpoints; the other ranks
-  wait for each checkpoint write (rank 0 broadcasts its outcome, so a failed write stops every rank with the
+* **Rank 0 writes.** Only rank 0 writes ``config.yaml``, ``metrics.jsonl``, the progress bar, the trackers
+  (TensorBoard, W&B), sample grids, evaluations (quality metrics included), ``summary.json`` and checkpoints;
+  the other ranks wait for each checkpoint write (rank 0 broadcasts its outcome, so a failed write stops every rank with the
   same sentence instead of leaving them waiting). The noise-level histogram of an evaluation sums every rank's
   draws.
 * **Resume.** A checkpoint holds the (identical) model, optimizer, schedules, sampler and data-stream state

@@ -34,6 +34,8 @@ class Components:
     model: nn.Module
     sampler: timesteps.TimestepSampler
     weight_fn: Callable
+    #: the bounds generation clips x̂0 to, or None (:func:`clip_range` of the config's ``eval.clip``)
+    clip: tuple[float, float] | None = None
 
 
 def _named(cfg: dict, section: str) -> tuple[str, dict]:
@@ -81,7 +83,19 @@ def build_components(cfg: dict) -> Components:
     weight_fn = _build(
         "weighting", cfg["weighting"], weighting.build, wname, proc, cfg["prediction"], **wparams
     )
-    return Components(proc, dataset, model, sampler, weight_fn)
+    return Components(proc, dataset, model, sampler, weight_fn, clip_range(cfg["eval"]["clip"], dataset))
+
+
+def clip_range(setting: Any, dataset: data.Dataset) -> tuple[float, float] | None:
+    """The bounds the trainer's evaluation, ``sample`` and ``evaluate`` clip each x̂0 to while generating: the one
+    place that decides it. ``eval.clip: auto`` takes the data's own range (:attr:`data.Dataset.value_range`:
+    [-1, 1] for images, none for 2-D points or an ``.npz`` of unscaled points), ``false`` clips nothing and
+    ``[low, high]`` clips there."""
+    if setting == "auto":
+        return dataset.value_range
+    if setting is False or setting is None:
+        return None
+    return float(setting[0]), float(setting[1])
 
 
 def stream_seed(seed: int, stream: str, rank: int = 0) -> int:

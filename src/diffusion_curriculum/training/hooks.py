@@ -1,5 +1,5 @@
-"""What the trainer does around its steps, as hooks: the drawn-noise histogram, the JSONL log, TensorBoard, the
-progress bar and Ctrl-C / SIGTERM.
+"""What the trainer does around its steps, as hooks: the drawn-noise histogram, the JSONL log, the experiment
+trackers (TensorBoard, Weights & Biases), the progress bar and Ctrl-C / SIGTERM.
 
 A hook subclasses :class:`Hook` and overrides what it needs; the trainer calls, in its hooks' order,
 
@@ -13,6 +13,9 @@ A hook subclasses :class:`Hook` and overrides what it needs; the trainer calls, 
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import os
 import signal
 import sys
 import threading
@@ -23,6 +26,7 @@ from typing import Any
 import torch
 
 from .. import noise_levels
+from ..errors import ConfigError
 
 #: bins of the drawn-noise-level histogram logged at every evaluation
 T_HIST_BINS = 20
@@ -86,8 +90,50 @@ class JsonlLog(Hook):
         self.rundir.append(rec)
 
 
+def logger_names(cfg: dict) -> list[str]:
+    """The trackers a config asks for: ``logger`` (``none``, one name of ``config.LOGGERS`` or a list of them),
+    plus TensorBoard when the older spelling ``tensorboard: true`` is set."""
+    chosen = cfg["logger"]
+    names = [] if chosen == "none" else [chosen] if isinstance(chosen, str) else list(dict.fromkeys(chosen))
+    if cfg["tensorboard"] and "tensorboard" not in names:
+        names.append("tensorboard")
+    return names
+
+
+def check_loggers(cfg: dict) -> None:
+    """A ConfigError naming the extra to install when a chosen tracker's package is missing (checked before
+    anything is written)."""
+    for name in logger_names(cfg):
+        if importlib.util.find_spec(name) is None:
+            key = (
+                "tensorboard=true" if name == "tensorboard" and cfg["logger"] == "none" else f"logger={name}"
+            )
+            raise ConfigError(
+                f"{key} needs the {name} package, which is not installed: pip install 'diffusion-curriculum[{name}]'"
+            )
+
+
+def loggers(cfg: dict, out: Path) -> list[Hook]:
+    """One hook per tracker :func:`logger_names` chooses, writing beside (or, for W&B, about) the run ``out``."""
+    make = {"tensorboard": lambda: TensorBoard(out / "tensorboard"), "wandb": lambda: WandB(out, cfg)}
+    return [make[name]() for name in logger_names(cfg)]
+
+
+def scalars(rec: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a record a tracker logs as scalars: every top-level number but ``step`` (booleans and
+    lists left out) and the numbers one mapping down, as ``"sampler/stage"``."""
+    out: dict[str, float] = {}
+    for k, v in rec.items():
+        items = v.items() if isinstance(v, dict) else [(None, v)]
+        for sub, x in items:
+            if k != "step" and isinstance(x, (int, float)) and not isinstance(x, bool):
+                out[k if sub is None else f"{k}/{sub}"] = x
+    return out
+
+
 class TensorBoard(Hook):
-    """Every number of every record as a TensorBoard scalar at the record's step (``tensorboard: true``)."""
+    """Every number of every record (:func:`scalars`) as a TensorBoard scalar at the record's step
+    (``logger: tensorboard``, or ``tensorboard: true``)."""
 
     def __init__(self, logdir: str | Path):
         from torch.utils.tensorboard import SummaryWriter
@@ -96,13 +142,57 @@ class TensorBoard(Hook):
 
     def on_record(self, trainer: Any, rec: dict[str, Any]) -> None:
         """Add the record's numbers."""
-        for k, v in rec.items():
-            if k != "step" and isinstance(v, (int, float)):
-                self.writer.add_scalar(k, v, rec["step"])
+        for k, v in scalars(rec).items():
+            self.writer.add_scalar(k, v, rec["step"])
 
     def close(self) -> None:
         """Flush and close the event file."""
         self.writer.close()
+
+
+class WandB(Hook):
+    """Weights & Biases (``logger: wandb``, extra ``wandb``): the same scalars as TensorBoard (:func:`scalars`)
+    at each record's step, the sample grid (or scatter plot) of every evaluation as ``samples`` and its
+    drawn-noise-level histogram as ``t_hist``; the resolved config is the W&B run's config.
+
+    The project is ``$WANDB_PROJECT`` (default ``diffusion-curriculum``), the run's name the run directory's;
+    W&B's files go to ``$WANDB_DIR`` when set, else into the run directory (``<run>/wandb``). The W&B run id is
+    derived from the run directory's absolute path, so ``--resume`` continues the same W&B run. Every other W&B
+    setting comes from its own environment variables (``WANDB_MODE=offline`` logs without a network; ``wandb
+    sync`` uploads later)."""
+
+    def __init__(self, out: Path, cfg: dict):
+        import wandb
+
+        self.wandb = wandb
+        where = Path(out).resolve()
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT") or "diffusion-curriculum",
+            name=where.name,
+            id=hashlib.sha256(str(where).encode()).hexdigest()[:16],
+            resume="allow",
+            dir=None if os.environ.get("WANDB_DIR") else str(where),
+            config=cfg,
+        )
+
+    def on_eval(self, trainer: Any, samples: torch.Tensor, step: int) -> dict[str, Any]:
+        """Log the evaluation's picture (the PNG the trainer has just written) at ``step``."""
+        path = getattr(trainer, "samples_path", None)
+        if path is not None and Path(path).is_file():
+            self.run.log({"samples": self.wandb.Image(str(path))}, step=step)
+        return {}
+
+    def on_record(self, trainer: Any, rec: dict[str, Any]) -> None:
+        """Log the record's numbers, and its drawn-noise histogram when it has one."""
+        logged: dict[str, Any] = scalars(rec)
+        if "t_hist" in rec:
+            hist = (rec["t_hist"], rec["t_hist_edges"])
+            logged["t_hist"] = self.wandb.Histogram(np_histogram=hist)
+        self.run.log(logged, step=rec["step"])
+
+    def close(self) -> None:
+        """Finish the W&B run (its files are complete after this)."""
+        self.run.finish()
 
 
 class ProgressBar(Hook):
@@ -147,16 +237,22 @@ def stderr_line(msg: str) -> None:
 
 class QualityMetrics(Hook):
     """Sample quality at every evaluation (:class:`metrics.Evaluator`: FD and friends) against ``dataset``,
-    with the config's ``metrics`` settings. For image data it says (``say``) that it prepares the feature net
-    first, and how long training it took when it was not cached: that is a silent ~15 s otherwise."""
+    with the config's ``metrics`` settings. When image data's feature net is not in the cache yet, it says
+    (``say``) that it trains it first (a silent ~15 s otherwise) and how long that took; a net loaded from the
+    cache is not announced."""
 
     def __init__(self, dataset: Any, metrics_cfg: dict, device: torch.device, say: Any = None):
         from .. import metrics
 
         say = say or (lambda msg: None)
-        if dataset.kind == "image":
-            say("quality metrics: loading the feature net for FD (trained on first use, ~15 s on a CPU)...")
-        t0 = time.perf_counter()
+        started: list[float] = []
+
+        def training() -> None:
+            started.append(time.perf_counter())
+            say(
+                "quality metrics: training the feature net for FD on first use (~15 s on a CPU; cached after)..."
+            )
+
         # the feature net's seed is fixed (not the run's) so quality numbers compare across seeds and runs
         self.evaluator = metrics.Evaluator(
             dataset,
@@ -164,9 +260,12 @@ class QualityMetrics(Hook):
             n_real=metrics_cfg["n_real"],
             inception_weights=metrics_cfg["inception_weights"],
             device=device,
+            **({"on_train": training} if dataset.kind == "image" else {}),
         )
-        if getattr(getattr(self.evaluator, "feature_net", None), "source", None) == "trained":
-            say(f"quality metrics: feature net trained in {time.perf_counter() - t0:.0f} s and cached")
+        if started:
+            say(
+                f"quality metrics: feature net trained in {time.perf_counter() - started[0]:.0f} s and cached"
+            )
 
     def on_eval(self, trainer: Any, samples: torch.Tensor, step: int) -> dict[str, Any]:
         """The quality numbers of ``samples``."""

@@ -34,6 +34,7 @@ RESUMABLE_KEYS = (
     "device",
     "progress",
     "tensorboard",
+    "logger",
     "eval",
     "metrics",
     "on_nonfinite",

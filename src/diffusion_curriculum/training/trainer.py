@@ -3,7 +3,6 @@ determinism and data-parallel contract)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
 import time
@@ -71,10 +70,7 @@ class Trainer:
                 f"batch_size={cfg['batch_size']} is the global batch and must split evenly over the "
                 f"{self.world} processes; use a multiple of {self.world}"
             )
-        if cfg["tensorboard"] and importlib.util.find_spec("tensorboard") is None:
-            raise ConfigError(
-                "tensorboard=true needs the tensorboard package: pip install 'diffusion_curriculum[tensorboard]'"
-            )
+        hooks.check_loggers(cfg)
 
     def _setup(self, cfg: dict, resume: bool) -> None:
         self._check_settings(cfg)
@@ -85,8 +81,12 @@ class Trainer:
         random.seed(seed)
         np.random.seed(seed % 2**32)
         c = components.build_components(cfg)  # every config error surfaces here, before anything is written
+        if (
+            c.dataset.note
+        ):  # what the loader chose for the user (e.g. grayscale detected): the run's first line
+            self.say(c.dataset.note)
         self.process, self.dataset = c.process, c.dataset
-        self.sampler, self.weight_fn = c.sampler, c.weight_fn
+        self.sampler, self.weight_fn, self.clip = c.sampler, c.weight_fn, c.clip
         self.loss = DenoisingLoss(self.process, cfg["prediction"], self.weight_fn)
         self.model = c.model.to(self.device)
         self._model_params = list(self.model.parameters())  # listed once: not per step
@@ -320,9 +320,10 @@ class Trainer:
 
     @torch.no_grad()
     def generate(self, n: int | None = None) -> torch.Tensor:
-        """``n`` samples (default ``eval.samples``) from the EMA model with the run's evaluation sampler and seed."""
+        """``n`` samples (default ``eval.samples``) from the EMA model with the run's evaluation sampler and seed;
+        x̂0 is clipped to :attr:`clip` (``eval.clip``: the data's range by default, none for 2-D points)."""
         ec = self.cfg["eval"]
-        kw = {k: ec[k] for k in ("method", "steps", "eta", "seed", "batch_size")}
+        kw = {k: ec[k] for k in ("method", "steps", "eta", "seed", "batch_size")} | {"clip_x0": self.clip}
         n, shape = n or ec["samples"], self.dataset.shape
         return generate.sample(
             self.ema, self.process, n, shape, prediction=self.cfg["prediction"], device=self.device, **kw
@@ -341,7 +342,7 @@ class Trainer:
         self.say(f"evaluating at step {self.step} ({self.cfg['eval']['samples']} samples)...")
         samples = self.generate()
         shown = samples if self.dataset.kind == "points" else samples[:GRID]
-        self.rundir.save_samples(shown, f"step_{self.step:08d}")
+        self.samples_path = self.rundir.save_samples(shown, f"step_{self.step:08d}")  # for the trackers
         rec: dict[str, Any] = {"step": self.step, "eval_loss": self.eval_loss()}
         for hook in self.hooks:
             rec.update(hook.on_eval(self, samples, self.step))
@@ -411,10 +412,10 @@ class Trainer:
             self.close()
 
     def _start_run_hooks(self) -> None:
-        """The hooks that live for one :meth:`run`: TensorBoard (rank 0, when asked for) and the progress bar."""
+        """The hooks that live for one :meth:`run`: the trackers ``logger`` asks for (rank 0) and the progress bar."""
         cfg = self.cfg
-        if cfg["tensorboard"] and self.rank == 0:
-            self._run_hooks.append(hooks.TensorBoard(self.out / "tensorboard"))
+        if self.rank == 0:
+            self._run_hooks.extend(hooks.loggers(cfg, self.out))
         self._bar = hooks.ProgressBar(cfg["steps"], self.step, cfg["progress"] and self.rank == 0)
         self._run_hooks.append(self._bar)
         self.hooks.extend(self._run_hooks)
