@@ -46,14 +46,16 @@ def test_lambda_ramp_fraction_and_steps():
 
 def test_probs_match_independent_formula():
     T = 1000
-    s = timesteps.build("clts", DiscreteProcess.cosine(T), total_steps=100, start=0, end=100)
+    s = timesteps.build("clts", DiscreteProcess.cosine(T), total_steps=100, start=0, end=100, coordinate="t")
     for step in (0, 30, 100):
         s.step = step
         p = s.probs()
         assert p.dtype == torch.float64 and p.shape == (T,)
         np.testing.assert_allclose(p.numpy(), reference_probs(T, step / 100), rtol=1e-10, atol=1e-15)
         assert p.sum().item() == pytest.approx(1.0, abs=1e-12)
-    s2 = timesteps.build("clts", DiscreteProcess.linear(50), total_steps=10, mu=0.7, sigma=0.05)
+    s2 = timesteps.build(
+        "clts", DiscreteProcess.linear(50), total_steps=10, mu=0.7, sigma=0.05, coordinate="t"
+    )
     s2.step = 5
     np.testing.assert_allclose(s2.probs().numpy(), reference_probs(50, 1.0, 0.7, 0.05), rtol=1e-10)
 
@@ -139,7 +141,7 @@ def test_state_roundtrip_reproduces_draws():
     assert s2.step == 7 and s2.lam() == s.lam() > 0
     assert torch.equal(s.sample(32, generator=g(9)).t, s2.sample(32, generator=g(9)).t)
     e = timesteps.build("clts", EDMProcess(), total_steps=40)
-    e.load_state_dict(st | {"name": "clts"})
+    e.load_state_dict(st | {"coordinate": "t"})  # EDM has only its quantile coordinate
     e2 = timesteps.build("clts", EDMProcess(), total_steps=40)
     e2.load_state_dict(e.state_dict())
     assert torch.equal(e.sample(32, generator=g(5)).t, e2.sample(32, generator=g(5)).t)
@@ -196,12 +198,33 @@ def test_schedule_free_coordinates_give_the_same_law_on_both_schedules(coordinat
 
 def test_coordinate_t_is_the_original_density():
     p = DiscreteProcess.cosine(1000)
-    a = timesteps.build("clts", p, total_steps=100)
+    a = timesteps.build("clts", p, total_steps=100, coordinate="t")
     b = timesteps.build("clts", p, total_steps=100, coordinate="t", mu=0.3, sigma=0.2)
     x = torch.arange(1000, dtype=torch.float64) / 1000
     g = torch.exp(-0.5 * ((x - 0.3) / 0.2) ** 2)
     assert torch.equal(a._gauss, g / g.sum()) and torch.equal(a._gauss, b._gauss)
     assert a.coordinate == "t"
+
+
+def test_the_default_coordinate_is_the_noise_rate_and_t_on_edm():
+    p = DiscreteProcess.linear(1000)
+    a = timesteps.build("clts", p, total_steps=100)
+    b = timesteps.build("clts", p, total_steps=100, coordinate="noise-rate", mu=0.78, sigma=0.25)
+    assert a.coordinate == "noise-rate" and torch.equal(a._gauss, b._gauss)
+    assert timesteps.build("clts", EDMProcess(), total_steps=100).coordinate == "t"
+
+
+def test_a_checkpoint_from_before_the_default_changed_is_refused_not_resumed_in_another_density():
+    p = DiscreteProcess.linear(1000)
+    old = timesteps.build("clts", p, total_steps=100, coordinate="t")
+    state = old.state_dict()
+    del state["coordinate"]  # what a checkpoint written before the key existed holds
+    with pytest.raises(ValueError, match="coordinate='t'.*coordinate: t"):
+        timesteps.build("clts", p, total_steps=100).load_state_dict(state)
+    same = timesteps.build("clts", p, total_steps=100, coordinate="t")
+    same.load_state_dict(state)  # the line the message names makes it resumable
+    fresh = timesteps.build("clts", p, total_steps=100)
+    fresh.load_state_dict(timesteps.build("clts", p, total_steps=100).state_dict())
 
 
 def test_noise_rate_mass_is_the_gaussian_in_noise_rate():

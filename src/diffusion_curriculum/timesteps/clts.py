@@ -12,7 +12,7 @@ SpeeD's CLTS baseline), the Gaussian's share ramping linearly:
     p_s(t) ∝ (1 − λ_s) · 1/T + λ_s · φ((t/T − μ)/σ) / Z,   λ_s = λ_max · clip((s − s_start)/(s_end − s_start), 0, 1)
 
 with Z = Σ_{t=0}^{T−1} φ((t/T − μ)/σ), so both parts are normalised over the discrete t and p_s sums to 1.
-Every default (μ = 0.3, σ = 0.2, λ_max = 1, s_start = 0, s_end = 50 % of the planned steps or 50 000) is the
+Every default (μ = 0.3, σ = 0.2 in t — the default coordinate is the noise rate, below —, λ_max = 1, s_start = 0, s_end = 50 % of the planned steps or 50 000) is the
 project's documented choice, not a number from the paper. Weights are 1: CLTS changes what is trained, not the
 objective.
 
@@ -42,7 +42,9 @@ DEFAULT_END_STEPS = 50_000
 COORDINATES = ("t", "noise-rate", "log-snr")
 #: (μ, σ) per coordinate when not given [reconstruction]: where t's (0.3, 0.2) fall on the linear schedule
 DEFAULT_MU_SIGMA = {"t": (0.3, 0.2), "noise-rate": (0.78, 0.25), "log-snr": (-0.4, 2.3)}
-DEFAULT_COORDINATE = "t"
+#: the coordinate when none is given on a discrete or flow process (EDM has only its quantile coordinate, "t");
+#: "noise-rate" since it held on both the linear and the cosine schedule (docs/methods.md, "CLTS")
+DEFAULT_COORDINATE = "noise-rate"
 
 # keep u strictly inside (0, 1) so Φ⁻¹(u) stays finite
 _U_EPS = 2.0**-60
@@ -61,10 +63,12 @@ class CLTS(TimestepSampler):
     ----------
     coordinate:
         where the Gaussian lives (discrete processes): ``t`` (t/T, the original form), ``noise-rate``
-        (√(1 − ᾱ_t)) or ``log-snr`` (log-SNR in nats); see the module docstring. Default ``t``.
+        (√(1 − ᾱ_t)) or ``log-snr`` (log-SNR in nats); see the module docstring. Default ``noise-rate`` (``t``,
+        the quantile coordinate, on EDM processes); a checkpoint written before this default is refused by
+        :meth:`load_state_dict` with the line to add, not resumed with another density.
     mu, sigma:
         centre and width of the Gaussian in that coordinate (μ ∈ [0, 1] for ``t`` and ``noise-rate``, any
-        finite μ for ``log-snr``; σ > 0); defaults per coordinate (``t``: 0.3 and 0.2).
+        finite μ for ``log-snr``; σ > 0); defaults per coordinate (``noise-rate``: 0.78 and 0.25; ``t``: 0.3 and 0.2).
     lambda_max:
         the Gaussian's final share λ_max ∈ [0, 1] (default 1: pure Gaussian at the end of the ramp).
     start, end:
@@ -108,7 +112,8 @@ class CLTS(TimestepSampler):
         coordinate: str | None = None,
     ):
         super().__init__(process, total_steps)
-        coordinate = DEFAULT_COORDINATE if coordinate is None else coordinate
+        if coordinate is None:
+            coordinate = DEFAULT_COORDINATE if self.kind != "continuous" else "t"
         check_choice("coordinate", coordinate, COORDINATES)
         check_param(
             "coordinate",
@@ -252,6 +257,19 @@ class CLTS(TimestepSampler):
         u = torch.where(pick < lam, u_gauss, v.clamp(_U_EPS, 1 - _U_EPS))
         sigma = torch.exp(self.P_mean + self.P_std * torch.special.ndtri(u))
         return sigma.float(), None
+
+    def _state(self):
+        return {"coordinate": self.coordinate}
+
+    def _load_state(self, state):
+        # a checkpoint without the key was written when every CLTS ran in t
+        saved = state.get("coordinate", "t")
+        if saved != self.coordinate:
+            raise ValueError(
+                f"clts: this checkpoint was trained with coordinate={saved!r} but the run's sampler now has "
+                f"coordinate={self.coordinate!r} (the default changed from 't' to 'noise-rate'); add "
+                f"'coordinate: {saved}' to the sampler section of the run's config.yaml to resume it as it was"
+            )
 
     def status(self):
         return {"lambda": round(self.lam(), 4)}
