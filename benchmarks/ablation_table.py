@@ -6,7 +6,8 @@ more compare output folders into ``benchmarks/results/<name>/<group>/<method>/se
 prints, per group (e.g. the noise schedule), a markdown table: FD mean ± std over the seeds at every checkpoint,
 the speed-up per seed (steps the baseline needs to reach its own final FD ÷ steps the method needs; log-linear
 interpolation between evaluations, "n.r." when not reached), and how many steps the baseline needs to match the
-method's FD at early checkpoints, ÷ those steps (same interpolation, "≤ 1" when the baseline was already as good).
+method's FD at early checkpoints, ÷ those steps (same interpolation, "≤ 1" when the baseline was already as good),
+and, for methods with at least two seeds shared with the baseline, the speed-up of the seed-mean curves.
 
     python benchmarks/ablation_table.py --collect lin=/work/bench/lin cos=/work/bench/cos --name digits-ablation
     python benchmarks/ablation_table.py --name digits-ablation            # the tables, from the committed files
@@ -67,11 +68,33 @@ def _ratio(v) -> str:
     return "n.r." if v == "not reached" else str(v)
 
 
+def _mean_curve(seeds: dict[int, list[tuple[int, float]]], only: set[int]) -> list[tuple[int, float]]:
+    """The mean over ``only``'s seeds at every step all of them evaluated."""
+    curves = [dict(c) for s, c in seeds.items() if s in only]
+    common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return [(k, statistics.mean(c[k] for c in curves)) for k in common]
+
+
+def _mean_curve_speedup(base: dict, seeds: dict) -> str:
+    """Speed-up of the method's seed-mean curve over the baseline's, both over the seeds they share: steps the
+    baseline's mean curve needs to reach its own final value ÷ steps the method's mean curve needs ("–" with
+    fewer than two shared seeds)."""
+    shared = set(base) & set(seeds)
+    if len(shared) < 2:
+        return "–"
+    b, m = _mean_curve(base, shared), _mean_curve(seeds, shared)
+    r = speedup(b, m)
+    steps = r["method_steps"]
+    where = f" (at {steps:.0f} steps)" if isinstance(steps, float) else ""
+    return f"{_ratio(r['speedup'])}{where}"
+
+
 def table(methods: dict, baseline: str, early: tuple[int, ...]) -> str:
     """The markdown table of one group (see the module docstring)."""
     steps = sorted({s for seeds in methods.values() for c in seeds.values() for s, _ in c})
     head = ["method", "seeds", *[str(s) for s in steps], f"speed-up vs {baseline} (per seed)"]
     head += [f"{baseline} steps to match at {k} ÷ {k}" for k in early]
+    head.append(f"seed-mean curve: speed-up to {baseline}'s mean final FD")
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = methods.get(baseline, {})
     order = [baseline] + sorted(m for m in methods if m != baseline) if base else sorted(methods)
@@ -97,6 +120,7 @@ def table(methods: dict, baseline: str, early: tuple[int, ...]) -> str:
                 early_cells[k].append("n.r." if need is None else ("≤ 1" if need <= k else f"{need / k:.2f}"))
         cells.append(" / ".join(ups))
         cells += [" / ".join(early_cells[k]) for k in early]
+        cells.append(_mean_curve_speedup(base, seeds))
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
