@@ -335,3 +335,72 @@ def test_a_conditional_run_logs_accuracy_and_fd_of_class_balanced_guided_samples
     ev = metrics.Evaluator(t.dataset, seed=0)
     x, y = t.dataset.data[:300], t.dataset.labels[:300]
     assert ev(x, labels=y)["accuracy"] > 0.9 and ev(x, labels=(y + 1) % 10)["accuracy"] < 0.2
+
+
+# -- the command line: sample, evaluate, compare ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny conditional run and a tiny unconditional one (10 steps each)."""
+    from diffusion_curriculum.train import Trainer
+
+    root = tmp_path_factory.mktemp("cond-runs")
+    Trainer(_tiny(*COND, "steps=10", "checkpoint_every=5"), root / "cond").run()
+    Trainer(_tiny("steps=10", "checkpoint_every=5"), root / "plain").run()
+    return root
+
+
+def test_sample_labels_and_guidance_on_the_command_line(runs, tmp_path, capsys):
+    from diffusion_curriculum.cli import main
+
+    args = ["sample", "--checkpoint", str(runs / "cond"), "--n", "6", "--out", str(tmp_path / "g.png")]
+    assert main([*args, "--labels", "0,1,7", "--guidance", "2.0", "--npz", str(tmp_path / "s.npz")]) == 0
+    assert (tmp_path / "g.png").is_file()
+    assert np.load(tmp_path / "s.npz")["labels"].tolist() == [0, 0, 1, 1, 7, 7]
+    assert main([*args, "--labels", "all", "--npz", str(tmp_path / "a.npz")]) == 0
+    assert np.load(tmp_path / "a.npz")["labels"].tolist() == [0, 1, 3, 5, 6, 8]  # balanced over 10 classes
+    capsys.readouterr()
+    assert main([*args, "--labels", "0,12"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "class 12 is outside the run's 10 classes; allowed: 0 to 9" in err[0]
+    plain = ["sample", "--checkpoint", str(runs / "plain"), "--n", "4", "--out", str(tmp_path / "p.png")]
+    for extra in (["--labels", "0"], ["--guidance", "2"]):
+        assert main([*plain, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "applies only to a class-conditional run" in err[0]
+
+
+def test_evaluate_a_conditional_run_at_another_guidance(runs, capsys):
+    import json
+
+    from diffusion_curriculum import evaluate
+
+    recs = evaluate.evaluate_run(runs / "cond", samples=20, guidance=3.0, log=lambda m: None)
+    assert [r["step"] for r in recs] == [5, 10]
+    assert all(r["guidance"] == 3.0 and 0.0 <= r["accuracy"] <= 1.0 and "fd" in r for r in recs)
+    saved = [json.loads(x) for x in (runs / "cond" / "eval-n20-w3.jsonl").read_text().splitlines()]
+    assert saved == recs
+    at_own = evaluate.evaluate_run(runs / "cond", samples=20, log=lambda m: None)
+    assert at_own[0]["guidance"] == 2.0 and (runs / "cond" / "eval-n20.jsonl").is_file()  # its eval.guidance
+    assert at_own[0]["fd"] != recs[0]["fd"]  # another scale, other samples
+    assert "accuracy" not in evaluate.evaluate_run(runs / "plain", samples=20, log=lambda m: None)[0]
+    with pytest.raises(ValueError, match="applies only to a class-conditional run"):
+        evaluate.evaluate_run(runs / "plain", samples=20, guidance=2.0, log=lambda m: None)
+
+
+def test_compare_on_the_digits_cond_preset_shows_accuracy(tmp_path):
+    from conftest import TINY
+    from diffusion_curriculum import compare
+
+    over = [*TINY, "metrics.enabled=true", "eval.samples=20", "eval_every=5"]
+    res = compare.compare(
+        ["uniform", "logit-normal"], preset="digits-cond", out=tmp_path / "c", seeds=1, steps=10,
+        overrides=over, jobs=1, log=lambda m: None,
+    )  # fmt: skip
+    assert res["metric"] == "fd"
+    for r in res["methods"].values():
+        assert 0.0 <= r["accuracy_mean"] <= 1.0
+    table = compare.format_table(res)
+    assert "final accuracy (mean ± std) |" in table.splitlines()[0]
+    assert (tmp_path / "c" / "results.csv").read_text().splitlines()[0].endswith("final_accuracy_std")
+    with pytest.raises(Exception, match="higher-is-better"):
+        compare.pick_quality_key([], "accuracy")

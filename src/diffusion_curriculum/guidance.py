@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .checks import check_value, is_int, is_number
 
-__all__ = ["Guided", "balanced_labels", "guided", "parse_labels", "spread_labels"]
+__all__ = ["Guided", "balanced_labels", "guided", "parse_labels", "run_labels", "spread_labels"]
 
 
 class Guided:
@@ -110,3 +110,26 @@ def parse_labels(text: str, num_classes: int | None, n: int) -> Tensor:
             f"--labels: class {bad[0]} is outside the run's {num_classes} classes; allowed: 0 to {num_classes - 1}"
         )
     return spread_labels([int(s) for s in items], n)
+
+
+def run_labels(
+    num_classes: int | None, n: int, text: str | None, guidance: float | None, default_guidance: float
+) -> dict:
+    """The ``labels`` / ``guidance`` keywords of :func:`~diffusion_curriculum.generate.sample` for ``n`` samples
+    of a run with ``num_classes`` classes (``None``: unconditional), as ``sample --labels TEXT --guidance W``
+    and ``evaluate --guidance W`` ask for them: a conditional run draws ``text`` (:func:`parse_labels`;
+    ``None``: every class, balanced) at ``guidance`` (``None``: ``default_guidance``, the run's
+    ``eval.guidance``); an unconditional run takes neither (``{}``), and either given is a ``ValueError`` in
+    one sentence."""
+    if num_classes is None and guidance is not None:
+        raise ValueError(
+            f"--guidance {guidance:g} applies only to a class-conditional run, and this one was trained "
+            "without conditioning (cond.enabled=false)"
+        )
+    if num_classes is None and text is None:
+        return {}
+    check_value(
+        "--guidance", guidance, guidance is None or (is_number(guidance) and guidance >= 0), "a number >= 0"
+    )
+    labels = parse_labels("all" if text is None else text, num_classes, n)
+    return {"labels": labels, "guidance": default_guidance if guidance is None else float(guidance)}
