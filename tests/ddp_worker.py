@@ -70,14 +70,14 @@ def run_one(job: dict) -> None:
             (dump / f"rank{rank}.json").write_text(json.dumps({"error": type(e).__name__, "message": str(e)}))
             return
         indices: list[list[int]] = []
-        real_next = t.batcher.next
+        real_next = t.batcher.next_labelled  # what the trainer's step calls
 
         def next_batch():
             x = real_next()
             indices.append(t.batcher.last_indices.tolist())
             return x
 
-        t.batcher.next = next_batch
+        t.batcher.next_labelled = next_batch
         if job.get("poison_step") is not None and t.rank == 1:  # rank 1 alone sees a NaN loss at that step
             real_reduce = t._reduce_loss
 

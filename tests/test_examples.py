@@ -62,6 +62,22 @@ def test_diffusers_example_runs():
     assert "'stage': 2" in out or "'stage': 3" in out  # a 1-step cap advances the curriculum every step
 
 
+def test_diffusers_conditional_example_runs():
+    """A class-conditional UNet2DModel (num_class_embeds) trains with the unchanged timestep sampler and is
+    sampled class-balanced with classifier-free guidance by the library's DDIM."""
+    pytest.importorskip("diffusers")
+    out = run_example(
+        "diffusers_cond_loop.py",
+        *("--steps", "4", "--batch-size", "8", "--channels", "4", "--timesteps", "100", "--log-every", "2"),
+        *("--sampler", "ddc", "--samples", "10", "--sample-steps", "3", "--guidance", "2.5"),
+    )
+    check_done(out, 4)
+    m = re.search(
+        r"^generated 10 samples of classes \[0, 1, .*, 9\] at guidance 2.5, mean (\S+), std (\S+)$", out, re.M
+    )
+    assert m and math.isfinite(float(m.group(1))) and float(m.group(2)) > 0, out
+
+
 @pytest.mark.parametrize(
     ("sampler", "weighting_name", "shift"), [("logit-normal", "cosmap", "3.0"), ("ddc", "none", "1.0")]
 )

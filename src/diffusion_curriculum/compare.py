@@ -34,6 +34,9 @@ from .training import build_components
 
 #: quality keys in order of preference (lower is better for all of them)
 QUALITY_KEYS = ("fd", "fid", "swd", "mmd", "eval_loss")
+#: quality keys where higher is better (a class-conditional run's ``accuracy``): shown as a column of their own
+#: (the final value per method), not used for the speed-up
+EXTRA_QUALITY_KEYS = ("accuracy",)
 MOMENTUM_NAMES = ("mdlrc", "momentum")
 
 
@@ -147,6 +150,11 @@ def quality_curve(records: list[dict], key: str) -> list[tuple[int, float]]:
 
 def pick_quality_key(records: list[dict], wanted: str = "auto") -> str:
     """The quality key to compare runs on: ``wanted``, or with ``auto`` the first of QUALITY_KEYS any record has (``eval_loss`` as a last resort)."""
+    if wanted in EXTRA_QUALITY_KEYS:
+        raise ConfigError(
+            f"--metric {wanted} is higher-is-better and is shown as its own column; measure the speed-up on a "
+            f"lower-is-better key ({', '.join(QUALITY_KEYS)})"
+        )
     if wanted != "auto":
         return wanted
     for k in QUALITY_KEYS:
@@ -356,6 +364,11 @@ def summarize(
             "steps_per_s": statistics.fmean(sps) if sps else None,
             "per_seed": per_seed,
         }
+        for extra in EXTRA_QUALITY_KEYS:  # e.g. a conditional run's accuracy: its final value per seed
+            last = [c[-1][1] for c in (quality_curve(quality[(lab, s)], extra) for s in range(seeds)) if c]
+            if last:
+                results["methods"][lab][f"{extra}_mean"] = statistics.fmean(last)
+                results["methods"][lab][f"{extra}_std"] = statistics.stdev(last) if len(last) > 1 else 0.0
     atomic_write(out / f"results{suffix}.json", json.dumps(results, indent=2))
     _write_csv(out / f"results{suffix}.csv", results)
     curves = {lab: [dict(quality_curve(quality[(lab, s)], key)) for s in range(seeds)] for lab in labels}
@@ -383,6 +396,7 @@ def _write_csv(path: Path, results: dict) -> None:
                 "speedup_per_seed",
                 "reached",
                 "machine_steps_per_s",  # throughput of the machine the run shared, not a cost (THROUGHPUT_NOTE)
+                *(f"final_{k}_{m}" for k in _extra_keys(results) for m in ("mean", "std")),
             ]
         )
         for lab, r in results["methods"].items():
@@ -398,8 +412,14 @@ def _write_csv(path: Path, results: dict) -> None:
                     ),
                     r["reached"],
                     _fmt(r["steps_per_s"], 3),
+                    *(_fmt(r.get(f"{k}_{m}")) for k in _extra_keys(results) for m in ("mean", "std")),
                 ]
             )
+
+
+def _extra_keys(results: dict) -> list[str]:
+    """The :data:`EXTRA_QUALITY_KEYS` some method of ``results`` has a final value of."""
+    return [k for k in EXTRA_QUALITY_KEYS if any(f"{k}_mean" in r for r in results["methods"].values())]
 
 
 #: what the steps/s column measures, printed under the table
@@ -413,15 +433,21 @@ THROUGHPUT_NOTE = (
 def format_table(results: dict) -> str:
     """A Markdown table of the results (what BENCHMARKS.md shows), with :data:`THROUGHPUT_NOTE` under it."""
     k = results["metric"]
+    extra = _extra_keys(results)
     rows = [
         f"| method | final {k} (mean ± std) | speed-up vs {results['baseline']} (mean) | per seed "
-        "| machine steps/s † |",
-        "|---|---|---|---|---|",
+        "| machine steps/s † |" + "".join(f" final {e} (mean ± std) |" for e in extra),
+        "|---|---|---|---|---|" + "---|" * len(extra),
     ]
     for lab, r in results["methods"].items():
         fm = "failed" if r["final_mean"] is None else f"{r['final_mean']:.4g} ± {r['final_std']:.2g}"
         sp = r["speedup_mean"]
         sp = f"{sp:.2f}×" if isinstance(sp, float) else str(sp)
         per = ", ".join(f"{u:.2f}" if isinstance(u, float) else str(u) for u in r["speedup_per_seed"])
-        rows.append(f"| {lab} | {fm} | {sp} ({r['reached']} reached) | {per} | {_fmt(r['steps_per_s'], 3)} |")
+        more = "".join(
+            f" {r[f'{e}_mean']:.3g} ± {r[f'{e}_std']:.2g} |" if f"{e}_mean" in r else " |" for e in extra
+        )
+        rows.append(
+            f"| {lab} | {fm} | {sp} ({r['reached']} reached) | {per} | {_fmt(r['steps_per_s'], 3)} |{more}"
+        )
     return "\n".join(rows) + "\n\n" + THROUGHPUT_NOTE

@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "sampler": {"name": "uniform"},
     "weighting": {"name": "none"},
     "momentum": {"enabled": False},
+    "cond": {"enabled": False, "drop_prob": 0.1},
     "optim": {
         "weight_decay": 0.0,
         "beta1": 0.9,
@@ -59,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
         "seed": 12345,
         "batch_size": 500,
         "clip": "auto",
+        "guidance": 1.0,
     },
     "metrics": {"enabled": True, "n_real": None, "inception_weights": None},
     "eval_every": 1000,
@@ -163,6 +165,7 @@ SCHEMA: dict[str, Any] = {
         "schedule": _choice("constant", "cosine"),
     },
     "ema": {"decay": _float(0, 1), "warmup": _float(1, 1e9)},
+    "cond": {"enabled": _bool, "drop_prob": _float(0, 1)},
     "eval": {
         "samples": _int(1, 10**6),
         "method": _choice("auto", "ddpm", "ddim", "heun", "flow-euler", "flow-heun"),
@@ -171,6 +174,7 @@ SCHEMA: dict[str, Any] = {
         "seed": _int(0, 2**63 - 1),
         "batch_size": _int(1, 2**20),
         "clip": _clip,
+        "guidance": _float(0, 100),
     },
     "metrics": {"enabled": _bool, "n_real": _optional(_int(2, 10**9)), "inception_weights": _optional(_str)},
     "eval_every": _int(0, 10**9),

@@ -41,9 +41,10 @@ def load_ema(model: torch.nn.Module, ckpt: str | Path) -> int:
     return rundir.load_ema_weights(model, ckpt)
 
 
-def eval_file_name(samples: int) -> str:
-    """The file a run's offline evaluation with ``samples`` samples is written to."""
-    return f"eval-n{samples}.jsonl"
+def eval_file_name(samples: int, guidance: float | None = None) -> str:
+    """The file a run's offline evaluation with ``samples`` samples is written to; ``guidance``: the scale of
+    an evaluation at a guidance other than the run's own ``eval.guidance`` (``eval-n<N>-w<guidance>.jsonl``)."""
+    return f"eval-n{samples}.jsonl" if guidance is None else f"eval-n{samples}-w{guidance:g}.jsonl"
 
 
 def evaluate_run(
@@ -52,13 +53,20 @@ def evaluate_run(
     samples: int | None = None,
     inception_weights: str | None = None,
     device: str = "cpu",
+    guidance: float | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Measure the EMA model of every kept checkpoint of ``run`` (oldest first) with ``samples`` samples (default:
     the run's ``eval.samples``), drawn as the trainer draws them (its ``eval`` method, steps and noise seed);
     write ``<run>/eval-n<samples>.jsonl`` and return its records ``{"step", "samples", <metric>: value}``.
-    An unreadable checkpoint is skipped with a message."""
+    An unreadable checkpoint is skipped with a message.
+
+    A class-conditional run is sampled class-balanced (:func:`~diffusion_curriculum.guidance.balanced_labels`) at
+    ``guidance`` (default: its ``eval.guidance``; another scale writes ``eval-n<N>-w<guidance>.jsonl``), and
+    its records add ``guidance`` and ``accuracy`` (:meth:`~diffusion_curriculum.metrics.Evaluator.accuracy`);
+    ``guidance`` on an unconditional run is a ``ValueError`` in one sentence."""
     from . import checkpoint, generate, metrics
+    from .guidance import run_labels
 
     if samples is not None and not (is_int(samples) and samples >= 2):
         raise ConfigError(f"--samples {samples!r} is invalid; allowed: an integer >= 2")
@@ -66,6 +74,8 @@ def evaluate_run(
     cfg, comps = load_run(run)
     ec, mc = cfg["eval"], cfg["metrics"]
     n = samples or ec["samples"]
+    cond = run_labels(comps.num_classes, n, None, guidance, ec["guidance"])
+    other = guidance is not None and float(guidance) != ec["guidance"]
     ckpts = list(reversed(checkpoint.list_checkpoints(run / "checkpoints")))
     if not ckpts:
         raise checkpoint.CheckpointError(f"no checkpoint under {str(run / 'checkpoints')!r}")
@@ -98,9 +108,14 @@ def evaluate_run(
             device=dev,
             batch_size=ec["batch_size"],
             clip_x0=comps.clip,
+            **cond,
         )
-        rec = {"step": step, "samples": n, **evaluator(x.cpu())}
+        scale = {"guidance": cond["guidance"]} if cond else {}
+        rec = {"step": step, "samples": n, **scale, **evaluator(x.cpu(), labels=cond.get("labels"))}
         records.append(rec)
         log(json.dumps(rec))
-    atomic_write(run / eval_file_name(n), "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write(
+        run / eval_file_name(n, cond["guidance"] if other else None),
+        "".join(json.dumps(r) + "\n" for r in records),
+    )
     return records

@@ -16,14 +16,16 @@ consistency analysis needs to compare two models). Noise is drawn on the generat
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .checks import check_value, is_int, is_number
+from .guidance import Guided, guided
 from .process import DiscreteProcess, EDMProcess, FlowProcess, kind_of
+from .step_grids import ddim_timesteps, edm_sigmas
 
 __all__ = [
     "AUTO",
@@ -170,18 +172,6 @@ def _step_noise(step_noises: StepNoises, t: int, shape, generator, device) -> Te
 # ------------------------------------------------------------------------------------------------------
 # DDIM
 # ------------------------------------------------------------------------------------------------------
-def ddim_timesteps(T: int, steps: int) -> list[int]:
-    """``steps`` timesteps evenly spaced from T−1 down to 0, both included: round(linspace(T−1, 0, steps)).
-
-    (Song et al. 2021 §4.2 use a sub-sequence τ of [1, …, T]; this is the "linear" choice with the last step
-    landing on t = 0.) ``steps = 1`` gives just [T−1].
-    """
-    check_value("steps", steps, is_int(steps) and 1 <= steps <= T, f"an integer in [1, {T}] for this process")
-    if steps == 1:
-        return [T - 1]
-    return [round((T - 1) * (1 - i / (steps - 1))) for i in range(steps)]
-
-
 @torch.no_grad()
 def ddim(
     model,
@@ -238,20 +228,6 @@ def ddim(
 # ------------------------------------------------------------------------------------------------------
 # EDM Heun
 # ------------------------------------------------------------------------------------------------------
-def edm_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
-    """The EDM noise levels of Karras et al. 2022, eq. 5, with N = ``steps``.
-
-    σ_i = (σ_max^{1/ρ} + i/(N−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ for i < N, and σ_N = 0. Returns these N + 1
-    values (float64). ``steps = 1`` gives [σ_max, 0].
-    """
-    check_value("steps", steps, is_int(steps) and steps >= 1, "a positive integer")
-    check_value("rho", rho, is_number(rho) and rho > 0, "a number > 0")
-    i = torch.arange(steps, dtype=torch.float64)
-    frac = i / max(steps - 1, 1)
-    sig = (sigma_max ** (1 / rho) + frac * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
-
-
 @torch.no_grad()
 def edm_heun(
     model,
@@ -458,6 +434,8 @@ def sample(
     device: str | torch.device = "cpu",
     batch_size: int = 256,
     clip_x0: Clip = True,
+    labels: Tensor | Sequence[int] | None = None,
+    guidance: float = 1.0,
 ) -> Tensor:
     """Generate ``n`` samples of shape ``data_shape`` (returned as ``[n, *data_shape]`` on ``device``).
 
@@ -473,6 +451,10 @@ def sample(
     range (:attr:`Dataset.value_range`; the trainer, ``sample`` and ``evaluate`` use the config's ``eval.clip``
     through :func:`~diffusion_curriculum.training.components.clip_range`), since 2-D points clamped to
     [-1, 1] end on the edges of a square.
+
+    ``labels`` (``n`` class indices) samples a class-conditional model with classifier-free guidance at scale
+    ``guidance`` (:func:`~diffusion_curriculum.guidance.guided`: w = 1 conditional, w = 0 unconditional,
+    otherwise one batched forward of both branches), in every method; ``guidance`` needs ``labels``.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not known; allowed: {', '.join(METHODS)}")
@@ -492,6 +474,11 @@ def sample(
     kwargs["prediction"] = prediction if prediction is not None else "v" if continuous else "eps"
     kwargs["device"] = torch.device(device)
     kwargs["generator"] = torch.Generator().manual_seed(int(seed))
+    if labels is None and guidance != 1.0:
+        raise ValueError(f"guidance={guidance!r} needs labels: only a class-conditional model is guided")
+    cond = None if labels is None else guided(model, labels, guidance)
+    if cond is not None and cond.labels.shape[0] != n:
+        raise ValueError(f"labels has {cond.labels.shape[0]} entries but n={n}; give one label per sample")
 
     was_training = getattr(model, "training", None)
     if was_training is not None and hasattr(model, "eval"):
@@ -500,7 +487,12 @@ def sample(
         chunks = []
         for start in range(0, n, batch_size):
             shape = (min(batch_size, n - start), *tuple(data_shape))
-            chunks.append(spec.fn(model, process, shape, **kwargs))
+            net = (
+                model
+                if cond is None
+                else Guided(model, cond.labels[start : start + shape[0]], guidance, cond.null_class)
+            )
+            chunks.append(spec.fn(net, process, shape, **kwargs))
         return torch.cat(chunks)
     finally:
         if was_training is not None and hasattr(model, "train"):

@@ -40,15 +40,17 @@ class DenoisingLoss:
         *,
         reduce: Literal["per_sample", "mean", "none"] = "per_sample",
         autocast: contextlib.AbstractContextManager | None = None,
+        labels: Tensor | None = None,
     ) -> Tensor:
         """The squared error (in float32) of ``net`` at noise levels ``t`` with noise ``noise``: each sample's
         mean, shape [B] (``reduce="per_sample"``: what ``sampler.observe`` is given), the mean over every
         element (``"mean"``) or element-wise, shaped like ``x0`` (``"none"``). ``autocast``: a context the
-        forward pass runs in (e.g. ``torch.autocast``)."""
+        forward pass runs in (e.g. ``torch.autocast``). ``labels``: the class labels a class-conditional ``net``
+        is called with (``net(x, t, labels)``); ``None`` calls ``net(x, t)``."""
         x_t = self.process.add_noise(x0, noise, t)
         x_in, t_in = self.process.model_input(x_t, t)
         with autocast if autocast is not None else contextlib.nullcontext():
-            out = net(x_in, t_in)
+            out = net(x_in, t_in) if labels is None else net(x_in, t_in, labels)
         target = self.process.target(x0, noise, t, self.prediction, x_t)
         err = (out.float() - target).pow(2)
         if reduce == "per_sample":

@@ -81,7 +81,7 @@ def final_line(summary: dict) -> dict:
 
 def cmd_sample(args) -> int:
     """``sample``: load a run's (or one checkpoint's) EMA model and write a PNG grid (and optionally an npz) of samples."""
-    from .. import checkpoint, data, generate
+    from .. import checkpoint, data, generate, guidance
     from ..training import build_components, resolve_device, rundir
 
     if args.steps is not None and args.steps < 1:
@@ -106,6 +106,7 @@ def cmd_sample(args) -> int:
     model = comps.model.to(device)
     rundir.load_newest_ema(model, ckpts, run, warn=lambda msg: print(msg, file=sys.stderr))
     ec = cfg["eval"]
+    cond = guidance.run_labels(comps.num_classes, args.n, args.labels, args.guidance, ec["guidance"])
     x = generate.sample(
         model,
         comps.process,
@@ -119,6 +120,7 @@ def cmd_sample(args) -> int:
         device=device,
         batch_size=ec["batch_size"],
         clip_x0=comps.clip,
+        **cond,
     )
     out = Path(args.out) if args.out else run / "samples" / "sample.png"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +128,8 @@ def cmd_sample(args) -> int:
     if args.npz:
         import numpy as np
 
-        np.savez(args.npz, images=x.cpu().numpy())
+        extra = {"labels": cond["labels"].numpy()} if cond else {}  # the class each sample was drawn for
+        np.savez(args.npz, images=x.cpu().numpy(), **extra)
     print(str(out))
     return 0
 
@@ -226,9 +229,10 @@ def cmd_evaluate(args) -> int:
             samples=args.samples,
             inception_weights=args.inception_weights,
             device=args.device,
+            guidance=args.guidance,
             log=lambda m: print(m, file=sys.stderr),
         )
-        keys = [k for k in recs[0] if k not in ("step", "samples")] if recs else []
+        keys = [k for k in recs[0] if k not in ("step", "samples", "guidance")] if recs else []
         print(f"{run}\nstep\t" + "\t".join(keys))
         for r in recs:
             print(f"{r['step']}\t" + "\t".join(f"{r[k]:.4g}" for k in keys))

@@ -62,6 +62,17 @@ def _add_sample(sub) -> None:
     s.add_argument("--steps", type=int, help="generation steps (default: the run's eval.steps)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--npz", help="also save the samples as an .npz (key 'images', NCHW in [-1, 1])")
+    s.add_argument(
+        "--labels",
+        help="a class-conditional run: the classes to draw, e.g. 0,1,7 (spread over --n), or all for a "
+        "class-balanced grid (default: all)",
+    )
+    s.add_argument(
+        "--guidance",
+        type=float,
+        help="a class-conditional run: the classifier-free guidance scale w (1 conditional, 0 unconditional; "
+        "default: the run's eval.guidance)",
+    )
 
 
 def _add_compare(sub) -> None:
@@ -150,6 +161,11 @@ def _add_evaluate(sub) -> None:
     ev.add_argument("--samples", type=int, help="samples per checkpoint (default: the run's eval.samples)")
     ev.add_argument("--inception-weights", help="local FID Inception-v3 weights file: adds 'fid'")
     ev.add_argument("--device", default="cpu", help="where to sample (default cpu)")
+    ev.add_argument(
+        "--guidance",
+        type=float,
+        help="a class-conditional run: the guidance scale to sample at (default: the run's eval.guidance)",
+    )
 
 
 def _add_presets(sub) -> None:

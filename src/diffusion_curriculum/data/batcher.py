@@ -25,7 +25,7 @@ class Batcher:
     permutation), so a batch then repeats samples, but every epoch still visits each index exactly once.
 
     The whole dataset is moved to ``device`` once; a batch is an index into it. :attr:`last_indices` holds the
-    dataset indices of the last batch (CPU ``Long``), e.g. to look up labels.
+    dataset indices of the last batch (CPU ``Long``); :meth:`next_labelled` returns the batch with its labels.
     """
 
     def __init__(
@@ -50,6 +50,7 @@ class Batcher:
         self.seed = int(generator_seed)
         self.num_samples = len(dataset)
         self.data = dataset.data.to(self.device)
+        self.labels = None if dataset.labels is None else dataset.labels.to(self.device)
         self.last_indices: Tensor | None = None
         self._g = torch.Generator().manual_seed(self.seed)
         self.epoch = 0
@@ -77,10 +78,19 @@ class Batcher:
 
     def next(self) -> Tensor:
         """This rank's next batch ``[batch_size, ...]``, already on ``device``."""
+        return self.next_labelled()[0]
+
+    def next_labelled(self) -> tuple[Tensor, Tensor | None]:
+        """This rank's next batch and its labels: ``(x0 [batch_size, ...], labels [batch_size])`` on ``device``
+        (``labels`` is ``None`` for a dataset without them). The labels are looked up with the batch's indices,
+        so they come in the same deterministic, resumable and rank-sharded order and draw no random numbers:
+        a run that ignores them walks exactly the same stream."""
         start = self.rank * self.batch_size
         idx = self._take(self.global_batch_size)[start : start + self.batch_size]
         self.last_indices = idx
-        return self.data.index_select(0, idx.to(self.device))
+        on_device = idx.to(self.device)
+        x0 = self.data.index_select(0, on_device)
+        return x0, None if self.labels is None else self.labels.index_select(0, on_device)
 
     def __iter__(self) -> Batcher:
         return self

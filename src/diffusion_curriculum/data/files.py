@@ -21,6 +21,8 @@ from .registry import DatasetSpec, register
 __all__ = ["IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+#: class names a folder dataset's note lists (the first ones; the rest are counted)
+CLASSES_SHOWN = 20
 
 
 # -- npz -----------------------------------------------------------------------------------------------
@@ -65,10 +67,14 @@ def _load_npz(path: str, n=None, seed=0) -> Dataset:
             labels.ndim != 1
             or labels.shape[0] != data.shape[0]
             or not np.issubdtype(labels.dtype, np.integer)
+            or (labels.size and labels.min() < 0)
         ):
+            lowest = (
+                f", smallest {labels.min()}" if labels.size and np.issubdtype(labels.dtype, np.number) else ""
+            )
             raise DataError(
-                f"array 'labels' in {path!r} has shape {labels.shape} and dtype {labels.dtype}, but it must "
-                f"be integers of shape ({data.shape[0]},); fix the labels or drop them"
+                f"array 'labels' in {path!r} has shape {labels.shape} and dtype {labels.dtype}{lowest}, but it "
+                f"must be class indices 0, 1, ... of shape ({data.shape[0]},); fix the labels or drop them"
             )
         label_tensor = torch.as_tensor(labels.astype(np.int64))
     return Dataset(data=data, labels=label_tensor, name=Path(path).stem, kind=kind)
@@ -231,6 +237,11 @@ def _load_folder(path: str, n=None, seed=0, size: int | None = None, channels: i
         index = {c: k for k, c in enumerate(classes)}
         labels = torch.tensor([index[parts[0]] for parts in rel], dtype=torch.long)
     name = root.name or "folder"
+    if classes is not None:  # the label of each class, said as the run starts (and kept in its train.log)
+        listed = ", ".join(f"{k}={c}" for k, c in enumerate(classes[:CLASSES_SHOWN]))
+        more = f", ... ({len(classes) - CLASSES_SHOWN} more)" if len(classes) > CLASSES_SHOWN else ""
+        said = f"dataset {name!r}: {len(classes)} classes from its sub-folders (sorted): {listed}{more}"
+        note = said if note is None else f"{note}; {said}"
     return Dataset(data=data.contiguous(), labels=labels, name=name, kind="image", classes=classes, note=note)
 
 

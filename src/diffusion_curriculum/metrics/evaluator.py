@@ -70,24 +70,41 @@ class Evaluator:
             real = real[torch.randperm(len(dataset), generator=g)[: self.n_real]]
         return real
 
-    def __call__(self, samples: Tensor) -> dict[str, float]:
-        """The metrics of ``samples`` (shaped ``[N, *dataset.shape]``), NaN for all when any value is not finite."""
+    def __call__(self, samples: Tensor, labels: Tensor | None = None) -> dict[str, float]:
+        """The metrics of ``samples`` (shaped ``[N, *dataset.shape]``), NaN for all when any value is not finite.
+        With ``labels`` (the class each sample was asked for, of a class-conditional model) also ``accuracy``
+        (:meth:`accuracy`)."""
         x = torch.as_tensor(samples).detach().to("cpu", torch.float32)
         if tuple(x.shape[1:]) != tuple(self.shape) or x.shape[0] < 2:
             raise ValueError(
                 f"samples have shape {tuple(x.shape)}, but this evaluator needs at least 2 samples of shape "
                 f"{tuple(self.shape)}"
             )
+        if labels is not None and tuple(torch.as_tensor(labels).shape) != (x.shape[0],):
+            raise ValueError(
+                f"labels have shape {tuple(labels.shape)}; give one label per sample ({x.shape[0]})"
+            )
+        keys = (*self.keys, "accuracy") if labels is not None else self.keys
         if not torch.isfinite(x).all():
-            return {k: float("nan") for k in self.keys}
-        return self._measure(x)
+            return {k: float("nan") for k in keys}
+        out = self._measure(x)
+        if labels is not None:
+            out["accuracy"] = self.accuracy(x, torch.as_tensor(labels).cpu())
+        return out
 
     def _measure(self, x: Tensor) -> dict[str, float]:
         raise NotImplementedError
 
+    def accuracy(self, x: Tensor, labels: Tensor) -> float:
+        """How often the library's classifier recognises the requested class ``labels`` in samples ``x``."""
+        raise ValueError(
+            f"accuracy needs the classifier of a labelled image dataset; {self.kind} data has none"
+        )
+
 
 class ImageEvaluator(Evaluator):
-    """``fd``, ``precision``, ``recall`` and (with ``inception_weights``) ``fid`` of generated images.
+    """``fd``, ``precision``, ``recall``, (with ``inception_weights``) ``fid`` and (called with labels)
+    ``accuracy`` of generated images.
 
     ``fd`` is the Fréchet distance on the features of :func:`~diffusion_curriculum.metrics.feature_net` — the
     classifier when the dataset has labels, else the autoencoder; which one is in :attr:`fd_features`.
@@ -153,6 +170,18 @@ class ImageEvaluator(Evaluator):
             fake_inception = inception_features(x, self.inception, device=self.device)
             out["fid"] = frechet_distance(fake_inception, self.real_inception)
         return out
+
+    def accuracy(self, x: Tensor, labels: Tensor) -> float:
+        """The fraction of generated images ``x`` whose class the feature net — the classifier trained on the
+        dataset's labels that FD uses (:func:`~diffusion_curriculum.metrics.feature_net`) — predicts as the one
+        requested in ``labels``: how well a class-conditional model follows its labels (the classifier-based
+        check of Ho & Salimans 2022's guided samples, with the library's classifier in place of Inception)
+        [reconstruction]. A ``ValueError`` when the feature net is the autoencoder (a dataset without labels)."""
+        if self.fd_features != "classifier":
+            raise ValueError("accuracy needs labelled image data (the feature net is a classifier only then)")
+        with torch.no_grad():
+            logits = torch.cat([self.feature_net(c) for c in x.clamp(-1, 1).split(1024)])
+        return float((logits.argmax(1) == labels.long()).float().mean())
 
 
 class PointEvaluator(Evaluator):

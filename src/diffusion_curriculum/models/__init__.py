@@ -3,7 +3,9 @@ Transformer).
 
 Every model has ``forward(x, t) -> Tensor`` shaped like ``x``, where ``x`` is a batch of samples of the
 ``data_shape`` it was built for and ``t`` [B] is the float time the process hands the network: a timestep
-index 0..T-1 for discrete processes, or EDM's c_noise = ln(σ)/4.
+index 0..T-1 for discrete processes, or EDM's c_noise = ln(σ)/4. A model built with ``num_classes`` is
+class-conditional: ``forward(x, t, y)`` with labels ``y`` [B] in ``0 .. num_classes − 1``, and ``num_classes``
+(or ``y=None``) the null class that label dropout trains (:attr:`null_class`).
 
     model = models.build("unet", (1, 8, 8), channels=32, channel_mult=[1, 2], attention_resolutions=[4])
 """

@@ -1,4 +1,4 @@
-"""Pieces the three models share: the sinusoidal time embedding, and the checks that turn a bad
+"""Pieces the three models share: the sinusoidal time embedding, the class embedding, and the checks that turn a bad
 configuration value into one clear ``ValueError`` naming ``model.<param>``, the value and what is allowed
 (one sentence: what, where, what to do).
 
@@ -52,6 +52,62 @@ class TimestepEmbedding(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return self.mlp(timestep_embedding(t, self.frequency_dim))
+
+
+class ClassEmbedding(nn.Module):
+    """A learned vector per class, plus one for the *null class* ``num_classes`` ("no label"), which a
+    class-conditional model is trained on with label dropout so that the same network also makes the
+    unconditional prediction classifier-free guidance needs (Ho & Salimans 2022, §3.2; DiT's
+    ``LabelEmbedder``, Peebles & Xie 2023, §3.2 and App. A, which drops labels with probability 0.1).
+
+    ``forward(y, x)`` gives [B, dim] for labels ``y`` [B] (``None``: the null class for the whole batch);
+    a label outside ``0 .. num_classes`` is a ``ValueError``.
+    """
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, y: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        if y is None:
+            y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+        y = torch.as_tensor(y, device=x.device)
+        if y.shape != (x.shape[0],) or y.dtype.is_floating_point:
+            raise ValueError(
+                f"labels have shape {tuple(y.shape)} and dtype {y.dtype} but x has batch size {x.shape[0]}; "
+                f"give one integer label per sample"
+            )
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) > self.num_classes):
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes}] ({self.num_classes} classes, {self.num_classes} "
+                f"the null class), got {int(y.min())}..{int(y.max())}"
+            )
+        return self.table(y.long())
+
+
+def class_embedding(num_classes: int | None, dim: int) -> ClassEmbedding | None:
+    """The :class:`ClassEmbedding` of a model built with ``num_classes`` (checked: an integer >= 1), or
+    ``None`` for an unconditional one (no parameter is created, so its random initialisation is unchanged)."""
+    if num_classes is None:
+        return None
+    return ClassEmbedding(integer("num_classes", num_classes), dim)
+
+
+def add_class(
+    emb: torch.Tensor, embedding: ClassEmbedding | None, y: torch.Tensor | None, x: torch.Tensor, name: str
+) -> torch.Tensor:
+    """The conditioning vector ``emb`` plus the class embedding of ``y`` (ADM's ``emb + label_emb(y)``,
+    Dhariwal & Nichol 2021, App. A; DiT's ``c = t + y``); ``emb`` itself for an unconditional model, which
+    refuses labels in one sentence."""
+    if embedding is None:
+        if y is not None:
+            raise ValueError(
+                f"model '{name}' is unconditional but was given labels; build it with num_classes "
+                "(cond.enabled=true) to condition it on classes"
+            )
+        return emb
+    return emb + embedding(y, x).to(emb.dtype)
 
 
 def batch_time(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:

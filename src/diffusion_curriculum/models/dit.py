@@ -1,10 +1,11 @@
 """DiT, the Diffusion Transformer (Peebles & Xie 2023, "Scalable Diffusion Models with Transformers"),
-unconditional.
+unconditional or class-conditional.
 
 The image is cut into ``patch_size`` x ``patch_size`` patches, each linearly embedded into one token, plus a
 fixed 2-D sin-cos position embedding (§3.2, "Patchify"). The tokens go through ``depth`` transformer blocks
 conditioned on the time by adaLN-Zero (§3.2, "DiT block design"), then a final adaptive LayerNorm and a linear
-layer map each token back to its patch's pixels.
+layer map each token back to its patch's pixels. With ``num_classes`` the label embedding (one more row for the
+null class that label dropout trains, §3.2 and App. A) is added to the time embedding: c = t + y.
 """
 
 from __future__ import annotations
@@ -111,8 +112,8 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
-    """Unconditional DiT for images of shape ``data_shape = (C, H, W)``; ``forward(x [B, C, H, W], t [B])``
-    returns a tensor shaped like ``x`` (no learned variance output).
+    """DiT for images of shape ``data_shape = (C, H, W)``; ``forward(x [B, C, H, W], t [B][, y [B]])`` returns a
+    tensor shaped like ``x`` (no learned variance output; ``y`` only with ``num_classes``).
 
     Args:
         data_shape: ``(C, H, W)`` of one image.
@@ -123,6 +124,8 @@ class DiT(nn.Module):
             (the 2-D position embedding) and by ``heads``.
         mlp_ratio: MLP width as a multiple of ``hidden``.
         dropout: dropout probability on attention weights and in the MLPs.
+        num_classes: ``None`` (unconditional) or the number of classes, for ``forward(x, t, y)`` with the
+            paper's label embedding (a table of ``num_classes + 1`` rows, the last the null class).
     """
 
     def __init__(
@@ -135,6 +138,7 @@ class DiT(nn.Module):
         heads: int | None = None,
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
+        num_classes: int | None = None,
     ):
         super().__init__()
         self.data_shape = common.data_shape_of("dit", data_shape, ndim=3)
@@ -175,7 +179,12 @@ class DiT(nn.Module):
         self.time_embed = common.TimestepEmbedding(FREQUENCY_DIM, hidden)
         self.blocks = nn.ModuleList(DiTBlock(hidden, heads, mlp_ratio, dropout) for _ in range(depth))
         self.final = FinalLayer(hidden, patch_size, in_ch)
+        self.class_embed: common.ClassEmbedding | None = None
         self.reset_parameters()
+        # created after the other layers' initialisation: an unconditional DiT's weights are unchanged
+        self.class_embed = common.class_embedding(num_classes, hidden)
+        self.null_class = num_classes
+        self._init_class_embed()
 
     def reset_parameters(self) -> None:
         """Initialise as the paper's code does: Xavier-uniform linear layers (the patch embedding treated as
@@ -195,13 +204,20 @@ class DiT(nn.Module):
             common.zero_(block.adaLN_modulation)
         common.zero_(self.final.adaLN_modulation)
         common.zero_(self.final.linear)
+        self._init_class_embed()
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _init_class_embed(self) -> None:
+        """The paper's code: an N(0, 0.02²) label-embedding table (the null class's row included)."""
+        if self.class_embed is not None:
+            nn.init.normal_(self.class_embed.table.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         common.check_input(x, self.data_shape, "dit")
         B, C, H, W = x.shape
         p, (gh, gw) = self.patch_size, self.grid
+        c = common.add_class(self.time_embed(common.batch_time(t, x)), self.class_embed, y, x, "dit")
         # SiLU once here, not at the head of every adaLN_modulation (the paper's Sequential(SiLU, Linear)).
-        c = F.silu(self.time_embed(common.batch_time(t, x)))
+        c = F.silu(c)
         h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # [B, tokens, hidden]
         for block in self.blocks:
             h = block(h, c)

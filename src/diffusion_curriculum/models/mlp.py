@@ -29,7 +29,7 @@ class ResidualBlock(nn.Module):
 
 
 class MLP(nn.Module):
-    """Residual MLP for points of shape ``data_shape = (D,)``; ``forward(x [B, D], t [B]) -> [B, D]``.
+    """Residual MLP for points of shape ``data_shape = (D,)``; ``forward(x [B, D], t [B][, y [B]]) -> [B, D]``.
 
     Args:
         data_shape: ``(D,)``, e.g. ``(2,)`` for the toy 2-D datasets.
@@ -37,6 +37,8 @@ class MLP(nn.Module):
         depth: number of residual blocks.
         time_dim: width of the sinusoidal time features (before the time MLP).
         dropout: dropout probability inside the residual blocks.
+        num_classes: ``None`` (unconditional) or the number of classes: a class embedding (plus the null
+            class) added to the time embedding, as the image models do [reconstruction]; ``forward(x, t, y)``.
 
     About 366k parameters at the defaults with D = 2.
     """
@@ -48,6 +50,7 @@ class MLP(nn.Module):
         depth: int = 4,
         time_dim: int = 128,
         dropout: float = 0.0,
+        num_classes: int | None = None,
     ):
         super().__init__()
         self.data_shape = common.data_shape_of("mlp", data_shape, ndim=1)
@@ -63,10 +66,12 @@ class MLP(nn.Module):
         self.out_norm = nn.LayerNorm(hidden)
         # Zero output: the untrained model predicts 0 (the mean of ε and of centred x0), a calm start.
         self.output = common.zero_(nn.Linear(hidden, dim))
+        self.class_embed = common.class_embedding(num_classes, hidden)
+        self.null_class = num_classes
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         common.check_input(x, self.data_shape, "mlp")
-        emb = self.time_embed(common.batch_time(t, x))
+        emb = common.add_class(self.time_embed(common.batch_time(t, x)), self.class_embed, y, x, "mlp")
         h = self.input(x)
         for block in self.blocks:
             h = block(h, emb)

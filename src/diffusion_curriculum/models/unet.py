@@ -126,8 +126,9 @@ class Level(nn.Module):
 
 
 class UNet(nn.Module):
-    """ADM-style U-Net for images of shape ``data_shape = (C, H, W)``; ``forward(x [B, C, H, W], t [B])``
-    returns a tensor shaped like ``x``.
+    """ADM-style U-Net for images of shape ``data_shape = (C, H, W)``; ``forward(x [B, C, H, W], t [B][, y [B]])``
+    returns a tensor shaped like ``x`` (``y``: class labels of a model built with ``num_classes``; ``None`` or
+    ``num_classes`` is the null class).
 
     Args:
         data_shape: ``(C, H, W)`` of one image.
@@ -145,6 +146,9 @@ class UNet(nn.Module):
         num_heads: attention heads; must divide the channel count at every attention level.
         dropout: dropout probability inside the residual blocks.
         groups: GroupNorm groups; ``min(groups, C)`` is used for a C-channel norm, and must divide C.
+        num_classes: ``None`` (unconditional) or the number of classes: a class embedding (one more row for
+            the null class ``num_classes``) is added to the time embedding, as ADM's class-conditional model
+            does (Dhariwal & Nichol 2021, App. A: ``emb = time_embed(t) + label_emb(y)``); ``forward(x, t, y)``.
 
     ``attention_resolutions`` defaults to ``None`` rather than ADM's ``(16,)`` so that the default works for
     every image size while an explicit resolution that the image never reaches is an error, not silently
@@ -161,6 +165,7 @@ class UNet(nn.Module):
         num_heads: int = 4,
         dropout: float = 0.0,
         groups: int = 32,
+        num_classes: int | None = None,
     ):
         super().__init__()
         self.data_shape = common.data_shape_of("unet", data_shape, ndim=3)
@@ -229,11 +234,15 @@ class UNet(nn.Module):
         self.out_norm = norm(ch)
         # Zero output conv (ADM): the untrained model predicts 0, the mean of ε, not large random values.
         self.out_conv = common.zero_(nn.Conv2d(ch, in_ch, 3, padding=1))
+        # created last and only when conditional: an unconditional U-Net's initialisation is unchanged
+        self.class_embed = common.class_embedding(num_classes, emb_dim)
+        self.null_class = num_classes
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         common.check_input(x, self.data_shape, "unet")
+        emb = common.add_class(self.time_embed(common.batch_time(t, x)), self.class_embed, y, x, "unet")
         # Each ResBlock applies SiLU then its own Linear to the embedding (ADM's emb_layers); SiLU once here.
-        emb = F.silu(self.time_embed(common.batch_time(t, x)))
+        emb = F.silu(emb)
 
         h = self.input_conv(x)
         skips = [h]

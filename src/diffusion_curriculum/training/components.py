@@ -19,6 +19,7 @@ from .. import data, generate, models, timesteps, weighting
 from .. import process as process_mod
 from ..checks import first_line
 from ..errors import ConfigError
+from . import conditioning
 
 #: errors a builder may raise for a parameter it does not check itself (a wrong type, an impossible size); each
 #: is turned into one ConfigError sentence naming the section
@@ -36,6 +37,8 @@ class Components:
     weight_fn: Callable
     #: the bounds generation clips x̂0 to, or None (:func:`clip_range` of the config's ``eval.clip``)
     clip: tuple[float, float] | None = None
+    #: the classes a class-conditional model is built for (``cond.enabled``), or None: unconditional
+    num_classes: int | None = None
 
 
 def _named(cfg: dict, section: str) -> tuple[str, dict]:
@@ -69,7 +72,9 @@ def build_components(cfg: dict) -> Components:
     dname, dparams = _named(cfg, "dataset")
     dparams.setdefault("seed", cfg["seed"])
     dataset = _build("dataset", cfg["dataset"], data.load, dname, **dparams)
+    k = conditioning.num_classes_for(cfg, dataset)
     mname, mparams = _named(cfg, "model")
+    mparams.update({} if k is None else {"num_classes": k})
     model = _build("model", cfg["model"], models.build, mname, dataset.shape, **mparams)
     sname, sparams = _named(cfg, "sampler")
     if "total_steps" in sparams:
@@ -83,7 +88,7 @@ def build_components(cfg: dict) -> Components:
     weight_fn = _build(
         "weighting", cfg["weighting"], weighting.build, wname, proc, cfg["prediction"], **wparams
     )
-    return Components(proc, dataset, model, sampler, weight_fn, clip_range(cfg["eval"]["clip"], dataset))
+    return Components(proc, dataset, model, sampler, weight_fn, clip_range(cfg["eval"]["clip"], dataset), k)
 
 
 def clip_range(setting: Any, dataset: data.Dataset) -> tuple[float, float] | None:

@@ -220,3 +220,23 @@ def average_grads(params: list[torch.nn.Parameter], world: int) -> None:
     for p, g in zip(params, grads):
         p.grad = flat[i : i + g.numel()].view_as(p).clone()
         i += g.numel()
+
+
+def follow_rank0(
+    loaded: tuple[Any, int] | None, rank: int, load_state: Callable[[dict], None]
+) -> Exception | None:
+    """On a rank other than 0, load (``load_state``) the checkpoint rank 0 resumed from (``loaded``: its path
+    and step, or ``None``); return the error to share with every rank (:func:`all_ok`), if any."""
+    if rank == 0 or loaded is None:
+        return None
+    try:
+        _, state = checkpoint.load(loaded[0])
+        load_state(state)
+    except checkpoint.CheckpointError as e:
+        return checkpoint.CheckpointError(
+            f"rank {rank} cannot use {str(loaded[0])!r}, which rank 0 resumed from ({e}); the run "
+            "directory must be on storage every node sees"
+        )
+    except Exception as e:
+        return e
+    return None

@@ -268,8 +268,12 @@ class QualityMetrics(Hook):
             )
 
     def on_eval(self, trainer: Any, samples: torch.Tensor, step: int) -> dict[str, Any]:
-        """The quality numbers of ``samples``."""
-        return self.evaluator(samples)
+        """The quality numbers of ``samples``; of a class-conditional run (its class-balanced samples, generated
+        at ``eval.guidance``) also ``accuracy``."""
+        from .conditioning import eval_labels
+
+        labels = eval_labels(getattr(trainer, "label_dropout", None), samples.shape[0]).get("labels")
+        return self.evaluator(samples, labels=labels)
 
 
 class WeightingLog(Hook):

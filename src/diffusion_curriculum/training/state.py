@@ -44,6 +44,8 @@ RESUMABLE_KEYS = (
 def fingerprint(cfg: dict) -> str:
     """A hash of the settings that decide what is trained: a checkpoint from other settings is refused."""
     fixed = {k: v for k, v in cfg.items() if k not in RESUMABLE_KEYS}
+    if not (fixed.get("cond") or {}).get("enabled", False):  # off, conditioning trains nothing: runs from
+        fixed.pop("cond", None)  # before the cond section existed keep their fingerprint and resume
     return hashlib.sha256(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

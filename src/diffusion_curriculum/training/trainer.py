@@ -19,7 +19,7 @@ from ..checks import first_line
 from ..ema import EMA
 from ..errors import ConfigError, Interrupted, TrainingError
 from ..loss import DenoisingLoss
-from . import components, hooks
+from . import components, conditioning, hooks
 from . import distributed as dist_mod
 from .distributed import setup_distributed
 from .rundir import RunDir
@@ -87,6 +87,8 @@ class Trainer:
             self.say(c.dataset.note)
         self.process, self.dataset = c.process, c.dataset
         self.sampler, self.weight_fn, self.clip = c.sampler, c.weight_fn, c.clip
+        #: label dropout of a class-conditional run (a random stream of its own), or None: unconditional
+        self.label_dropout = conditioning.build(cfg, c.num_classes, seed, self.rank)
         self.loss = DenoisingLoss(self.process, cfg["prediction"], self.weight_fn)
         self.model = c.model.to(self.device)
         self._model_params = list(self.model.parameters())  # listed once: not per step
@@ -165,6 +167,8 @@ class Trainer:
             self.parts.register("weighting", self.weight_fn)
         self.parts.register("batcher", self.batcher)
         self.parts.register("rng", RandomStreams(self.t_gen, self.noise_gen, self.device), local=True)
+        if self.label_dropout is not None:  # only a conditional run has a label-dropout stream
+            self.parts.register("label_dropout", self.label_dropout, local=True)
         log = Attributes(self, "loss_sum", "loss_count", "skipped", "train_time", "t_hist")
         self.parts.register("log", log, local=("t_hist",))
 
@@ -177,27 +181,11 @@ class Trainer:
             # failure is shared, so every rank stops with the same sentence instead of waiting for the others
             start = lambda: self.rundir.start(resume, self.load_state, self.say)  # noqa: E731
             loaded = dist_mod.run_on_rank0(start, self.rank)
-            dist_mod.all_ok(self._follow_rank0(loaded), self.world)
+            dist_mod.all_ok(dist_mod.follow_rank0(loaded, self.rank, self.load_state), self.world)
         if self.rank == 0:
             if loaded is not None:
                 self.rundir.truncate_metrics(loaded[1])
             self.rundir.write_config(self.cfg)
-
-    def _follow_rank0(self, loaded: tuple[Path, int] | None) -> Exception | None:
-        """On a rank other than 0, load the checkpoint rank 0 resumed from; return the error to share, if any."""
-        if self.rank == 0 or loaded is None:
-            return None
-        try:
-            _, state = checkpoint.load(loaded[0])
-            self.load_state(state)
-        except checkpoint.CheckpointError as e:
-            return checkpoint.CheckpointError(
-                f"rank {self.rank} cannot use {str(loaded[0])!r}, which rank 0 resumed from ({e}); the run "
-                "directory must be on storage every node sees"
-            )
-        except Exception as e:
-            return e
-        return None
 
     def close(self) -> None:
         """Destroy the process group if this trainer created it (from torchrun's environment); :meth:`run`
@@ -253,11 +241,12 @@ class Trainer:
     # -- the step -------------------------------------------------------------------------------------
     def train_step(self) -> torch.Tensor | None:
         """One optimizer step; returns the batch's per-sample losses (``None`` if a non-finite step was skipped)."""
-        x0 = self.batcher.next()
+        x0, y = self.batcher.next_labelled()
         draw = self.sampler.sample(x0.shape[0], device=self.device, generator=self.t_gen)
         noise = torch.randn(x0.shape, generator=self.noise_gen, device=self.device)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
-        per_sample = self.loss.error(self.net, x0, noise, draw.t, autocast=autocast)
+        y = None if self.label_dropout is None else self.label_dropout(y)  # dropped: the null class
+        per_sample = self.loss.error(self.net, x0, noise, draw.t, autocast=autocast, labels=y)
         loss = self.loss.objective(draw.t, per_sample, draw.weight)
         # one sync per step: needed to catch a non-finite loss before it reaches the weights
         value = float(loss.detach()) if self.world == 1 else self._reduce_loss(loss)
@@ -316,15 +305,17 @@ class Trainer:
         x0 = self.dataset.data[:n].to(self.device)
         t = timesteps.build("uniform", self.process).sample(x0.shape[0], device=self.device, generator=g).t
         noise = torch.randn(x0.shape, generator=g).to(self.device)
-        return float(self.loss.error(self.ema, x0, noise, t, reduce="mean"))
+        y = self.dataset.labels[:n].to(self.device) if self.label_dropout else None  # conditional: its labels
+        return float(self.loss.error(self.ema, x0, noise, t, reduce="mean", labels=y))
 
     @torch.no_grad()
     def generate(self, n: int | None = None) -> torch.Tensor:
         """``n`` samples (default ``eval.samples``) from the EMA model with the run's evaluation sampler and seed;
         x̂0 is clipped to :attr:`clip` (``eval.clip``: the data's range by default, none for 2-D points)."""
         ec = self.cfg["eval"]
-        kw = {k: ec[k] for k in ("method", "steps", "eta", "seed", "batch_size")} | {"clip_x0": self.clip}
         n, shape = n or ec["samples"], self.dataset.shape
+        kw = {k: ec[k] for k in ("method", "steps", "eta", "seed", "batch_size")} | {"clip_x0": self.clip}
+        kw |= conditioning.eval_labels(self.label_dropout, n, ec["guidance"])  # class-balanced, guided
         return generate.sample(
             self.ema, self.process, n, shape, prediction=self.cfg["prediction"], device=self.device, **kw
         )
