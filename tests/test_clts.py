@@ -258,3 +258,50 @@ def test_edm_keeps_its_quantile_coordinate():
         timesteps.build("clts", EDMProcess(), coordinate="noise-rate")
     assert timesteps.build("clts", EDMProcess(), coordinate="t").coordinate == "t"
     assert timesteps.build("clts", DiscreteProcess.linear(100), coordinate="log-snr", mu=3.0).mu == 3.0
+
+
+def test_a_legacy_checkpoint_with_an_explicit_coordinate_resumes():
+    """Before the key was saved, an explicitly configured coordinate was honoured: such a checkpoint (no
+    "coordinate" in its state) must resume under the same explicit setting, not be refused as a 't' run."""
+    p = DiscreteProcess.linear(1000)
+    old = timesteps.build("clts", p, total_steps=100, coordinate="noise-rate")
+    state = old.state_dict()
+    del state["coordinate"]
+    timesteps.build("clts", p, total_steps=100, coordinate="noise-rate").load_state_dict(state)
+
+
+def test_the_refusal_s_advice_resumes_a_legacy_run_end_to_end(tmp_path):
+    """The line the refusal names ('coordinate: t' in config.yaml) must make the trainer resume the run, not
+    trade the refusal for a fingerprint mismatch."""
+    import yaml
+
+    from conftest import TINY
+    from diffusion_curriculum import checkpoint, config
+    from diffusion_curriculum.train import Trainer
+
+    cfg = config.resolve(overrides=[*TINY, "steps=10", "checkpoint_every=5", "sampler.name=clts"])
+    run = tmp_path / "run"
+    t = Trainer(cfg, run)
+    real_step = t.train_step
+
+    def step_then_interrupt():
+        out = real_step()
+        if t.step == 5:
+            raise KeyboardInterrupt
+        return out
+
+    t.train_step = step_then_interrupt
+    with pytest.raises(KeyboardInterrupt):
+        t.run()
+    # make it a checkpoint from before the key existed: no "coordinate" in the sampler's state
+    step, st = checkpoint.load(checkpoint.list_checkpoints(run / "checkpoints")[0])
+    st["sampler"].pop("coordinate")
+    checkpoint.save(run / "checkpoints", step, st)
+    with pytest.raises(ValueError, match="coordinate: t"):
+        Trainer(cfg, run, resume=True).run()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["sampler"]["coordinate"] = "t"
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    cfg_t = config.validate(config.merge(config.DEFAULTS, saved))
+    summary = Trainer(cfg_t, run, resume=True).run()
+    assert summary["steps"] == 10

@@ -404,3 +404,21 @@ def test_compare_on_the_digits_cond_preset_shows_accuracy(tmp_path):
     assert (tmp_path / "c" / "results.csv").read_text().splitlines()[0].endswith("final_accuracy_std")
     with pytest.raises(Exception, match="higher-is-better"):
         compare.pick_quality_key([], "accuracy")
+
+
+def test_labels_naming_more_classes_than_samples_are_refused_not_dropped():
+    """--labels 0,1,7 with --n 2 would silently leave class 7 out; it is one sentence instead."""
+    from diffusion_curriculum.guidance import parse_labels
+
+    with pytest.raises(ValueError, match="names 3 classes but only 2 samples") as e:
+        parse_labels("0,1,7", 10, 2)
+    assert "\n" not in str(e.value)
+    assert parse_labels("0,1,7", 10, 3).tolist() == [0, 1, 7]
+
+
+def test_evaluator_labels_of_the_wrong_length_are_one_sentence_for_a_list_too():
+    from diffusion_curriculum import metrics
+
+    ev = metrics.Evaluator(load("swissroll", n=64))
+    with pytest.raises(ValueError, match=r"labels have shape \(2,\); give one label per sample \(10\)"):
+        ev(torch.randn(10, 2), labels=[0, 1])

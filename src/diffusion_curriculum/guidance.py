@@ -109,6 +109,11 @@ def parse_labels(text: str, num_classes: int | None, n: int) -> Tensor:
         raise ValueError(
             f"--labels: class {bad[0]} is outside the run's {num_classes} classes; allowed: 0 to {num_classes - 1}"
         )
+    if len(items) > n:  # spread_labels would leave the last classes out without a word
+        raise ValueError(
+            f"--labels {text!r} names {len(items)} classes but only {n} samples are drawn; use --n {len(items)} "
+            "or more, or name fewer classes"
+        )
     return spread_labels([int(s) for s in items], n)
 
 

@@ -82,7 +82,8 @@ class Evaluator:
             )
         if labels is not None and tuple(torch.as_tensor(labels).shape) != (x.shape[0],):
             raise ValueError(
-                f"labels have shape {tuple(labels.shape)}; give one label per sample ({x.shape[0]})"
+                f"labels have shape {tuple(torch.as_tensor(labels).shape)}; give one label per sample "
+                f"({x.shape[0]})"
             )
         keys = (*self.keys, "accuracy") if labels is not None else self.keys
         if not torch.isfinite(x).all():

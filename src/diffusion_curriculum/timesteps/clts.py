@@ -112,6 +112,8 @@ class CLTS(TimestepSampler):
         coordinate: str | None = None,
     ):
         super().__init__(process, total_steps)
+        #: whether the coordinate was configured (a checkpoint from before it was saved honoured that choice)
+        self._coordinate_given = coordinate is not None
         if coordinate is None:
             coordinate = DEFAULT_COORDINATE if self.kind != "continuous" else "t"
         check_choice("coordinate", coordinate, COORDINATES)
@@ -262,8 +264,8 @@ class CLTS(TimestepSampler):
         return {"coordinate": self.coordinate}
 
     def _load_state(self, state):
-        # a checkpoint without the key was written when every CLTS ran in t
-        saved = state.get("coordinate", "t")
+        # a checkpoint without the key was written when the coordinate was the configured one, or 't' by default
+        saved = state.get("coordinate", self.coordinate if self._coordinate_given else "t")
         if saved != self.coordinate:
             raise ValueError(
                 f"clts: this checkpoint was trained with coordinate={saved!r} but the run's sampler now has "

@@ -49,11 +49,28 @@ def fingerprint(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def check_fits(state: dict[str, Any], expected_fingerprint: str, world: int) -> None:
-    """Refuse a checkpoint's ``state`` written with other settings (a CheckpointError) or by another number of
-    processes (a ConfigError: each process's random streams are saved, so only the same number continues
-    them exactly)."""
-    if state.get("fingerprint") != expected_fingerprint:
+def legacy_fingerprints(cfg: dict, state: dict[str, Any]) -> tuple[str, ...]:
+    """The other fingerprints a checkpoint ``state`` of this run may carry: one written before CLTS saved its
+    ``coordinate`` (its default was 't' then, and the key absent from config.yaml) is resumed with the
+    ``coordinate: t`` that its refusal asks for, which changes the sampler section and so the fingerprint."""
+    sampler, saved = cfg.get("sampler") or {}, state.get("sampler")
+    if (
+        sampler.get("name") == "clts"
+        and sampler.get("coordinate") == "t"
+        and isinstance(saved, dict)
+        and "coordinate" not in saved
+    ):
+        return (fingerprint({**cfg, "sampler": {k: v for k, v in sampler.items() if k != "coordinate"}}),)
+    return ()
+
+
+def check_fits(
+    state: dict[str, Any], expected_fingerprint: str, world: int, also: tuple[str, ...] = ()
+) -> None:
+    """Refuse a checkpoint's ``state`` written with other settings (a CheckpointError; ``also``: further
+    fingerprints that fit, :func:`legacy_fingerprints`) or by another number of processes (a ConfigError: each
+    process's random streams are saved, so only the same number continues them exactly)."""
+    if state.get("fingerprint") not in (expected_fingerprint, *also):
         raise CheckpointError(
             "it was written with different settings (model, data, strategy or optimizer) "
             "than this run's config.yaml"

@@ -23,7 +23,7 @@ from . import components, conditioning, hooks
 from . import distributed as dist_mod
 from .distributed import setup_distributed
 from .rundir import RunDir
-from .state import Attributes, RandomStreams, StateRegistry, check_fits, fingerprint
+from .state import Attributes, RandomStreams, StateRegistry, check_fits, fingerprint, legacy_fingerprints
 
 #: samples shown in a grid PNG (image data; 2-D points are all plotted)
 GRID = 64
@@ -219,7 +219,7 @@ class Trainer:
         """Continue from a :meth:`state` (this rank's part of it); a CheckpointError if it does not fit this
         run, a ConfigError if it was written by another number of processes."""
         try:
-            check_fits(s, self.fingerprint(), self.world)
+            check_fits(s, self.fingerprint(), self.world, legacy_fingerprints(self.cfg, s))
             self.parts.load_state_dict(s, self.rank)
             self.step = self._saved_step = int(s["step"])
         except (checkpoint.CheckpointError, ConfigError):
