@@ -18,6 +18,7 @@ a sampler (``ddc:clustering=snr``), a loss weighting (``min-snr:gamma=5``) or ``
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -385,36 +386,37 @@ def _fmt(v, digits=4):
 
 
 def _write_csv(path: Path, results: dict) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(
+        [
+            "method",
+            f"final_{results['metric']}_mean",
+            f"final_{results['metric']}_std",
+            "speedup_mean",
+            "speedup_per_seed",
+            "reached",
+            "machine_steps_per_s",  # throughput of the machine the run shared, not a cost (THROUGHPUT_NOTE)
+            *(f"final_{k}_{m}" for k in _extra_keys(results) for m in ("mean", "std")),
+        ]
+    )
+    for lab, r in results["methods"].items():
         w.writerow(
             [
-                "method",
-                f"final_{results['metric']}_mean",
-                f"final_{results['metric']}_std",
-                "speedup_mean",
-                "speedup_per_seed",
-                "reached",
-                "machine_steps_per_s",  # throughput of the machine the run shared, not a cost (THROUGHPUT_NOTE)
-                *(f"final_{k}_{m}" for k in _extra_keys(results) for m in ("mean", "std")),
+                lab,
+                _fmt(r["final_mean"]),
+                _fmt(r["final_std"]),
+                _fmt(r["speedup_mean"], 3),
+                " ".join(
+                    _fmt(u, 3) if isinstance(u, float) else str(u).replace(" ", "_")
+                    for u in r["speedup_per_seed"]
+                ),
+                r["reached"],
+                _fmt(r["steps_per_s"], 3),
+                *(_fmt(r.get(f"{k}_{m}")) for k in _extra_keys(results) for m in ("mean", "std")),
             ]
         )
-        for lab, r in results["methods"].items():
-            w.writerow(
-                [
-                    lab,
-                    _fmt(r["final_mean"]),
-                    _fmt(r["final_std"]),
-                    _fmt(r["speedup_mean"], 3),
-                    " ".join(
-                        _fmt(u, 3) if isinstance(u, float) else str(u).replace(" ", "_")
-                        for u in r["speedup_per_seed"]
-                    ),
-                    r["reached"],
-                    _fmt(r["steps_per_s"], 3),
-                    *(_fmt(r.get(f"{k}_{m}")) for k in _extra_keys(results) for m in ("mean", "std")),
-                ]
-            )
+    atomic_write(path, f.getvalue())
 
 
 def _extra_keys(results: dict) -> list[str]:

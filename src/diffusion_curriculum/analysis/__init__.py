@@ -12,6 +12,7 @@ Each writes a table (CSV + JSON) and a plot (PNG) into an output folder.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,10 @@ def write_table(out: Path, name: str, rows: list[dict[str, Any]], meta: dict[str
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    with open(out / f"{name}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
+    atomic_write(out / f"{name}.csv", f.getvalue())
     atomic_write(out / f"{name}.json", json.dumps({**(meta or {}), "rows": rows}, indent=2))

@@ -7,6 +7,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from ..checks import atomic_path
 from ..errors import ConfigError
 
 
@@ -129,7 +130,8 @@ def cmd_sample(args) -> int:
         import numpy as np
 
         extra = {"labels": cond["labels"].numpy()} if cond else {}  # the class each sample was drawn for
-        np.savez(args.npz, images=x.cpu().numpy(), **extra)
+        with atomic_path(args.npz) as tmp, open(tmp, "wb") as f:  # a file object: savez adds no suffix
+            np.savez(f, images=x.cpu().numpy(), **extra)
     print(str(out))
     return 0
 

@@ -12,8 +12,8 @@ SpeeD's CLTS baseline), the Gaussian's share ramping linearly:
     p_s(t) ∝ (1 − λ_s) · 1/T + λ_s · φ((t/T − μ)/σ) / Z,   λ_s = λ_max · clip((s − s_start)/(s_end − s_start), 0, 1)
 
 with Z = Σ_{t=0}^{T−1} φ((t/T − μ)/σ), so both parts are normalised over the discrete t and p_s sums to 1.
-Every default (μ = 0.3, σ = 0.2 in t — the default coordinate is the noise rate, below —, λ_max = 1, s_start = 0, s_end = 50 % of the planned steps or 50 000) is the
-project's documented choice, not a number from the paper. Weights are 1: CLTS changes what is trained, not the
+Every default (μ = 0.3, σ = 0.2 in the coordinate t — the default coordinate, the noise rate below, has
+its own —, λ_max = 1, s_start = 0, s_end = 50 % of the planned steps or 50 000) is the project's documented choice, not a number from the paper. Weights are 1: CLTS changes what is trained, not the
 objective.
 
 **Coordinate** [reconstruction]: the paper says CLTS "leverages the noise rate as an explicit indicator of the
