@@ -73,9 +73,9 @@ def test_absolute_progress_prefers_the_large_losses_and_temperature_sharpens():
         f = np.exp(-step / 200.0)
         return np.array([100 * f, 1.0, 1.0, 1.0, f])
 
-    rel = timesteps.build("learning-progress", LIN, buckets=5)
+    rel = timesteps.build("learning-progress", LIN, buckets=5, progress="relative")
     ab = timesteps.build("learning-progress", LIN, buckets=5, progress="absolute")
-    sharp = timesteps.build("learning-progress", LIN, buckets=5, temperature=0.25)
+    sharp = timesteps.build("learning-progress", LIN, buckets=5, progress="relative", temperature=0.25)
     for s in (rel, ab, sharp):
         feed(s, two_falling, 150, rng)
     assert rel.probs()[0] == pytest.approx(float(rel.probs()[4]), rel=1e-6)
@@ -87,8 +87,8 @@ def test_absolute_progress_prefers_the_large_losses_and_temperature_sharpens():
     def unequal(step):
         return np.array([np.exp(-step / 100.0), 1.0, 1.0, 1.0, np.exp(-step / 400.0)])
 
-    rel = timesteps.build("learning-progress", LIN, buckets=5)
-    sharp = timesteps.build("learning-progress", LIN, buckets=5, temperature=0.25)
+    rel = timesteps.build("learning-progress", LIN, buckets=5, progress="relative")
+    sharp = timesteps.build("learning-progress", LIN, buckets=5, progress="relative", temperature=0.25)
     for s in (rel, sharp):
         feed(s, unequal, 150, rng)
     assert rel.probs()[0] > rel.probs()[4] > 0.04
@@ -186,3 +186,15 @@ def test_distributed_ranks_agree():
     assert res[0][1:] == res[1][1:]
     assert sum(res[0][3]) == 30 * 16  # both ranks' 8 samples per step were counted
     assert max(res[0][4]) > 0.25  # the draws left uniform: the decisions ran on shared values
+
+
+def test_the_default_progress_is_absolute_and_a_checkpoint_from_the_relative_default_is_refused():
+    s = timesteps.build("learning-progress", LIN, buckets=5)
+    assert s.progress_kind == "absolute" and s.state_dict()["progress"] == "absolute"
+    old = timesteps.build("learning-progress", LIN, buckets=5, progress="relative").state_dict()
+    del old["progress"]  # a checkpoint written before the key existed, when relative was the default
+    with pytest.raises(ValueError, match="progress='relative'.*progress: relative"):
+        timesteps.build("learning-progress", LIN, buckets=5).load_state_dict(old)
+    timesteps.build("learning-progress", LIN, buckets=5, progress="relative").load_state_dict(old)
+    explicit = timesteps.build("learning-progress", LIN, buckets=5, progress="absolute")
+    explicit.load_state_dict({k: v for k, v in explicit.state_dict().items() if k != "progress"})

@@ -93,6 +93,10 @@ class TimestepSampler:
     #: which process kinds the strategy supports: "discrete", "continuous" (EDM's σ) and "flow"
     #: (:class:`~diffusion_curriculum.process.FlowProcess`); a sampler that does not name a kind refuses it
     supports: ClassVar[tuple[str, ...]] = ("discrete", "continuous")
+    #: parameters whose default changed, each with the default it had before: the sampler saves their values in
+    #: its state, and a checkpoint written before (without the key) is refused when the value it ran with
+    #: differs from today's — with the line to add to the run's config — instead of resuming with other settings
+    CHANGED_DEFAULTS: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, process, total_steps: int | None = None):
         kind = kind_of(process)
@@ -108,6 +112,7 @@ class TimestepSampler:
             "a positive integer or None",
         )
         self.process = process
+        self._settings: dict[str, tuple[Any, bool]] = {}
         #: the process kind (``discrete``, ``continuous`` or ``flow``) the draws are made for
         self.kind = kind
         self.total_steps = total_steps
@@ -139,14 +144,29 @@ class TimestepSampler:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: plain tensors, numbers and strings only."""
-        return {"name": self.name, "step": self.step, **self._state()}
+        settings = {k: v for k, (v, _) in self._settings.items()}
+        return {"name": self.name, "step": self.step, **settings, **self._state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; refuses the state of a different strategy with a ``ValueError``."""
+        """Restore a :meth:`state_dict`; refuses the state of a different strategy, or one that ran with another
+        value of a parameter in :attr:`CHANGED_DEFAULTS`, with a ``ValueError``."""
         if state.get("name", self.name) != self.name:
             raise ValueError(f"sampler state is for {state.get('name')!r}, not {self.name!r}")
+        for key, (value, given) in self._settings.items():
+            # a state without the key was written when the value was the configured one, or the old default
+            saved = state.get(key, value if given else self.CHANGED_DEFAULTS[key])
+            if saved != value:
+                raise ValueError(
+                    f"{self.name}: this checkpoint was trained with {key}={saved!r} but the run's sampler now has "
+                    f"{key}={value!r} (the default changed from {self.CHANGED_DEFAULTS[key]!r}); add "
+                    f"'{key}: {saved}' to the sampler section of the run's config.yaml to resume it as it was"
+                )
         self.step = int(state["step"])
         self._load_state(state)
+
+    def _record_setting(self, key: str, value: Any, given: bool) -> None:
+        """Save ``key``'s value (one of :attr:`CHANGED_DEFAULTS`) in the state; ``given``: set by the user."""
+        self._settings[key] = (value, given)
 
     def status(self) -> dict[str, Any]:
         """A small dict for progress bars and logs, e.g. ``{"stage": 3, "stages": 20}``."""

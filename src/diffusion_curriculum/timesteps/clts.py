@@ -98,6 +98,7 @@ class CLTS(TimestepSampler):
     """
 
     name = "clts"
+    CHANGED_DEFAULTS = {"coordinate": "t"}
     supports = ("discrete", "continuous", "flow")
 
     def __init__(
@@ -136,6 +137,7 @@ class CLTS(TimestepSampler):
             )
         check_param("sigma", sigma, is_number(sigma) and sigma > 0, f"a number > 0 ({unit or coordinate})")
         self.coordinate = coordinate
+        self._record_setting("coordinate", coordinate, self._coordinate_given)
         check_param(
             "lambda_max", lambda_max, is_number(lambda_max) and 0 <= lambda_max <= 1, "a number in [0, 1]"
         )
@@ -259,19 +261,6 @@ class CLTS(TimestepSampler):
         u = torch.where(pick < lam, u_gauss, v.clamp(_U_EPS, 1 - _U_EPS))
         sigma = torch.exp(self.P_mean + self.P_std * torch.special.ndtri(u))
         return sigma.float(), None
-
-    def _state(self):
-        return {"coordinate": self.coordinate}
-
-    def _load_state(self, state):
-        # a checkpoint without the key was written when the coordinate was the configured one, or 't' by default
-        saved = state.get("coordinate", self.coordinate if self._coordinate_given else "t")
-        if saved != self.coordinate:
-            raise ValueError(
-                f"clts: this checkpoint was trained with coordinate={saved!r} but the run's sampler now has "
-                f"coordinate={self.coordinate!r} (the default changed from 't' to 'noise-rate'); add "
-                f"'coordinate: {saved}' to the sampler section of the run's config.yaml to resume it as it was"
-            )
 
     def status(self):
         return {"lambda": round(self.lam(), 4)}

@@ -8,9 +8,10 @@ rule trains a noise level whether or not training there still pays off; this one
 levels whose loss is still dropping, and away from those that have converged.
 
 The noise levels are cut into K buckets; each bucket keeps a fast and a slow exponential moving average of its
-observed mean loss; its progress is the relative drop of the fast average below the slow one,
+observed mean loss; its progress is the drop of the fast average below the slow one, in loss units (the
+default) or as a fraction of the slow average,
 
-    progress_k = max(0, (slow_k − fast_k) / slow_k),
+    progress_k = max(0, slow_k − fast_k)   or   progress_k = max(0, (slow_k − fast_k) / slow_k),
 
 and buckets are drawn with p_k ∝ (1 − ε)·progress_k^{1/temperature} / Σ_j progress_j^{1/temperature} + ε/K
 (uniform when no bucket progresses), the noise level uniform inside the bucket. All constants are the project's
@@ -51,8 +52,10 @@ class LearningProgress(TimestepSampler):
     temperature:
         progress is raised to 1/temperature before normalising (default 1; < 1 sharpens, > 1 flattens).
     progress:
-        ``"relative"`` (the drop as a fraction of the slow average: scale-free, the default) or ``"absolute"``
-        (slow − fast: larger where the loss itself is larger).
+        ``"absolute"`` (slow − fast: larger where the loss itself is larger; the default, measured ahead of
+        ``"relative"`` on the linear and the cosine schedule) or ``"relative"`` (the drop as a fraction of the
+        slow average: scale-free; the default before, so a checkpoint written then without a ``progress`` in its
+        state is refused on resume with the line to add, ``progress: relative``).
     unbias:
         weight each sample by q_k/p_k (q_k the bucket's mass under the uniform draw: its share of the T
         timesteps, 1/K for EDM quantiles) so the objective stays that of uniform sampling; the weights average 1
@@ -70,6 +73,7 @@ class LearningProgress(TimestepSampler):
     """
 
     name = "learning-progress"
+    CHANGED_DEFAULTS = {"progress": "relative"}
     supports = ("discrete", "continuous", "flow")
 
     def __init__(
@@ -81,7 +85,7 @@ class LearningProgress(TimestepSampler):
         slow_rate: float = 0.01,
         epsilon: float = 0.2,
         temperature: float = 1.0,
-        progress: str = "relative",
+        progress: str | None = None,
         unbias: bool = False,
     ):
         super().__init__(process, total_steps)
@@ -91,7 +95,10 @@ class LearningProgress(TimestepSampler):
         check_param("fast_rate", fast_rate, fast_rate > slow_rate, f"a rate above slow_rate={slow_rate!r}")
         check_param("epsilon", epsilon, is_number(epsilon) and 0 <= epsilon <= 1, "a number in [0, 1]")
         check_param("temperature", temperature, is_number(temperature) and temperature > 0, "a number > 0")
+        given = progress is not None
+        progress = "absolute" if progress is None else progress
         check_choice("progress", progress, PROGRESS)
+        self._record_setting("progress", progress, given)
         check_param("unbias", unbias, isinstance(unbias, bool), "true or false")
         self.K = int(buckets)
         self.fast_rate, self.slow_rate = float(fast_rate), float(slow_rate)

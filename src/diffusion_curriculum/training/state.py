@@ -50,18 +50,20 @@ def fingerprint(cfg: dict) -> str:
 
 
 def legacy_fingerprints(cfg: dict, state: dict[str, Any]) -> tuple[str, ...]:
-    """The other fingerprints a checkpoint ``state`` of this run may carry: one written before CLTS saved its
-    ``coordinate`` (its default was 't' then, and the key absent from config.yaml) is resumed with the
-    ``coordinate: t`` that its refusal asks for, which changes the sampler section and so the fingerprint."""
+    """The other fingerprints a checkpoint ``state`` of this run may carry: one written before a sampler saved a
+    parameter whose default changed (``CHANGED_DEFAULTS`` of its class: CLTS's ``coordinate`` was 't', the
+    learning-progress ``progress`` was 'relative') is resumed with the line its refusal asks for (e.g.
+    ``coordinate: t``), which changes the sampler section and so the fingerprint."""
+    from .. import timesteps
+
     sampler, saved = cfg.get("sampler") or {}, state.get("sampler")
-    if (
-        sampler.get("name") == "clts"
-        and sampler.get("coordinate") == "t"
-        and isinstance(saved, dict)
-        and "coordinate" not in saved
-    ):
-        return (fingerprint({**cfg, "sampler": {k: v for k, v in sampler.items() if k != "coordinate"}}),)
-    return ()
+    cls = timesteps.REGISTRY.get(sampler.get("name"))
+    if cls is None or not isinstance(saved, dict):
+        return ()
+    old = [k for k, v in cls.CHANGED_DEFAULTS.items() if sampler.get(k) == v and k not in saved]
+    if not old:
+        return ()
+    return (fingerprint({**cfg, "sampler": {k: v for k, v in sampler.items() if k not in old}}),)
 
 
 def check_fits(
