@@ -72,3 +72,22 @@ def run_gloo_ranks(body, world: int = 2) -> list:
             if pr.is_alive():
                 pr.terminate()
     return [r for _, r in res]
+
+
+def train_until_interrupted(cfg, run_dir, at_step: int) -> None:
+    """Train ``cfg`` in ``run_dir`` and press Ctrl-C right after step ``at_step`` (the trainer saves a
+    checkpoint there and re-raises), as a test of resuming needs."""
+    from diffusion_curriculum.train import Trainer
+
+    t = Trainer(cfg, run_dir)
+    real_step = t.train_step
+
+    def step_then_interrupt():
+        out = real_step()
+        if t.step == at_step:
+            raise KeyboardInterrupt
+        return out
+
+    t.train_step = step_then_interrupt
+    with pytest.raises(KeyboardInterrupt):
+        t.run()

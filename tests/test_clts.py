@@ -275,24 +275,13 @@ def test_the_refusal_s_advice_resumes_a_legacy_run_end_to_end(tmp_path):
     trade the refusal for a fingerprint mismatch."""
     import yaml
 
-    from conftest import TINY
+    from conftest import TINY, train_until_interrupted
     from diffusion_curriculum import checkpoint, config
     from diffusion_curriculum.train import Trainer
 
     cfg = config.resolve(overrides=[*TINY, "steps=10", "checkpoint_every=5", "sampler.name=clts"])
     run = tmp_path / "run"
-    t = Trainer(cfg, run)
-    real_step = t.train_step
-
-    def step_then_interrupt():
-        out = real_step()
-        if t.step == 5:
-            raise KeyboardInterrupt
-        return out
-
-    t.train_step = step_then_interrupt
-    with pytest.raises(KeyboardInterrupt):
-        t.run()
+    train_until_interrupted(cfg, run, 5)
     # make it a checkpoint from before the key existed: no "coordinate" in the sampler's state
     step, st = checkpoint.load(checkpoint.list_checkpoints(run / "checkpoints")[0])
     st["sampler"].pop("coordinate")

@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import train_until_interrupted
 from diffusion_curriculum.data import Batcher, DataError, Dataset, load
 
 
@@ -243,18 +244,7 @@ def test_resume_is_exact_for_a_conditional_run(tmp_path, monkeypatch):
 
     cfg = _tiny(*COND, "cond.drop_prob=0.3", "model.dropout=0.1", "eval_every=10")
     Trainer(cfg, tmp_path / "a").run()
-    t = Trainer(cfg, tmp_path / "b")
-    real_step = t.train_step
-
-    def step_then_interrupt():
-        out = real_step()
-        if t.step == 13:
-            raise KeyboardInterrupt
-        return out
-
-    monkeypatch.setattr(t, "train_step", step_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        t.run()
+    train_until_interrupted(cfg, tmp_path / "b", 13)
     Trainer(cfg, tmp_path / "b", resume=True).run()
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
     _, sa = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "a" / "checkpoints")[0])

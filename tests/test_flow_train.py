@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import TINY, train_until_interrupted
 from diffusion_curriculum import checkpoint, cli, compare, config, evaluate
 from diffusion_curriculum.errors import ConfigError
 from diffusion_curriculum.train import Trainer, build_components
@@ -109,18 +109,7 @@ def test_flow_resume_is_exact(tmp_path, monkeypatch, extra):
     """Interrupt a flow run at step 17, resume: the logged losses and final weights equal an unbroken run's."""
     cfg = config.resolve(overrides=FLOW + ["model.dropout=0.1"] + extra)
     Trainer(cfg, tmp_path / "a").run()
-    t = Trainer(cfg, tmp_path / "b")
-    real_step = t.train_step
-
-    def step_then_interrupt():
-        out = real_step()
-        if t.step == 17:
-            raise KeyboardInterrupt
-        return out
-
-    monkeypatch.setattr(t, "train_step", step_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        t.run()
+    train_until_interrupted(cfg, tmp_path / "b", 17)
     Trainer(cfg, tmp_path / "b", resume=True).run()
     la = [r["loss"] for r in _records(tmp_path / "a") if "loss" in r]
     assert la == [r["loss"] for r in _records(tmp_path / "b") if "loss" in r]

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import TINY, train_until_interrupted
 from diffusion_curriculum import checkpoint, config
 from diffusion_curriculum.errors import ConfigError
 from diffusion_curriculum.train import Trainer, TrainingError
@@ -69,18 +69,7 @@ def test_resume_is_exact(tmp_path, monkeypatch, extra):
     cfg = config.resolve(overrides=TINY + ["model.dropout=0.1"] + extra)
     Trainer(cfg, tmp_path / "a").run()
 
-    t = Trainer(cfg, tmp_path / "b")
-    real_step = t.train_step
-
-    def step_then_interrupt():
-        out = real_step()
-        if t.step == 17:
-            raise KeyboardInterrupt
-        return out
-
-    monkeypatch.setattr(t, "train_step", step_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        t.run()
+    train_until_interrupted(cfg, tmp_path / "b", 17)
     assert checkpoint.list_checkpoints(tmp_path / "b" / "checkpoints")[0].name == "step_00000017"
     Trainer(cfg, tmp_path / "b", resume=True).run()
 
