@@ -31,6 +31,10 @@ def test_npz_labels_load_and_wrong_ones_are_one_sentence(tmp_path):
     ds = load("npz", path=str(tmp_path / "ok.npz"))
     assert ds.labels.tolist() == [3, 0, 1, 3] and ds.num_classes == 4
     assert ds.class_names() == ("0", "1", "2", "3")
+    # dataset.n keeps every class, also those its first n samples lack: the model is built for the whole set
+    np.savez(tmp_path / "sorted.npz", images=images, labels=np.array([0, 1, 2, 3]))
+    sub = load("npz", path=str(tmp_path / "sorted.npz"), n=2)
+    assert sub.labels.tolist() == [0, 1] and sub.num_classes == 4
     for bad in (np.array([0, 1, 2]), np.array([0, 1, -1, 2]), np.array([0.0, 1.0, 1.0, 0.0])):
         np.savez(tmp_path / "bad.npz", images=images, labels=bad)
         with pytest.raises(DataError, match=r"array 'labels' in .* must be class indices") as e:

@@ -86,7 +86,8 @@ def load(
       ``note``), optionally center-cropped to a square and resized to ``size`` x ``size``; when
       every image sits in a subfolder, the first-level subfolder names (sorted) become class labels.
 
-    ``n`` on digits/npz/folder keeps the first ``n`` samples (all of them when there are fewer).
+    ``n`` on digits/npz/folder keeps the first ``n`` samples (all of them when there are fewer), and every class
+    of the whole set (``num_classes`` does not shrink to the classes those samples happen to hold).
     """
     known = names()
     if not isinstance(name, str):
@@ -104,8 +105,11 @@ def load(
     ds = entry.loader(path, n, seed, **params)
     if entry.synthetic or n is None or n >= len(ds):
         return ds
-    labels = None if ds.labels is None else ds.labels[:n].contiguous()
-    return dataclasses.replace(ds, data=ds.data[:n].contiguous(), labels=labels)
+    if ds.labels is None:
+        return dataclasses.replace(ds, data=ds.data[:n].contiguous())
+    # the subset keeps the whole set's classes: its model must not lose a class its first n samples lack
+    labels = ds.labels[:n].contiguous()
+    return dataclasses.replace(ds, data=ds.data[:n].contiguous(), labels=labels, classes=ds.class_names())
 
 
 def _check_params(entry: DatasetSpec, params: dict) -> None:
