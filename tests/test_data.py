@@ -154,6 +154,75 @@ def test_the_run_says_what_channel_count_it_chose_first(tmp_path):
     trainer.close()
 
 
+def _folder_cli(tmp_path, *extra):
+    return ["train", "--out", str(tmp_path / "r"), "dataset.name=folder", f"dataset.path={tmp_path / 'g'}",
+            "batch_size=4", "model.channels=8", "progress=false", "metrics.enabled=false", "eval_every=0",
+            "checkpoint_every=2", *extra]  # fmt: skip
+
+
+def test_a_new_folder_run_records_its_channel_count_and_resumes_with_its_config(tmp_path):
+    import yaml
+
+    from diffusion_curriculum.cli import main
+
+    for i in range(4):
+        _write_png(tmp_path / "g" / f"{i}.png", 50 * i, size=(8, 8), mode="L")
+    assert main(_folder_cli(tmp_path, "steps=2")) == 0
+    saved = yaml.safe_load(open(tmp_path / "r" / "config.yaml"))
+    assert saved["dataset"]["channels"] == 1  # detected, and now part of the run
+    assert main([*_folder_cli(tmp_path, "steps=4"), "--resume"]) == 0
+    # --config of the same settings (channels unset: left to the loader) asks for what the run recorded
+    cfg_file = tmp_path / "folder.yaml"
+    cfg_file.write_text(yaml.safe_dump({"dataset": {"name": "folder", "path": str(tmp_path / "g")}}))
+    args = [*_folder_cli(tmp_path, "steps=6"), "--resume", "--config", str(cfg_file)]
+    assert main(args) == 0
+
+
+def test_a_folder_run_saved_before_channels_were_recorded_resumes_once_the_line_is_added(
+    tmp_path, monkeypatch, capsys
+):
+    """A run started before grayscale detection was trained as RGB and its config.yaml names no channel count;
+    detection now reads the folder with 1 channel, so its checkpoint does not fit. The refusal says which line
+    to add, and with it the run resumes (and samples) as it was."""
+    import yaml
+
+    from diffusion_curriculum.cli import main
+    from diffusion_curriculum.training import trainer
+
+    for i in range(4):  # in colour, so the old code's RGB is also the detected choice; made gray below
+        _write_png(tmp_path / "g" / f"{i}.png", (50 * i, 0, 0), size=(8, 8))
+    monkeypatch.setattr(trainer, "record_choices", lambda cfg, dataset: None)  # as the old code did
+    assert main(_folder_cli(tmp_path, "steps=2")) == 0
+    monkeypatch.undo()
+    path = tmp_path / "r" / "config.yaml"
+    saved = yaml.safe_load(open(path))
+    assert "channels" not in saved["dataset"]  # what an old run's config.yaml holds
+    for i in range(4):
+        _write_png(tmp_path / "g" / f"{i}.png", (50 * i, 50 * i, 50 * i), size=(8, 8))
+    capsys.readouterr()
+    assert main([*_folder_cli(tmp_path, "steps=4"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "does not fit" in err and "add 'channels: 3' to the dataset section of the run's config.yaml" in err
+    )
+    assert (
+        main(["sample", "--checkpoint", str(tmp_path / "r"), "--out", str(tmp_path / "s.png"), "--n", "4"])
+        == 2
+    )
+    assert "add 'channels: 3'" in capsys.readouterr().err
+    saved["dataset"]["channels"] = 3
+    path.write_text(yaml.safe_dump(saved))
+    assert main([*_folder_cli(tmp_path, "steps=4"), "--resume"]) == 0
+    assert (
+        main(["sample", "--checkpoint", str(tmp_path / "r"), "--out", str(tmp_path / "s.png"), "--n", "4"])
+        == 0
+    )
+    # the added line is a real setting: a wrong one is still refused, it changes the model's shapes
+    saved["dataset"]["channels"] = 1
+    path.write_text(yaml.safe_dump(saved))
+    assert main([*_folder_cli(tmp_path, "steps=6"), "--resume"]) == 2
+
+
 # -- errors ----------------------------------------------------------------------------------------------
 def test_unknown_name_suggests():
     with pytest.raises(DataError, match="dataset.name='digit'.*did you mean 'digits'"):

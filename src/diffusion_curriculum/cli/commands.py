@@ -20,6 +20,7 @@ def cmd_train(args) -> int:
     """``train``: build the run from the preset/config/overrides (a new ``--out`` or ``--resume``), train it, print the summary."""
     from .. import config
     from ..training import RESUMABLE_KEYS, Trainer, rundir
+    from ..training.state import with_recorded_choices
 
     if (args.resume or args.resume_if_present) and not args.out:
         raise ConfigError("--resume needs --out DIR, the run directory to continue")
@@ -39,6 +40,7 @@ def cmd_train(args) -> int:
         cfg = config.validate(config.apply_overrides(base, args.overrides))
         if args.preset or args.config:
             given = config.resolve(args.preset, args.config, args.overrides)
+            given["dataset"] = with_recorded_choices(given["dataset"], cfg["dataset"])
             changed = [
                 k for k in given if k not in RESUMABLE_KEYS and not config.same_setting(given[k], cfg.get(k))
             ]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,7 +32,10 @@ class Dataset:
     ``value_range`` is the (low, high) every value lies in, or ``None`` when the data has no fixed bounds; the
     default (``"kind"``) takes it from :data:`KIND_RANGES`: (-1, 1) for images, ``None`` for points. Generation
     clips its clean-sample estimates to it (``eval.clip: auto``). ``note`` is a line the trainer shows when the
-    run starts, saying what the loader chose for the user (e.g. grayscale detected), or ``None``.
+    run starts, saying what the loader chose for the user (e.g. grayscale detected), or ``None``. ``choices``
+    holds those choices as the loader's parameters (``{"channels": 1}``): a new run writes them into its
+    ``config.yaml``, so every later load of the run (resume, ``sample``, ``evaluate``) repeats them even when
+    the loader's rule for choosing changes.
     """
 
     data: Tensor
@@ -41,6 +45,7 @@ class Dataset:
     classes: tuple[str, ...] | None = None
     value_range: tuple[float, float] | None | str = "kind"
     note: str | None = None
+    choices: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._check_labels()

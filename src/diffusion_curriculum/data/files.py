@@ -219,8 +219,9 @@ def _load_folder(path: str, n=None, seed=0, size: int | None = None, channels: i
             )
         out[i] = arr
     assert out is not None
-    note = None
+    note, choices = None, {}
     if channels is None:
+        choices = {"channels": 1 if gray else 3}
         out = out[..., :1] if gray else out
         kind = "every file is grayscale" if gray else "the files are in colour"
         other = 3 if gray else 1
@@ -242,7 +243,15 @@ def _load_folder(path: str, n=None, seed=0, size: int | None = None, channels: i
         more = f", ... ({len(classes) - CLASSES_SHOWN} more)" if len(classes) > CLASSES_SHOWN else ""
         said = f"dataset {name!r}: {len(classes)} classes from its sub-folders (sorted): {listed}{more}"
         note = said if note is None else f"{note}; {said}"
-    return Dataset(data=data.contiguous(), labels=labels, name=name, kind="image", classes=classes, note=note)
+    return Dataset(
+        data=data.contiguous(),
+        labels=labels,
+        name=name,
+        kind="image",
+        classes=classes,
+        note=note,
+        choices=choices,
+    )
 
 
 def _center_crop_resize(im, size: int):

@@ -21,6 +21,7 @@ from torch import nn
 from .. import checkpoint, config, data
 from ..checks import atomic_write, first_line
 from ..errors import ConfigError
+from .state import unrecorded_choice_hint
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -172,9 +173,18 @@ def load_ema_weights(model: nn.Module, ckpt: str | os.PathLike) -> int:
         model.load_state_dict(state["ema"])
     except (RuntimeError, KeyError) as e:
         raise checkpoint.CheckpointError(
-            f"checkpoint {str(ckpt)!r} does not fit its run ({first_line(e, 200)})"
+            f"checkpoint {str(ckpt)!r} does not fit its run ({first_line(e, 200)}){_fit_hint(Path(ckpt))}"
         ) from None
     return step
+
+
+def _fit_hint(ckpt: Path) -> str:
+    """:func:`~.state.unrecorded_choice_hint` for the run holding ``ckpt`` (``<run>/checkpoints/step_*``)."""
+    path = ckpt.parent.parent / CONFIG
+    try:
+        return unrecorded_choice_hint(config.load_yaml(path) or {}) if path.is_file() else ""
+    except ConfigError:
+        return ""
 
 
 def load_newest_ema(
@@ -183,10 +193,13 @@ def load_newest_ema(
     """Load the EMA weights of the newest usable checkpoint of ``ckpts`` (newest first) into ``model``; return
     (its path, its step). Each unusable one is passed over (with ``warn(message)`` when given); none usable
     raises ``CheckpointError`` naming ``where``."""
+    newest = None
     for ck in ckpts:
         try:
             return ck, load_ema_weights(model, ck)
         except checkpoint.CheckpointError as e:
+            newest = newest or first_line(e, 1000)
             if warn is not None:
                 warn(f"warning: {first_line(e)}; trying the previous checkpoint")
-    raise checkpoint.CheckpointError(f"no usable checkpoint under {str(where)!r}")
+    why = f" (the newest: {newest})" if newest else ""
+    raise checkpoint.CheckpointError(f"no usable checkpoint under {str(where)!r}{why}")

@@ -49,21 +49,60 @@ def fingerprint(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+#: dataset parameters a loader may choose when the config leaves them unset (``Dataset.choices``: a folder's
+#: channel count, detected since grayscale folders are read with one channel). A new run records its choice in
+#: config.yaml (:func:`record_choices`); a run saved before it did resumes with the choice added there by hand
+#: (:func:`legacy_fingerprints`; a wrong one cannot pass, it changes the model's shapes).
+RECORDED_CHOICES = ("channels",)
+
+
+def record_choices(cfg: dict, dataset: Any) -> None:
+    """Write into ``cfg["dataset"]`` the parameters ``dataset``'s loader chose because the config left them unset."""
+    section = cfg["dataset"]
+    for k, v in dataset.choices.items():
+        if section.get(k) is None:
+            section[k] = v
+
+
+def with_recorded_choices(given: dict, saved: dict) -> dict:
+    """The dataset section ``given`` (on resuming, from --preset/--config) with the choices the run recorded
+    (``saved``) filled in where ``given`` leaves them unset: leaving a choice to the loader asks for it."""
+    return {**given, **{k: saved[k] for k in RECORDED_CHOICES if given.get(k) is None and k in saved}}
+
+
+def unrecorded_choice_hint(cfg: dict) -> str:
+    """What to do when a checkpoint does not fit a run whose dataset section lacks a recorded choice (a folder
+    run saved before its channel count was recorded, and trained as RGB then): a sentence, else ``""``."""
+    ds = cfg.get("dataset") or {}
+    if ds.get("name") != "folder" or ds.get("channels") is not None:
+        return ""
+    return (
+        "; a folder run started before grayscale folders were read with one channel was trained as RGB: add "
+        "'channels: 3' to the dataset section of the run's config.yaml to resume or sample it as it was"
+    )
+
+
 def legacy_fingerprints(cfg: dict, state: dict[str, Any]) -> tuple[str, ...]:
     """The other fingerprints a checkpoint ``state`` of this run may carry: one written before a sampler saved a
     parameter whose default changed (``CHANGED_DEFAULTS`` of its class: CLTS's ``coordinate`` was 't', the
     learning-progress ``progress`` was 'relative') is resumed with the line its refusal asks for (e.g.
-    ``coordinate: t``), which changes the sampler section and so the fingerprint."""
+    ``coordinate: t``), which changes the sampler section and so the fingerprint. One saved before the dataset
+    recorded its loader's choices (:data:`RECORDED_CHOICES`) resumes with them added to the dataset section."""
     from .. import timesteps
 
+    out = []
+    ds = cfg.get("dataset") or {}
+    chosen = [k for k in RECORDED_CHOICES if ds.get(k) is not None]
+    if chosen:
+        out.append(fingerprint({**cfg, "dataset": {k: v for k, v in ds.items() if k not in chosen}}))
     sampler, saved = cfg.get("sampler") or {}, state.get("sampler")
     cls = timesteps.REGISTRY.get(sampler.get("name"))
     if cls is None or not isinstance(saved, dict):
-        return ()
+        return tuple(out)
     old = [k for k, v in cls.CHANGED_DEFAULTS.items() if sampler.get(k) == v and k not in saved]
-    if not old:
-        return ()
-    return (fingerprint({**cfg, "sampler": {k: v for k, v in sampler.items() if k not in old}}),)
+    if old:
+        out.append(fingerprint({**cfg, "sampler": {k: v for k, v in sampler.items() if k not in old}}))
+    return tuple(out)
 
 
 def check_fits(

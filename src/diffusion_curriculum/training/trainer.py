@@ -23,7 +23,16 @@ from . import components, conditioning, hooks
 from . import distributed as dist_mod
 from .distributed import setup_distributed
 from .rundir import RunDir
-from .state import Attributes, RandomStreams, StateRegistry, check_fits, fingerprint, legacy_fingerprints
+from .state import (
+    Attributes,
+    RandomStreams,
+    StateRegistry,
+    check_fits,
+    fingerprint,
+    legacy_fingerprints,
+    record_choices,
+    unrecorded_choice_hint,
+)
 
 #: samples shown in a grid PNG (image data; 2-D points are all plotted)
 GRID = 64
@@ -81,9 +90,7 @@ class Trainer:
         random.seed(seed)
         np.random.seed(seed % 2**32)
         c = components.build_components(cfg)  # every config error surfaces here, before anything is written
-        if (
-            c.dataset.note
-        ):  # what the loader chose for the user (e.g. grayscale detected): the run's first line
+        if c.dataset.note:  # what the loader chose for the user (e.g. grayscale detected): the first line
             self.say(c.dataset.note)
         self.process, self.dataset = c.process, c.dataset
         self.sampler, self.weight_fn, self.clip = c.sampler, c.weight_fn, c.clip
@@ -126,9 +133,7 @@ class Trainer:
         self.noise_gen = torch.Generator(device=self.device).manual_seed(
             components.stream_seed(seed, "noise", self.rank)
         )
-        self.step = 0
-        self.loss_sum, self.loss_count, self.skipped = 0.0, 0, 0
-        self.train_time = 0.0
+        self.step, self.loss_sum, self.loss_count, self.skipped, self.train_time = 0, 0.0, 0, 0, 0.0
 
     def _setup_logging(self, cfg: dict) -> None:
         self.rundir = RunDir(self.out)
@@ -182,6 +187,8 @@ class Trainer:
             start = lambda: self.rundir.start(resume, self.load_state, self.say)  # noqa: E731
             loaded = dist_mod.run_on_rank0(start, self.rank)
             dist_mod.all_ok(dist_mod.follow_rank0(loaded, self.rank, self.load_state), self.world)
+        if loaded is None:  # a new run records what the data loader chose, so every later load repeats it
+            record_choices(self.cfg, self.dataset)
         if self.rank == 0:
             if loaded is not None:
                 self.rundir.truncate_metrics(loaded[1])
@@ -225,7 +232,8 @@ class Trainer:
         except (checkpoint.CheckpointError, ConfigError):
             raise
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
-            raise checkpoint.CheckpointError(f"it does not fit this run ({first_line(e, 200)})") from None
+            why = f"{first_line(e, 200)}){unrecorded_choice_hint(self.cfg)}"
+            raise checkpoint.CheckpointError(f"it does not fit this run ({why}") from None
 
     def save_checkpoint(self) -> Path:
         """Write a checkpoint of this step (rank 0 writes; the other ranks wait for the write's outcome)."""
