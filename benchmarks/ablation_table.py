@@ -8,9 +8,12 @@ the speed-up per seed (steps the baseline needs to reach its own final FD ÷ ste
 interpolation between evaluations, "n.r." when not reached), and how many steps the baseline needs to match the
 method's FD at early checkpoints, ÷ those steps (same interpolation, "≤ 1" when the baseline was already as good),
 and, for methods with at least two seeds shared with the baseline, the speed-up of the seed-mean curves.
+With ``--in-run`` the curves are the runs' own evaluations (the ``fd`` records of ``metrics.jsonl``, for a grid
+trained with ``eval_every`` instead of ``--eval-samples``), kept as ``eval-in-run.jsonl``.
 
     python benchmarks/ablation_table.py --collect lin=/work/bench/lin cos=/work/bench/cos --name digits-ablation
     python benchmarks/ablation_table.py --name digits-ablation            # the tables, from the committed files
+    python benchmarks/ablation_table.py --collect lin=/work/bench/mnist --name mnist5k --in-run --early 500,1000
 """
 
 from __future__ import annotations
@@ -24,18 +27,31 @@ from pathlib import Path
 from diffusion_curriculum.compare import speedup, steps_to_reach
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: the keys of an in-run evaluation record kept in eval-in-run.jsonl (not its noise-level histogram)
+IN_RUN_KEYS = ("step", "eval_loss", "fd", "precision", "recall", "accuracy")
 
 
-def collect(name: str, sources: list[str], samples: int) -> int:
-    """Copy each run's evaluation file, summary and last sampler status; returns the number of runs copied."""
+def _eval_file(samples: int | None) -> str:
+    return "eval-in-run.jsonl" if samples is None else f"eval-n{samples}.jsonl"
+
+
+def collect(name: str, sources: list[str], samples: int | None) -> int:
+    """Copy each run's evaluation file (``samples`` None: its in-run evaluations, from metrics.jsonl), summary
+    and last sampler status; returns the number of runs copied."""
     n = 0
     for item in sources:
         group, _, folder = item.partition("=")
-        for ev in sorted(Path(folder).glob(f"runs/*/seed*/eval-n{samples}.jsonl")):
+        pattern = "metrics.jsonl" if samples is None else _eval_file(samples)
+        for ev in sorted(Path(folder).glob(f"runs/*/seed*/{pattern}")):
             run = ev.parent
             dest = RESULTS / name / group / run.parent.name / run.name
             dest.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(ev, dest / ev.name)
+            if samples is None:
+                records = [json.loads(x) for x in open(ev) if '"fd"' in x]
+                lines = [json.dumps({k: r[k] for k in IN_RUN_KEYS if k in r}) + "\n" for r in records]
+                (dest / _eval_file(None)).write_text("".join(lines))
+            else:
+                shutil.copyfile(ev, dest / ev.name)
             if (run / "summary.json").exists():
                 shutil.copyfile(run / "summary.json", dest / "summary.json")
             status = [json.loads(x).get("sampler") for x in open(run / "metrics.jsonl") if '"sampler"' in x]
@@ -45,10 +61,10 @@ def collect(name: str, sources: list[str], samples: int) -> int:
     return n
 
 
-def load(name: str, samples: int) -> dict[str, dict[str, dict[int, list[tuple[int, float]]]]]:
+def load(name: str, samples: int | None) -> dict[str, dict[str, dict[int, list[tuple[int, float]]]]]:
     """group -> method -> seed -> [(step, fd)]."""
     out: dict = {}
-    for ev in sorted((RESULTS / name).glob(f"*/*/seed*/eval-n{samples}.jsonl")):
+    for ev in sorted((RESULTS / name).glob(f"*/*/seed*/{_eval_file(samples)}")):
         seed = int(ev.parent.name.removeprefix("seed"))
         method, group = ev.parent.parent.name, ev.parent.parent.parent.name
         curve = sorted((r["step"], float(r["fd"])) for r in map(json.loads, open(ev)) if "fd" in r)
@@ -132,14 +148,20 @@ def main(argv=None) -> int:
         "--collect", nargs="*", metavar="GROUP=FOLDER", help="copy result files from compare folders"
     )
     ap.add_argument("--samples", type=int, default=1000, help="the evaluation's sample count (eval-nN.jsonl)")
+    ap.add_argument(
+        "--in-run",
+        action="store_true",
+        help="the runs' own evaluations (metrics.jsonl) instead of eval-nN.jsonl",
+    )
     ap.add_argument("--baseline", default="uniform")
     ap.add_argument("--early", default="1000,2000", help="checkpoints for the steps-to-match columns")
     args = ap.parse_args(argv)
+    samples = None if args.in_run else args.samples
     if args.collect:
-        print(f"collected {collect(args.name, args.collect, args.samples)} runs into {RESULTS / args.name}")
+        print(f"collected {collect(args.name, args.collect, samples)} runs into {RESULTS / args.name}")
         return 0
     early = tuple(int(k) for k in args.early.split(",") if k)
-    for group, methods in sorted(load(args.name, args.samples).items()):
+    for group, methods in sorted(load(args.name, samples).items()):
         print(f"\n### {group}\n\n{table(methods, args.baseline, early)}")
     return 0
 
