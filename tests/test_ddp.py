@@ -60,7 +60,8 @@ def losses(run: Path) -> list[tuple]:
 def runs(tmp_path_factory) -> dict[str, tuple[Path, list[dict]]]:
     """2-process runs in one torchrun launch (torch starts once), in order: DDC; DDC again in the same directory
     without --resume (refused); loss-second-moment importance sampling; DDC with a NaN loss on rank 1 only; DDC
-    with a SIGTERM reaching rank 1 after step 4 — these five in process groups the worker creates — then DDC with Ctrl-C reaching rank 1 after step 7, in a group the Trainer creates from
+    with a SIGTERM reaching rank 1 after step 4; a class-conditional run — these six in process groups the
+    worker creates — then DDC with Ctrl-C reaching rank 1 after step 7, in a group the Trainer creates from
     torchrun's environment, as the CLI does. Name -> (run directory, each rank's record)."""
     root = tmp_path_factory.mktemp("ddp")
     short = ["steps=6", "checkpoint_every=0"]
@@ -75,6 +76,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[Path, list[dict]]]:
             "store-term",
             {"interrupt_after": 4, "signal": "SIGTERM"},
         ),
+        "cond": ("cond", [*SMALL, *short, "cond.enabled=true", "cond.drop_prob=0.5"], "store-cond", {}),
         "interrupted": ("interrupted", [*SMALL, *DDC], None, {"interrupt_after": 7}),
     }
     spec = []
@@ -122,6 +124,18 @@ def test_union_of_rank_batches_is_the_single_process_global_batch(ddc_run, tmp_p
         single.batcher.next()
         assert a + b == single.batcher.last_indices.tolist(), step
     assert len(ranks[0]["indices"]) == 20
+
+
+def test_a_conditional_run_keeps_every_rank_in_step_and_each_rank_drops_its_own_labels(runs):
+    """The class embedding (with its null row, trained by the dropped labels) is averaged like every other
+    weight; each rank draws its label drops from its own stream, saved per rank in the checkpoint."""
+    out, ranks = runs["cond"]
+    assert all(r["step"] == 6 and r["world"] == 2 for r in ranks)
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    _, state = checkpoint.load(checkpoint.list_checkpoints(out / "checkpoints")[0])
+    assert state["model"]["class_embed.table.weight"].shape[0] == 11  # 10 digit classes and the null class
+    own, other = state["label_dropout"]["generator"], state["ranks"]["1"]["label_dropout"]["generator"]
+    assert not torch.equal(torch.as_tensor(own), torch.as_tensor(other))
 
 
 def test_only_rank_0_writes(ddc_run):
