@@ -1,0 +1,26 @@
+#!/bin/bash
+# Run a benchmark grid in the background, resumably: one `compare` per line of GRID, each into OUT/GROUP
+# (from the repository root: the grids name config files by their path from there).
+#
+#   benchmarks/grid.sh benchmarks/grids/digits-flow.txt /path/to/out  >> grid.log 2>&1 &
+#
+# A line is "GROUP SEEDS METHODS [compare arguments ...]" ('#' starts a comment). compare skips finished runs and
+# resumes unfinished ones, so running the same grid again continues it. One thread per run, two runs at a time
+# (a 2-thread torch process on a 2-core machine collapses as soon as another one runs). Lines after the one
+# being run may be edited while the grid runs. PYTHON (default: .venv/bin/python) and PYTHONPATH (default: this
+# checkout's src) choose the code; set PYTHONPATH to a frozen worktree to keep editing this one.
+set -u
+GRID=$1
+OUT=$2
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+PYTHON=${PYTHON:-$HERE/.venv/bin/python}
+export PYTHONPATH=${PYTHONPATH:-$HERE/src} OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+while read -r group seeds methods rest; do
+  [ -z "${group:-}" ] && continue
+  case "$group" in \#*) continue;; esac
+  echo "=== $(date +%H:%M:%S) $group seeds=$seeds: $methods $rest"
+  # shellcheck disable=SC2086  # $rest is the line's compare arguments, split on spaces on purpose
+  "$PYTHON" -m diffusion_curriculum compare --methods "$methods" --seeds "$seeds" --jobs 2 --progress-every 600 \
+    --out "$OUT/$group" $rest 2>&1 | grep -v "^evaluating"
+done < "$GRID"
+echo "=== $(date +%H:%M:%S) grid done"
