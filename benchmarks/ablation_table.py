@@ -13,7 +13,7 @@ trained with ``eval_every`` instead of ``--eval-samples``), kept as ``eval-in-ru
 
     python benchmarks/ablation_table.py --collect lin=/work/bench/lin cos=/work/bench/cos --name digits-ablation
     python benchmarks/ablation_table.py --name digits-ablation            # the tables, from the committed files
-    python benchmarks/ablation_table.py --collect lin=/work/bench/mnist --name mnist5k --in-run --early 500,1000
+    python benchmarks/ablation_table.py --collect lin=/work/bench/mnist --name mnist5k --in-run --early 400,800
 """
 
 from __future__ import annotations
