@@ -93,6 +93,11 @@ def test_speedup_is_not_a_number_from_one_evaluation():
     assert compare.speedup([(100, 60.0), (200, 53.6)], [(200, 44.5)])["speedup"] == "one evaluation"
     assert compare.speedup([(200, 53.6)], [(100, 50.0), (200, 44.5)])["speedup"] == "one evaluation"
     assert compare.speedup([(100, 60.0), (200, 53.6)], [(100, 50.0), (200, 44.5)])["speedup"] > 1
+    # nor is the mean over seeds: it said "not reached" for the baseline itself
+    assert compare.mean_speedup(["one evaluation", "one evaluation"]) == "one evaluation"
+    assert compare.mean_speedup([1.5, "one evaluation"]) == "one evaluation"
+    assert compare.mean_speedup([1.5, "not reached"]) == "not reached"
+    assert compare.mean_speedup([1.5, 2.5]) == 2.0 and compare.mean_speedup([]) is None
 
 
 def test_empty_methods_is_refused_in_one_sentence(tmp_path, capsys):

@@ -144,6 +144,17 @@ def speedup(baseline: list[tuple[int, float]], method: list[tuple[int, float]]) 
 
 
 # -- runs ------------------------------------------------------------------------------------------------
+def mean_speedup(per_seed: list) -> float | str | None:
+    """The mean of per-seed :func:`speedup` values when every seed has a number; else "one evaluation" when a
+    seed had too few evaluations to measure one (its runs say nothing about reaching), else "not reached";
+    ``None`` for no seeds."""
+    if not per_seed:
+        return None
+    if all(isinstance(u, float) for u in per_seed):
+        return statistics.fmean(per_seed)
+    return "one evaluation" if "one evaluation" in per_seed else "not reached"
+
+
 def quality_curve(records: list[dict], key: str) -> list[tuple[int, float]]:
     """[(step, value)] of every evaluation record that holds ``key``, sorted by step."""
     return sorted((r["step"], float(r[key])) for r in records if isinstance(r.get(key), (int, float)))
@@ -357,9 +368,7 @@ def summarize(
         results["methods"][lab] = {
             "final_mean": statistics.fmean(finals) if finals else None,
             "final_std": statistics.stdev(finals) if len(finals) > 1 else 0.0 if finals else None,
-            "speedup_mean": statistics.fmean(numeric)
-            if numeric and len(numeric) == len(ups)
-            else ("not reached" if ups else None),
+            "speedup_mean": mean_speedup(ups),
             "speedup_per_seed": ups,
             "reached": f"{len(numeric)}/{len(ups)}",
             "steps_per_s": statistics.fmean(sps) if sps else None,
