@@ -9,7 +9,9 @@ interpolation between evaluations, "n.r." when not reached), and how many steps 
 method's FD at early checkpoints, ÷ those steps (same interpolation, "≤ 1" when the baseline was already as good),
 and, for methods with at least two seeds shared with the baseline, the speed-up of the seed-mean curves.
 With ``--in-run`` the curves are the runs' own evaluations (the ``fd`` records of ``metrics.jsonl``, for a grid
-trained with ``eval_every`` instead of ``--eval-samples``), kept as ``eval-in-run.jsonl``.
+trained with ``eval_every`` instead of ``--eval-samples``), kept as ``eval-in-run.jsonl``. ``--guidance W`` takes
+the files of ``evaluate --guidance W`` of class-conditional runs; ``--key accuracy`` (or any other logged value)
+tables that value per checkpoint, without speed-ups unless it is lower-is-better.
 
     python benchmarks/ablation_table.py --collect lin=/work/bench/lin cos=/work/bench/cos --name digits-ablation
     python benchmarks/ablation_table.py --name digits-ablation            # the tables, from the committed files
@@ -25,23 +27,27 @@ import statistics
 from pathlib import Path
 
 from diffusion_curriculum.compare import speedup, steps_to_reach
+from diffusion_curriculum.evaluate import eval_file_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: the values whose tables get speed-up columns (the others, such as a conditional run's accuracy, do not)
+LOWER_IS_BETTER = ("fd", "fid", "swd", "eval_loss")
 #: the keys of an in-run evaluation record kept in eval-in-run.jsonl (not its noise-level histogram)
 IN_RUN_KEYS = ("step", "eval_loss", "fd", "precision", "recall", "accuracy")
 
 
-def _eval_file(samples: int | None) -> str:
-    return "eval-in-run.jsonl" if samples is None else f"eval-n{samples}.jsonl"
+def _eval_file(samples: int | None, guidance: float | None = None) -> str:
+    """eval-in-run.jsonl (``samples`` None), else the file ``evaluate --samples N [--guidance W]`` writes."""
+    return "eval-in-run.jsonl" if samples is None else eval_file_name(samples, guidance)
 
 
-def collect(name: str, sources: list[str], samples: int | None) -> int:
+def collect(name: str, sources: list[str], samples: int | None, guidance: float | None = None) -> int:
     """Copy each run's evaluation file (``samples`` None: its in-run evaluations, from metrics.jsonl), summary
     and last sampler status; returns the number of runs copied."""
     n = 0
     for item in sources:
         group, _, folder = item.partition("=")
-        pattern = "metrics.jsonl" if samples is None else _eval_file(samples)
+        pattern = "metrics.jsonl" if samples is None else _eval_file(samples, guidance)
         for ev in sorted(Path(folder).glob(f"runs/*/seed*/{pattern}")):
             run = ev.parent
             dest = RESULTS / name / group / run.parent.name / run.name
@@ -61,13 +67,15 @@ def collect(name: str, sources: list[str], samples: int | None) -> int:
     return n
 
 
-def load(name: str, samples: int | None) -> dict[str, dict[str, dict[int, list[tuple[int, float]]]]]:
-    """group -> method -> seed -> [(step, fd)]."""
+def load(
+    name: str, samples: int | None, key: str = "fd", guidance: float | None = None
+) -> dict[str, dict[str, dict[int, list[tuple[int, float]]]]]:
+    """group -> method -> seed -> [(step, value of ``key``)]."""
     out: dict = {}
-    for ev in sorted((RESULTS / name).glob(f"*/*/seed*/{_eval_file(samples)}")):
+    for ev in sorted((RESULTS / name).glob(f"*/*/seed*/{_eval_file(samples, guidance)}")):
         seed = int(ev.parent.name.removeprefix("seed"))
         method, group = ev.parent.parent.name, ev.parent.parent.parent.name
-        curve = sorted((r["step"], float(r["fd"])) for r in map(json.loads, open(ev)) if "fd" in r)
+        curve = sorted((r["step"], float(r[key])) for r in map(json.loads, open(ev)) if key in r)
         out.setdefault(group, {}).setdefault(method, {})[seed] = curve
     return out
 
@@ -105,12 +113,15 @@ def _mean_curve_speedup(base: dict, seeds: dict) -> str:
     return f"{_ratio(r['speedup'])}{where}"
 
 
-def table(methods: dict, baseline: str, early: tuple[int, ...]) -> str:
-    """The markdown table of one group (see the module docstring)."""
+def table(methods: dict, baseline: str, early: tuple[int, ...] | None) -> str:
+    """The markdown table of one group (see the module docstring); ``early`` None: the values per checkpoint
+    only (a higher-is-better value has no speed-up)."""
     steps = sorted({s for seeds in methods.values() for c in seeds.values() for s, _ in c})
-    head = ["method", "seeds", *[str(s) for s in steps], f"speed-up vs {baseline} (per seed)"]
-    head += [f"{baseline} steps to match at {k} ÷ {k}" for k in early]
-    head.append(f"seed-mean curve: speed-up to {baseline}'s mean final FD")
+    head = ["method", "seeds", *[str(s) for s in steps]]
+    if early is not None:
+        head.append(f"speed-up vs {baseline} (per seed)")
+        head += [f"{baseline} steps to match at {k} ÷ {k}" for k in early]
+        head.append(f"seed-mean curve: speed-up to {baseline}'s mean final FD")
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = methods.get(baseline, {})
     order = [baseline] + sorted(m for m in methods if m != baseline) if base else sorted(methods)
@@ -120,25 +131,29 @@ def table(methods: dict, baseline: str, early: tuple[int, ...]) -> str:
         for s in steps:
             vals = [v for c in seeds.values() for st, v in c if st == s]
             cells.append(_mean_std(vals) if vals else "–")
-        ups, early_cells = [], {k: [] for k in early}
-        for seed, curve in sorted(seeds.items()):
-            b = base.get(seed)
-            if not b:
-                ups.append("no baseline")
-                continue
-            ups.append(_ratio(speedup(b, curve)["speedup"]))
-            for k in early:
-                at = dict(curve).get(k)
-                if at is None:
-                    early_cells[k].append("–")
-                    continue
-                need = steps_to_reach(b, at)
-                early_cells[k].append("n.r." if need is None else ("≤ 1" if need <= k else f"{need / k:.2f}"))
-        cells.append(" / ".join(ups))
-        cells += [" / ".join(early_cells[k]) for k in early]
-        cells.append(_mean_curve_speedup(base, seeds))
+        if early is not None:
+            cells += _speedup_cells(base, seeds, early)
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def _speedup_cells(base: dict, seeds: dict, early: tuple[int, ...]) -> list[str]:
+    """The per-seed speed-up, steps-to-match at each of ``early`` and seed-mean speed-up cells of one row."""
+    ups, early_cells = [], {k: [] for k in early}
+    for seed, curve in sorted(seeds.items()):
+        b = base.get(seed)
+        if not b:
+            ups.append("no baseline")
+            continue
+        ups.append(_ratio(speedup(b, curve)["speedup"]))
+        for k in early:
+            at = dict(curve).get(k)
+            if at is None:
+                early_cells[k].append("–")
+                continue
+            need = steps_to_reach(b, at)
+            early_cells[k].append("n.r." if need is None else ("≤ 1" if need <= k else f"{need / k:.2f}"))
+    return [" / ".join(ups), *(" / ".join(early_cells[k]) for k in early), _mean_curve_speedup(base, seeds)]
 
 
 def main(argv=None) -> int:
@@ -153,16 +168,29 @@ def main(argv=None) -> int:
         action="store_true",
         help="the runs' own evaluations (metrics.jsonl) instead of eval-nN.jsonl",
     )
+    ap.add_argument(
+        "--guidance",
+        type=float,
+        help="the files of `evaluate --guidance W` (eval-nN-wW.jsonl) of conditional runs",
+    )
+    ap.add_argument(
+        "--key",
+        default="fd",
+        help="the value tabled (default fd); a higher-is-better one such as accuracy gets no speed-up columns",
+    )
     ap.add_argument("--baseline", default="uniform")
     ap.add_argument("--early", default="1000,2000", help="checkpoints for the steps-to-match columns")
     args = ap.parse_args(argv)
     samples = None if args.in_run else args.samples
     if args.collect:
-        print(f"collected {collect(args.name, args.collect, samples)} runs into {RESULTS / args.name}")
+        n = collect(args.name, args.collect, samples, args.guidance)
+        print(f"collected {n} runs into {RESULTS / args.name}")
         return 0
     early = tuple(int(k) for k in args.early.split(",") if k)
-    for group, methods in sorted(load(args.name, samples).items()):
-        print(f"\n### {group}\n\n{table(methods, args.baseline, early)}")
+    for group, methods in sorted(load(args.name, samples, args.key, args.guidance).items()):
+        print(
+            f"\n### {group}\n\n{table(methods, args.baseline, early if args.key in LOWER_IS_BETTER else None)}"
+        )
     return 0
 
 
