@@ -33,7 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: the values whose tables get speed-up columns (the others, such as a conditional run's accuracy, do not)
 LOWER_IS_BETTER = ("fd", "fid", "swd", "eval_loss")
 #: the keys of an in-run evaluation record kept in eval-in-run.jsonl (not its noise-level histogram)
-IN_RUN_KEYS = ("step", "eval_loss", "fd", "precision", "recall", "accuracy")
+IN_RUN_KEYS = ("step", "eval_loss", "fd", "fid", "swd", "precision", "recall", "accuracy")
 
 
 def _eval_file(samples: int | None, guidance: float | None = None) -> str:
@@ -113,7 +113,7 @@ def _mean_curve_speedup(base: dict, seeds: dict) -> str:
     return f"{_ratio(r['speedup'])}{where}"
 
 
-def table(methods: dict, baseline: str, early: tuple[int, ...] | None) -> str:
+def table(methods: dict, baseline: str, early: tuple[int, ...] | None, key: str = "FD") -> str:
     """The markdown table of one group (see the module docstring); ``early`` None: the values per checkpoint
     only (a higher-is-better value has no speed-up)."""
     steps = sorted({s for seeds in methods.values() for c in seeds.values() for s, _ in c})
@@ -121,7 +121,7 @@ def table(methods: dict, baseline: str, early: tuple[int, ...] | None) -> str:
     if early is not None:
         head.append(f"speed-up vs {baseline} (per seed)")
         head += [f"{baseline} steps to match at {k} ÷ {k}" for k in early]
-        head.append(f"seed-mean curve: speed-up to {baseline}'s mean final FD")
+        head.append(f"seed-mean curve: speed-up to {baseline}'s mean final {key}")
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = methods.get(baseline, {})
     order = [baseline] + sorted(m for m in methods if m != baseline) if base else sorted(methods)
@@ -181,6 +181,10 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline", default="uniform")
     ap.add_argument("--early", default="1000,2000", help="checkpoints for the steps-to-match columns")
     args = ap.parse_args(argv)
+    if args.in_run and args.guidance is not None:
+        ap.error(
+            "--guidance names files of `evaluate --guidance`; the in-run evaluations (--in-run) are at the runs' own guidance"
+        )
     samples = None if args.in_run else args.samples
     if args.collect:
         n = collect(args.name, args.collect, samples, args.guidance)
@@ -189,7 +193,7 @@ def main(argv=None) -> int:
     early = tuple(int(k) for k in args.early.split(",") if k)
     for group, methods in sorted(load(args.name, samples, args.key, args.guidance).items()):
         print(
-            f"\n### {group}\n\n{table(methods, args.baseline, early if args.key in LOWER_IS_BETTER else None)}"
+            f"\n### {group}\n\n{table(methods, args.baseline, early if args.key in LOWER_IS_BETTER else None, args.key.upper())}"
         )
     return 0
 

@@ -7,7 +7,8 @@
 # A line is "GROUP SEEDS METHODS [compare arguments ...]" ('#' starts a comment). compare skips finished runs and
 # resumes unfinished ones, so running the same grid again continues it. One thread per run, two runs at a time
 # (a 2-thread torch process on a 2-core machine collapses as soon as another one runs). Lines after the one
-# being run may be edited while the grid runs. PYTHON (default: .venv/bin/python) and PYTHONPATH (default: this
+# being run may be changed while the grid runs, in place (e.g. `cat new > GRID`, not an editor that writes a new
+# file), as long as the lines before them keep their bytes. PYTHON (default: .venv/bin/python) and PYTHONPATH (default: this
 # checkout's src) choose the code; set PYTHONPATH to a frozen worktree to keep editing this one.
 set -u
 GRID=$1
@@ -21,6 +22,8 @@ while read -r group seeds methods rest; do
   echo "=== $(date +%H:%M:%S) $group seeds=$seeds: $methods $rest"
   # shellcheck disable=SC2086  # $rest is the line's compare arguments, split on spaces on purpose
   "$PYTHON" -m diffusion_curriculum compare --methods "$methods" --seeds "$seeds" --jobs 2 --progress-every 600 \
-    --out "$OUT/$group" $rest 2>&1 | grep -v "^evaluating"
+    --out "$OUT/$group" $rest </dev/null 2>&1 | grep --line-buffered -v "^evaluating"
+  status=${PIPESTATUS[0]}
+  [ "$status" -ne 0 ] && echo "=== $(date +%H:%M:%S) $group: compare exited $status"
 done < "$GRID"
 echo "=== $(date +%H:%M:%S) grid done"

@@ -97,6 +97,7 @@ def test_speedup_is_not_a_number_from_one_evaluation():
     assert compare.mean_speedup(["one evaluation", "one evaluation"]) == "one evaluation"
     assert compare.mean_speedup([1.5, "one evaluation"]) == "one evaluation"
     assert compare.mean_speedup([1.5, "not reached"]) == "not reached"
+    assert compare.mean_speedup(["no baseline", "one evaluation"]) == "no baseline"
     assert compare.mean_speedup([1.5, 2.5]) == 2.0 and compare.mean_speedup([]) is None
 
 

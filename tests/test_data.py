@@ -154,6 +154,27 @@ def test_the_run_says_what_channel_count_it_chose_first(tmp_path):
     trainer.close()
 
 
+def test_legacy_fingerprints_cover_an_unrecorded_choice_and_a_changed_default_together():
+    """A folder run saved before both its channel count was recorded and CLTS's default coordinate changed
+    resumes with both lines added: each alone, and the two together, give a fingerprint that fits."""
+    from diffusion_curriculum import config
+    from diffusion_curriculum.training.state import fingerprint, legacy_fingerprints
+
+    cfg = config.resolve(overrides=["dataset.name=folder", "dataset.path=x", "sampler.name=clts"])
+    old = {**cfg, "dataset": dict(cfg["dataset"]), "sampler": dict(cfg["sampler"])}  # as it was saved
+    new = {
+        **old,
+        "dataset": {**old["dataset"], "channels": 3},
+        "sampler": {**old["sampler"], "coordinate": "t"},
+    }
+    state = {"sampler": {"name": "clts", "step": 0}}  # no coordinate: written while 't' was the default
+    legacy = legacy_fingerprints(new, state)
+    assert fingerprint(old) in legacy and fingerprint(new) not in legacy
+    only_channels = {**old, "dataset": new["dataset"]}
+    assert fingerprint(only_channels) in legacy
+    assert legacy_fingerprints(old, state) == ()  # nothing to strip: no legacy fingerprint
+
+
 def _folder_cli(tmp_path, *extra):
     return ["train", "--out", str(tmp_path / "r"), "dataset.name=folder", f"dataset.path={tmp_path / 'g'}",
             "batch_size=4", "model.channels=8", "progress=false", "metrics.enabled=false", "eval_every=0",
@@ -176,6 +197,14 @@ def test_a_new_folder_run_records_its_channel_count_and_resumes_with_its_config(
     cfg_file.write_text(yaml.safe_dump({"dataset": {"name": "folder", "path": str(tmp_path / "g")}}))
     args = [*_folder_cli(tmp_path, "steps=6"), "--resume", "--config", str(cfg_file)]
     assert main(args) == 0
+    # and so does a config resolved afresh, as the library's own callers (sweeps, train(cfg, resume=True)) pass
+    from diffusion_curriculum import config
+    from diffusion_curriculum.training import Trainer
+
+    cfg = config.resolve(overrides=_folder_cli(tmp_path, "steps=8")[3:])
+    trainer = Trainer(cfg, tmp_path / "r", resume=True)
+    assert trainer.step == 6 and "channels" not in cfg["dataset"]  # the caller's config is left as it was
+    trainer.close()
 
 
 def test_a_folder_run_saved_before_channels_were_recorded_resumes_once_the_line_is_added(
@@ -191,7 +220,7 @@ def test_a_folder_run_saved_before_channels_were_recorded_resumes_once_the_line_
 
     for i in range(4):  # in colour, so the old code's RGB is also the detected choice; made gray below
         _write_png(tmp_path / "g" / f"{i}.png", (50 * i, 0, 0), size=(8, 8))
-    monkeypatch.setattr(trainer, "record_choices", lambda cfg, dataset: None)  # as the old code did
+    monkeypatch.setattr(trainer, "with_choices", lambda cfg, dataset: cfg)  # as the old code did
     assert main(_folder_cli(tmp_path, "steps=2")) == 0
     monkeypatch.undo()
     path = tmp_path / "r" / "config.yaml"
@@ -217,6 +246,8 @@ def test_a_folder_run_saved_before_channels_were_recorded_resumes_once_the_line_
         main(["sample", "--checkpoint", str(tmp_path / "r"), "--out", str(tmp_path / "s.png"), "--n", "4"])
         == 0
     )
+    # the run recorded its channels on resuming: the loader's choice no longer decides
+    assert yaml.safe_load(open(path))["dataset"]["channels"] == 3
     # the added line is a real setting: a wrong one is still refused, it changes the model's shapes
     saved["dataset"]["channels"] = 1
     path.write_text(yaml.safe_dump(saved))

@@ -145,14 +145,14 @@ def speedup(baseline: list[tuple[int, float]], method: list[tuple[int, float]]) 
 
 # -- runs ------------------------------------------------------------------------------------------------
 def mean_speedup(per_seed: list) -> float | str | None:
-    """The mean of per-seed :func:`speedup` values when every seed has a number; else "one evaluation" when a
-    seed had too few evaluations to measure one (its runs say nothing about reaching), else "not reached";
-    ``None`` for no seeds."""
+    """The mean of per-seed :func:`speedup` values when every seed has a number; else the reason none can be
+    given: "no baseline" when a seed's baseline run has no evaluations, "one evaluation" when a seed had too few
+    evaluations to measure one (its runs say nothing about reaching), else "not reached"; ``None`` for no seeds."""
     if not per_seed:
         return None
     if all(isinstance(u, float) for u in per_seed):
         return statistics.fmean(per_seed)
-    return "one evaluation" if "one evaluation" in per_seed else "not reached"
+    return next((why for why in ("no baseline", "one evaluation") if why in per_seed), "not reached")
 
 
 def quality_curve(records: list[dict], key: str) -> list[tuple[int, float]]:

@@ -50,18 +50,19 @@ def fingerprint(cfg: dict) -> str:
 
 
 #: dataset parameters a loader may choose when the config leaves them unset (``Dataset.choices``: a folder's
-#: channel count, detected since grayscale folders are read with one channel). A new run records its choice in
-#: config.yaml (:func:`record_choices`); a run saved before it did resumes with the choice added there by hand
-#: (:func:`legacy_fingerprints`; a wrong one cannot pass, it changes the model's shapes).
+#: channel count, detected since grayscale folders are read with one channel). Every run records its choice in
+#: its config (:func:`with_choices`), so config.yaml holds it from the first save on; a checkpoint saved before
+#: runs did (its fingerprint lacks the key) still fits (:func:`legacy_fingerprints`): the choice changes the
+#: model's shapes, so a wrong one cannot pass.
 RECORDED_CHOICES = ("channels",)
 
 
-def record_choices(cfg: dict, dataset: Any) -> None:
-    """Write into ``cfg["dataset"]`` the parameters ``dataset``'s loader chose because the config left them unset."""
+def with_choices(cfg: dict, dataset: Any) -> dict:
+    """``cfg`` (not changed) with the parameters ``dataset``'s loader chose because ``cfg`` left them unset
+    written into a copy of its dataset section."""
     section = cfg["dataset"]
-    for k, v in dataset.choices.items():
-        if section.get(k) is None:
-            section[k] = v
+    new = {k: v for k, v in dataset.choices.items() if section.get(k) is None}
+    return {**cfg, "dataset": {**section, **new}} if new else cfg
 
 
 def with_recorded_choices(given: dict, saved: dict) -> dict:
@@ -70,11 +71,14 @@ def with_recorded_choices(given: dict, saved: dict) -> dict:
     return {**given, **{k: saved[k] for k in RECORDED_CHOICES if given.get(k) is None and k in saved}}
 
 
-def unrecorded_choice_hint(cfg: dict) -> str:
-    """What to do when a checkpoint does not fit a run whose dataset section lacks a recorded choice (a folder
-    run saved before its channel count was recorded, and trained as RGB then): a sentence, else ``""``."""
+def unrecorded_choice_hint(cfg: dict, choices: dict | None = None) -> str:
+    """What to do when a checkpoint does not fit a folder run that may have been trained as RGB before grayscale
+    folders were read with one channel: a sentence, else ``""``. With the loader's ``choices`` (the trainer):
+    only when it detected one channel; without (a saved config.yaml): when the config names no channel count."""
     ds = cfg.get("dataset") or {}
-    if ds.get("name") != "folder" or ds.get("channels") is not None:
+    if ds.get("name") != "folder":
+        return ""
+    if (choices.get("channels") != 1) if choices is not None else (ds.get("channels") is not None):
         return ""
     return (
         "; a folder run started before grayscale folders were read with one channel was trained as RGB: add "
@@ -86,23 +90,25 @@ def legacy_fingerprints(cfg: dict, state: dict[str, Any]) -> tuple[str, ...]:
     """The other fingerprints a checkpoint ``state`` of this run may carry: one written before a sampler saved a
     parameter whose default changed (``CHANGED_DEFAULTS`` of its class: CLTS's ``coordinate`` was 't', the
     learning-progress ``progress`` was 'relative') is resumed with the line its refusal asks for (e.g.
-    ``coordinate: t``), which changes the sampler section and so the fingerprint. One saved before the dataset
-    recorded its loader's choices (:data:`RECORDED_CHOICES`) resumes with them added to the dataset section."""
+    ``coordinate: t``), which changes the sampler section and so the fingerprint; one saved before the dataset
+    section recorded its loader's choices (:data:`RECORDED_CHOICES`) lacks them. Every combination of the two."""
     from .. import timesteps
 
-    out = []
     ds = cfg.get("dataset") or {}
     chosen = [k for k in RECORDED_CHOICES if ds.get(k) is not None]
-    if chosen:
-        out.append(fingerprint({**cfg, "dataset": {k: v for k, v in ds.items() if k not in chosen}}))
+    datasets = [ds] + ([{k: v for k, v in ds.items() if k not in chosen}] if chosen else [])
     sampler, saved = cfg.get("sampler") or {}, state.get("sampler")
     cls = timesteps.REGISTRY.get(sampler.get("name"))
-    if cls is None or not isinstance(saved, dict):
-        return tuple(out)
-    old = [k for k, v in cls.CHANGED_DEFAULTS.items() if sampler.get(k) == v and k not in saved]
-    if old:
-        out.append(fingerprint({**cfg, "sampler": {k: v for k, v in sampler.items() if k not in old}}))
-    return tuple(out)
+    old = []
+    if cls is not None and isinstance(saved, dict):
+        old = [k for k, v in cls.CHANGED_DEFAULTS.items() if sampler.get(k) == v and k not in saved]
+    samplers = [sampler] + ([{k: v for k, v in sampler.items() if k not in old}] if old else [])
+    return tuple(
+        fingerprint({**cfg, "dataset": d, "sampler": sm})
+        for i, d in enumerate(datasets)
+        for j, sm in enumerate(samplers)
+        if i or j
+    )
 
 
 def check_fits(

@@ -30,8 +30,8 @@ from .state import (
     check_fits,
     fingerprint,
     legacy_fingerprints,
-    record_choices,
     unrecorded_choice_hint,
+    with_choices,
 )
 
 #: samples shown in a grid PNG (image data; 2-D points are all plotted)
@@ -90,6 +90,7 @@ class Trainer:
         random.seed(seed)
         np.random.seed(seed % 2**32)
         c = components.build_components(cfg)  # every config error surfaces here, before anything is written
+        self.cfg = with_choices(self.cfg, c.dataset)  # what the data loader chose: later loads repeat it
         if c.dataset.note:  # what the loader chose for the user (e.g. grayscale detected): the first line
             self.say(c.dataset.note)
         self.process, self.dataset = c.process, c.dataset
@@ -187,8 +188,6 @@ class Trainer:
             start = lambda: self.rundir.start(resume, self.load_state, self.say)  # noqa: E731
             loaded = dist_mod.run_on_rank0(start, self.rank)
             dist_mod.all_ok(dist_mod.follow_rank0(loaded, self.rank, self.load_state), self.world)
-        if loaded is None:  # a new run records what the data loader chose, so every later load repeats it
-            record_choices(self.cfg, self.dataset)
         if self.rank == 0:
             if loaded is not None:
                 self.rundir.truncate_metrics(loaded[1])
@@ -232,7 +231,7 @@ class Trainer:
         except (checkpoint.CheckpointError, ConfigError):
             raise
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
-            why = f"{first_line(e, 200)}){unrecorded_choice_hint(self.cfg)}"
+            why = f"{first_line(e, 200)}){unrecorded_choice_hint(self.cfg, self.dataset.choices)}"
             raise checkpoint.CheckpointError(f"it does not fit this run ({why}") from None
 
     def save_checkpoint(self) -> Path:
