@@ -33,8 +33,8 @@ class Dataset:
     default (``"kind"``) takes it from :data:`KIND_RANGES`: (-1, 1) for images, ``None`` for points. Generation
     clips its clean-sample estimates to it (``eval.clip: auto``). ``note`` is a line the trainer shows when the
     run starts, saying what the loader chose for the user (e.g. grayscale detected), or ``None``. ``choices``
-    holds those choices as the loader's parameters (``{"channels": 1}``): a new run writes them into its
-    ``config.yaml``, so every later load of the run (resume, ``sample``, ``evaluate``) repeats them even when
+    holds those choices as the loader's parameters (``{"channels": 1}``): a run writes them into its
+    ``config.yaml`` (a resumed one too), so every later load of the run (resume, ``sample``, ``evaluate``) repeats them even when
     the loader's rule for choosing changes.
     """
 

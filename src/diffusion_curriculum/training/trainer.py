@@ -231,8 +231,10 @@ class Trainer:
         except (checkpoint.CheckpointError, ConfigError):
             raise
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
-            why = f"{first_line(e, 200)}){unrecorded_choice_hint(self.cfg, self.dataset.choices)}"
-            raise checkpoint.CheckpointError(f"it does not fit this run ({why}") from None
+            hint = unrecorded_choice_hint(self.cfg, self.dataset.choices)
+            raise checkpoint.CheckpointError(
+                f"it does not fit this run ({first_line(e, 200)}){hint}"
+            ) from None
 
     def save_checkpoint(self) -> Path:
         """Write a checkpoint of this step (rank 0 writes; the other ranks wait for the write's outcome)."""
