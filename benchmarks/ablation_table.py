@@ -16,6 +16,7 @@ tables that value per checkpoint, without speed-ups unless it is lower-is-better
     python benchmarks/ablation_table.py --collect lin=/work/bench/lin cos=/work/bench/cos --name digits-ablation
     python benchmarks/ablation_table.py --name digits-ablation            # the tables, from the committed files
     python benchmarks/ablation_table.py --collect lin=/work/bench/mnist --name mnist5k --in-run --early 400,800
+    python benchmarks/ablation_table.py --name digits-cond --guidance 1.5 --key accuracy --decimals 3
 """
 
 from __future__ import annotations
@@ -80,10 +81,10 @@ def load(
     return out
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], decimals: int = 2) -> str:
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:.{decimals}f}"
+    return f"{statistics.mean(values):.{decimals}f} ± {statistics.stdev(values):.{decimals}f}"
 
 
 def _ratio(v) -> str:
@@ -113,9 +114,11 @@ def _mean_curve_speedup(base: dict, seeds: dict) -> str:
     return f"{_ratio(r['speedup'])}{where}"
 
 
-def table(methods: dict, baseline: str, early: tuple[int, ...] | None, key: str = "FD") -> str:
+def table(
+    methods: dict, baseline: str, early: tuple[int, ...] | None, key: str = "FD", decimals: int = 2
+) -> str:
     """The markdown table of one group (see the module docstring); ``early`` None: the values per checkpoint
-    only (a higher-is-better value has no speed-up)."""
+    only (a higher-is-better value has no speed-up); ``decimals``: of the values per checkpoint."""
     steps = sorted({s for seeds in methods.values() for c in seeds.values() for s, _ in c})
     head = ["method", "seeds", *[str(s) for s in steps]]
     if early is not None:
@@ -130,7 +133,7 @@ def table(methods: dict, baseline: str, early: tuple[int, ...] | None, key: str 
         cells = [f"`{m}`", "/".join(str(s) for s in sorted(seeds))]
         for s in steps:
             vals = [v for c in seeds.values() for st, v in c if st == s]
-            cells.append(_mean_std(vals) if vals else "–")
+            cells.append(_mean_std(vals, decimals) if vals else "–")
         if early is not None:
             cells += _speedup_cells(base, seeds, early)
         rows.append("| " + " | ".join(cells) + " |")
@@ -178,6 +181,9 @@ def main(argv=None) -> int:
         default="fd",
         help="the value tabled (default fd); a higher-is-better one such as accuracy gets no speed-up columns",
     )
+    ap.add_argument(
+        "--decimals", type=int, default=2, help="of the values per checkpoint (e.g. 3 for accuracy)"
+    )
     ap.add_argument("--baseline", default="uniform")
     ap.add_argument("--early", default="1000,2000", help="checkpoints for the steps-to-match columns")
     args = ap.parse_args(argv)
@@ -190,10 +196,12 @@ def main(argv=None) -> int:
         n = collect(args.name, args.collect, samples, args.guidance)
         print(f"collected {n} runs into {RESULTS / args.name}")
         return 0
+    if args.decimals < 0:
+        ap.error(f"--decimals {args.decimals} is invalid; allowed: an integer >= 0")
     early = tuple(int(k) for k in args.early.split(",") if k)
     for group, methods in sorted(load(args.name, samples, args.key, args.guidance).items()):
         print(
-            f"\n### {group}\n\n{table(methods, args.baseline, early if args.key in LOWER_IS_BETTER else None, args.key.upper())}"
+            f"\n### {group}\n\n{table(methods, args.baseline, early if args.key in LOWER_IS_BETTER else None, args.key.upper(), args.decimals)}"
         )
     return 0
 
