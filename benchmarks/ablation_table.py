@@ -191,13 +191,13 @@ def main(argv=None) -> int:
         ap.error(
             "--guidance names files of `evaluate --guidance`; the in-run evaluations (--in-run) are at the runs' own guidance"
         )
+    if args.decimals < 0:
+        ap.error(f"--decimals {args.decimals} is invalid; allowed: an integer >= 0")
     samples = None if args.in_run else args.samples
     if args.collect:
         n = collect(args.name, args.collect, samples, args.guidance)
         print(f"collected {n} runs into {RESULTS / args.name}")
         return 0
-    if args.decimals < 0:
-        ap.error(f"--decimals {args.decimals} is invalid; allowed: an integer >= 0")
     early = tuple(int(k) for k in args.early.split(",") if k)
     for group, methods in sorted(load(args.name, samples, args.key, args.guidance).items()):
         print(
