@@ -27,6 +27,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from diffusion_curriculum import generate, timesteps
 from diffusion_curriculum.data import Batcher, load
+from diffusion_curriculum.device import to_device
 from diffusion_curriculum.guidance import balanced_labels
 from diffusion_curriculum.process import DiscreteProcess
 
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> float:
 
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    gen = torch.Generator().manual_seed(args.seed)  # timesteps and noise: one CPU stream, same on any device
+    gen = torch.Generator().manual_seed(args.seed)  # timesteps: drawn on the CPU, copied over without a wait
+    noise_gen = torch.Generator(device).manual_seed(args.seed + 2)  # noise: drawn where it is used
     drop_gen = torch.Generator().manual_seed(args.seed + 1)  # label dropout: a stream of its own
 
     c = args.channels
@@ -91,9 +93,9 @@ def main(argv: list[str] | None = None) -> float:
     loss = torch.zeros(())
     for step in range(1, args.steps + 1):
         x0, y = batches.next_labelled()  # [B, 1, 8, 8] in [-1, 1], labels [B]
-        drop = torch.rand(y.shape, generator=drop_gen).to(device) < args.drop_prob
+        drop = to_device(torch.rand(y.shape, generator=drop_gen) < args.drop_prob, device)  # pinned, no wait
         y = torch.where(drop, torch.full_like(y, NUM_CLASSES), y)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
+        noise = torch.randn(x0.shape, generator=noise_gen, device=device)
         draw = sampler.sample(x0.shape[0], device=device, generator=gen)  # was: torch.randint(0, T, (B,))
         noisy = scheduler.add_noise(x0, noise, draw.t)
         pred = model(noisy, draw.t, class_labels=y).sample
@@ -105,9 +107,11 @@ def main(argv: list[str] | None = None) -> float:
         optimizer.step()
         sampler.observe(draw.t, per_sample.detach())  # the curriculum paces itself on the loss, labels or not
 
-        if not math.isfinite(loss.item()):
-            raise SystemExit(f"the loss became {loss.item()} at step {step}; lower --lr")
-        if args.log_every and step % args.log_every == 0:
+        if (
+            args.log_every and step % args.log_every == 0
+        ):  # the loss is read here only: a read waits for the GPU
+            if not math.isfinite(loss.item()):
+                raise SystemExit(f"the loss became {loss.item()} at step {step}; lower --lr")
             print(f"step {step:5d}  loss {loss.item():.4f}  sampler {sampler.status()}", flush=True)
 
     print(f"done: steps={args.steps}, final loss={loss.item():.6f}, sampler={sampler.status()}")

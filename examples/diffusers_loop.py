@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> float:
 
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    gen = torch.Generator().manual_seed(args.seed)  # timesteps and noise: one CPU stream, same on any device
+    gen = torch.Generator().manual_seed(args.seed)  # timesteps: drawn on the CPU, copied over without a wait
+    noise_gen = torch.Generator(device).manual_seed(args.seed + 2)  # noise: drawn where it is used
 
     c = args.channels
     model = UNet2DModel(
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> float:
     loss = torch.zeros(())
     for step in range(1, args.steps + 1):
         x0 = batches.next()  # [B, 1, 8, 8] in [-1, 1]
-        noise = torch.randn(x0.shape, generator=gen).to(device)
+        noise = torch.randn(x0.shape, generator=noise_gen, device=device)
         draw = sampler.sample(x0.shape[0], device=device, generator=gen)  # was: torch.randint(0, T, (B,))
         noisy = scheduler.add_noise(x0, noise, draw.t)
         pred = model(noisy, draw.t).sample
@@ -105,9 +106,11 @@ def main(argv: list[str] | None = None) -> float:
             momentum.step()
         sampler.observe(draw.t, per_sample.detach())  # every step: curricula pace themselves on the loss
 
-        if not math.isfinite(loss.item()):
-            raise SystemExit(f"the loss became {loss.item()} at step {step}; lower --lr")
-        if args.log_every and step % args.log_every == 0:
+        if (
+            args.log_every and step % args.log_every == 0
+        ):  # the loss is read here only: a read waits for the GPU
+            if not math.isfinite(loss.item()):
+                raise SystemExit(f"the loss became {loss.item()} at step {step}; lower --lr")
             extra = f" momentum={momentum.status()}" if momentum is not None else ""
             print(f"step {step:5d}  loss {loss.item():.4f}  sampler {sampler.status()}{extra}", flush=True)
 

@@ -91,3 +91,13 @@ def train_until_interrupted(cfg, run_dir, at_step: int) -> None:
     t.train_step = step_then_interrupt
     with pytest.raises(KeyboardInterrupt):
         t.run()
+
+
+@pytest.fixture
+def immediate_observations(monkeypatch):
+    """Samplers apply each observation at once (window 1, lag 0): for tests of what a sampler decides from its
+    losses, apart from when it reads them (the lag has tests of its own in test_device_contract)."""
+    from diffusion_curriculum.timesteps import observations
+
+    monkeypatch.setattr(observations, "WINDOW", 1)
+    monkeypatch.setattr(observations, "LAG", 0)

@@ -14,6 +14,12 @@ from diffusion_curriculum import timesteps
 from diffusion_curriculum.process import DiscreteProcess, EDMProcess
 from diffusion_curriculum.timesteps import clusters as C
 
+
+@pytest.fixture(autouse=True)
+def _immediate(immediate_observations):
+    """Observations applied at once: these tests check what the sampler decides, not when it reads."""
+
+
 LIN = DiscreteProcess.linear(1000)
 COS = DiscreteProcess.cosine(1000)
 
@@ -336,6 +342,11 @@ def test_state_roundtrip_mid_curriculum(process, kw):
         a.observe(d.t, torch.full((6,), x))
     state = a.state_dict()
     joint = state.pop("joint")
+    for pending in (
+        state.pop("observations"),
+        joint.pop("observations", {}),
+    ):  # applied at once: none pending
+        assert all(v == [] for v in pending.values())
     assert all(isinstance(k, str) and isinstance(v, PLAIN) for k, v in joint.items())
     assert all(isinstance(v, PLAIN) for v in state.pop("window_losses"))
     assert all(isinstance(k, str) and isinstance(v, PLAIN) for k, v in state.items())

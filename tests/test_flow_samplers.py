@@ -171,7 +171,7 @@ def test_speed_on_flow_derives_tau_and_the_dual_point_from_the_snr_curve():
         timesteps.build("speed", p, cells=5, tau=7)
 
 
-def test_loss_second_moment_buckets_of_t():
+def test_loss_second_moment_buckets_of_t(immediate_observations):
     s = timesteps.build("loss-second-moment", FLOW, buckets=4, history=2, uniform_prob=0.0)
     loud = torch.tensor([0.1, 0.3, 0.6, 0.9])
     for _ in range(2):

@@ -10,6 +10,12 @@ from conftest import run_gloo_ranks
 from diffusion_curriculum import checkpoint, timesteps
 from diffusion_curriculum.process import DiscreteProcess, EDMProcess
 
+
+@pytest.fixture(autouse=True)
+def _immediate(immediate_observations):
+    """Observations applied at once: these tests check what the sampler decides, not when it reads."""
+
+
 LIN = DiscreteProcess.linear(1000)
 
 

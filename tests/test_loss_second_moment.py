@@ -9,6 +9,11 @@ from diffusion_curriculum import timesteps
 from diffusion_curriculum.process import DiscreteProcess, EDMProcess
 
 
+@pytest.fixture(autouse=True)
+def _immediate(immediate_observations):
+    """Observations applied at once: these tests check what the sampler decides, not when it reads."""
+
+
 def g(seed):
     return torch.Generator().manual_seed(seed)
 

@@ -411,30 +411,29 @@ def test_nan_loss_via_cli_is_exit_1_one_sentence_and_keeps_the_last_checkpoint(t
     assert json.loads((out / "summary.json").read_text())["skipped_steps"] == 1
 
 
-def test_skip_makes_no_update(tmp_path, poison):
+def test_skip_zeroes_the_gradients_of_a_bad_step(tmp_path, poison):
+    """A step whose loss is not finite reaches the optimizer with zero gradients (EDM2's guard; read on the
+    device, no host sync): Adam's second moment only decays, the weights and the EMA stay finite, the step is
+    counted as skipped, and the next good step learns again."""
     poison.update({3, 4})
     t = Trainer(config.resolve(overrides=TINY + ["on_nonfinite=skip", "sampler.name=ddc", "sampler.clusters=4",
                                                  "sampler.pacing=patience", "sampler.patience=4"]), tmp_path / "r")  # fmt: skip
     t.advance()
     t.advance()
-    before = {k: v.clone() for k, v in t.state()["model"].items()}
-    ema = {k: v.clone() for k, v in t.ema.state_dict().items()}
-    sampler = json.dumps(checkpoint.flatten(t.sampler.state_dict(), tensors := {}, "s"))
-    opt_steps = [s["step"].clone() for s in t.optimizer.state.values()]
-    t.advance()
-    t.advance()  # steps 3 and 4 are poisoned and skipped
+    beta2 = t.optimizer.param_groups[0]["betas"][1]
+    v_before = [s["exp_avg_sq"].clone() for s in t.optimizer.state.values()]
+    t.advance()  # step 3 is poisoned
+    for v, s in zip(v_before, t.optimizer.state.values()):
+        assert torch.equal(s["exp_avg_sq"], v * beta2)  # + (1 − β2)·0²: the gradient was zero
+    t.advance()  # so is step 4
     assert t.step == 4 and t.skipped == 2
-    for k, v in t.model.state_dict().items():
-        assert torch.equal(v, before[k]), k
-    for k, v in t.ema.state_dict().items():
-        assert torch.equal(v, ema[k]), k
-    after = {}
-    assert json.dumps(checkpoint.flatten(t.sampler.state_dict(), after, "s")) == sampler
-    for k in tensors:
-        assert torch.equal(tensors[k], after[k]), k
-    assert [s["step"] for s in t.optimizer.state.values()] == opt_steps
+    for module in (t.model, t.ema):
+        assert all(torch.isfinite(v).all() for v in module.state_dict().values())
+    v_before = [s["exp_avg_sq"].clone() for s in t.optimizer.state.values()]
     t.advance()
-    assert any(not torch.equal(v, before[k]) for k, v in t.model.state_dict().items())
+    assert any(
+        not torch.equal(s["exp_avg_sq"], v * beta2) for v, s in zip(v_before, t.optimizer.state.values())
+    )
 
 
 def test_skip_counts_and_resumes_exactly(tmp_path, poison, monkeypatch):

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from ..checks import check_value, is_int
+from ..device import to_device
 from .dataset import DataError, Dataset
 
 __all__ = ["Batcher"]
@@ -88,7 +89,7 @@ class Batcher:
         start = self.rank * self.batch_size
         idx = self._take(self.global_batch_size)[start : start + self.batch_size]
         self.last_indices = idx
-        on_device = idx.to(self.device)
+        on_device = to_device(idx, self.device)  # pinned, non-blocking: the host does not wait
         x0 = self.data.index_select(0, on_device)
         return x0, None if self.labels is None else self.labels.index_select(0, on_device)
 

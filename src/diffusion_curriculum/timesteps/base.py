@@ -15,6 +15,7 @@ and dicts of those.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -23,7 +24,9 @@ import torch
 from torch import Tensor
 
 from ..checks import check_param, check_params, is_int, is_number, suggest, unknown
+from ..device import check_generator, to_device
 from ..process import kind_of
+from .observations import LaggedStats
 
 # the value checks every strategy file imports from here (their one home is :mod:`diffusion_curriculum.checks`)
 __all__ = [
@@ -68,17 +71,18 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def global_mean(value: Tensor) -> Tensor:
-    """Mean of a float tensor across ranks (all-reduce); the tensor itself in a single process.
+def on_cpu(fn):
+    """Run ``fn`` with the CPU as torch's default device: a sampler's state and draws live on the CPU whatever
+    ``torch.set_default_device`` says (tensors it builds on the losses' device name that device)."""
 
-    Loss-driven decisions (DDC pacing, importance histories) are taken on this value so every rank holds
-    identical sampler state.
-    """
-    if dist_info()[1] == 1:
-        return value
-    v = value.detach().clone().float()
-    torch.distributed.all_reduce(v, op=torch.distributed.ReduceOp.SUM)
-    return v / torch.distributed.get_world_size()
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if torch.get_default_device().type == "cpu":
+            return fn(*args, **kwargs)
+        with torch.device("cpu"):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 class TimestepSampler:
@@ -97,6 +101,14 @@ class TimestepSampler:
     #: its state, and a checkpoint written before (without the key) is refused when the value it ran with
     #: differs from today's — with the line to add to the run's config — instead of resuming with other settings
     CHANGED_DEFAULTS: ClassVar[dict[str, Any]] = {}
+    #: a sampler that learns from the losses names how its per-step statistics combine over the ranks
+    #: (``"sum"`` or ``"gather"``, see :class:`~.observations.LaggedStats`); ``None``: it reads no loss
+    reduce: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:  # a strategy's own state is built on the CPU (see :func:`on_cpu`)
+            cls.__init__ = on_cpu(cls.__init__)
 
     def __init__(self, process, total_steps: int | None = None):
         kind = kind_of(process)
@@ -117,19 +129,27 @@ class TimestepSampler:
         self.kind = kind
         self.total_steps = total_steps
         self.step = 0
+        #: the lagged loss statistics of a sampler that learns from the losses (None for one that does not)
+        self._lagged: LaggedStats | None = LaggedStats(self.reduce) if self.reduce else None
 
     # -- the public interface ---------------------------------------------------------------------
+    @on_cpu
     def sample(self, batch_size: int, device=None, generator: torch.Generator | None = None) -> Draw:
         """Draw noise levels and weights for a batch. Random numbers come from ``generator`` — a CPU
-        ``torch.Generator``: the draw is a few hundred numbers, made on the CPU whatever ``device`` is — or from
-        torch's global CPU generator; results are moved to ``device``."""
+        ``torch.Generator`` (one on another device is refused in one sentence: the draw is a few hundred numbers,
+        made on the CPU whatever ``device`` is) — or from torch's global CPU generator; the draw reaches
+        ``device`` by a non-blocking copy (:func:`~diffusion_curriculum.device.to_device`), the unit weight of a
+        strategy that does not reweight is made there directly. Nothing depends on torch's default device."""
         if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} is invalid; allowed: a positive integer")
+        check_generator(generator, f"the {self.name!r} sampler")
         t, w = self._draw(batch_size, generator)
+        t = to_device(t, device)
         if w is None:
-            w = torch.ones(batch_size, dtype=torch.float32)
-        return Draw(t.to(device) if device is not None else t, w.to(device) if device is not None else w)
+            w = torch.ones(batch_size, dtype=torch.float32, device=t.device)
+        return Draw(t, to_device(w, device))
 
+    @on_cpu
     def observe(self, t: Tensor, per_sample_loss: Tensor) -> None:
         """Report the batch's per-sample losses; call once per optimizer step (advances the step counter).
 
@@ -142,11 +162,26 @@ class TimestepSampler:
         self._observe(t, per_sample_loss)
         self.step += 1
 
+    def set_group(self, group: Any) -> None:
+        """Combine the loss statistics over ``group`` (a ``torch.distributed`` process group) instead of the
+        default group: for a sampler shared by the ranks of one group only."""
+        if self._lagged is not None:
+            self._lagged.group = group
+
+    def _lagged_observations(self, stats: Tensor, tag: Any = None) -> list[tuple[Tensor, Any, int]]:
+        """Queue one step's loss statistics (on the losses' device) and return those now due on the host
+        (:class:`~.observations.LaggedStats`); the sampler applies them to its state, in order."""
+        return self._lagged.push(stats, tag)
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: plain tensors, numbers and strings only."""
         settings = {k: v for k, (v, _) in self._settings.items()}
-        return {"name": self.name, "step": self.step, **settings, **self._state()}
+        out = {"name": self.name, "step": self.step, **settings, **self._state()}
+        if self._lagged is not None:
+            out["observations"] = self._lagged.state_dict()
+        return out
 
+    @on_cpu
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`; refuses the state of a different strategy, or one that ran with another
         value of a parameter in :attr:`CHANGED_DEFAULTS`, with a ``ValueError``."""
@@ -163,6 +198,8 @@ class TimestepSampler:
                 )
         self.step = int(state["step"])
         self._load_state(state)
+        if self._lagged is not None:  # a checkpoint from before the lag has none pending
+            self._lagged.load_state_dict(state.get("observations"))
 
     def _record_setting(self, key: str, value: Any, given: bool) -> None:
         """Save ``key``'s value (one of :attr:`CHANGED_DEFAULTS`) in the state; ``given``: set by the user."""

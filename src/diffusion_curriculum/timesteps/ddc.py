@@ -24,7 +24,6 @@ from .base import (
     build_spec,
     check_choice,
     check_param,
-    global_mean,
     is_int,
     is_number,
     register,
@@ -76,8 +75,12 @@ class DDC(TimestepSampler):
     named, with its parameters as a mapping: ``joint="loss-second-moment"`` or ``joint={"name": "speed",
     "k": 5}``; it is built with the same ``total_steps``.
 
-    **Pacing.** Every :meth:`observe` in the curriculum takes the mean of the batch's per-sample losses,
-    all-reduced across ranks, so every rank takes the same decision.
+    **Pacing.** Every :meth:`observe` in the curriculum takes the mean of the batch's per-sample losses on their
+    device; the pacing reads it a few steps later (:mod:`~.observations`: no host read of the step in flight),
+    averaged over the ranks (one all-reduce per observation window), so every rank takes the same decision. A
+    step is counted for the stage it was drawn in: the steps still in flight when a stage ends are not counted
+    for the next one, and a non-finite batch mean is not counted at all (the trainer zeroes such a step).
+    ``pacing="fixed"`` reads no loss and counts every step at once.
 
     * ``pacing="adaptive"`` (the default; the paper's "transitions to the next curriculum stage when the
       current training loss converges within a maximum patience iteration"): a stage ends when its loss has
@@ -111,6 +114,7 @@ class DDC(TimestepSampler):
     """
 
     name = "ddc"
+    reduce = "sum"
     supports = ("discrete", "continuous", "flow")
 
     def __init__(
@@ -299,7 +303,7 @@ class DDC(TimestepSampler):
                 f"planned steps (more while the loss keeps improving), so the cleanest noise levels are trained "
                 f"late or never; lower {knob} so the stages end well before the budget",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,  # the caller of the sampler's constructor (past the on_cpu wrapper)
             )
 
     # -- stages -------------------------------------------------------------------------------------
@@ -328,7 +332,7 @@ class DDC(TimestepSampler):
         return counts
 
     def _draw(self, batch_size, generator):
-        device = generator.device if generator is not None else None
+        device = "cpu"  # every draw on the CPU, whatever the default device (the trainer copies it over)
         cont = self.kind == "continuous"
         if self.phase == "joint":
             return self.joint._draw(batch_size, generator)
@@ -364,17 +368,24 @@ class DDC(TimestepSampler):
         if self.phase == "joint":
             self.joint.observe(t, per_sample_loss)
             return
+        if self.pacing == "fixed":  # counts steps: no loss to read
+            self._count_step(None)
+            return
+        mean = per_sample_loss.detach().float().mean().reshape(1)
+        for host, drawn_in, world in self._lagged_observations(mean, (self.phase, self.stage)):
+            x = float(host[0]) / world  # the mean over the ranks
+            # a step drawn in a stage that has ended since tells nothing about the current one; a non-finite
+            # loss (a step the trainer zeroes) tells nothing at all
+            if drawn_in == (self.phase, self.stage) and math.isfinite(x):
+                self._count_step(x)
+
+    def _count_step(self, x: float | None) -> None:
+        """One step of the current stage with watched loss ``x`` (``None`` for fixed pacing): advance the stage
+        when the pacing rule or the cap says so."""
         self.stage_steps += 1
-        end = None
         if self.pacing == "fixed":
             end = "fixed" if self.stage_steps >= self.steps_per_stage else None
         else:
-            x = float(global_mean(per_sample_loss.detach().float().mean()).item())
-            if not math.isfinite(x):
-                raise ValueError(
-                    f"ddc: the batch's mean loss is {x} at step {self.step + 1}; its pacing needs finite losses "
-                    "(skip observe for a step whose loss is not finite)"
-                )
             end = self._converged(x) if self.pacing == "adaptive" else self._patience_ran_out(x)
         if (
             end is None
@@ -384,6 +395,10 @@ class DDC(TimestepSampler):
             end = "cap"
         if end is not None:
             self._advance(end)
+
+    def set_group(self, group) -> None:
+        super().set_group(group)
+        self.joint.set_group(group)
 
     def _converged(self, x: float) -> str | None:
         """Adaptive pacing: at the end of each window, "converged" when the median loss of the latest window

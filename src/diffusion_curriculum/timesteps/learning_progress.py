@@ -27,8 +27,9 @@ import torch
 from torch import Tensor
 
 from .. import noise_levels
+from ..device import to_device
 from . import clusters as _clusters
-from .base import TimestepSampler, check_choice, check_param, dist_info, is_int, is_number, register
+from .base import TimestepSampler, check_choice, check_param, is_int, is_number, register
 
 PROGRESS = ("relative", "absolute")
 _U_EPS = 2.0**-60
@@ -67,12 +68,16 @@ class LearningProgress(TimestepSampler):
     Until every bucket has been observed once the draw is exactly ``torch.randint(0, T, (B,), generator=g)`` (an
     EDM process: the training log-normal exp(P_mean + P_std·randn)) with weight 1.
 
-    **Distributed**: each observe all-reduces the per-bucket sums and counts of the batch's losses (one
-    collective of a [2, K] float64 tensor), so every rank holds the same averages and draws from the same p.
-    Non-finite losses are dropped.
+    **Lag** (:mod:`~.observations`): ``observe`` sums the batch's losses and counts per bucket on their device
+    (``index_add``; no host read) and the averages take them a few steps later, in order.
+
+    **Distributed**: the per-bucket sums and counts are all-reduced once per observation window (float64
+    [window, 2, K]), so every rank holds the same averages and draws from the same p. Non-finite losses are
+    dropped.
     """
 
     name = "learning-progress"
+    reduce = "sum"
     CHANGED_DEFAULTS = {"progress": "relative"}
     supports = ("discrete", "continuous", "flow")
 
@@ -173,28 +178,33 @@ class LearningProgress(TimestepSampler):
 
     # -- observing --------------------------------------------------------------------------------------------
     def bucket(self, t: Tensor) -> Tensor:
-        """The bucket index of each noise level in ``t`` (int64, on the CPU)."""
-        t = t.detach().cpu()
+        """The bucket index of each noise level in ``t`` (int64, on ``t``'s device; no host read)."""
+        t = t.detach()
         if self.kind == "flow":
             return noise_levels.bucket(self.process, t, self.K)
         if self.process.continuous:
             u = torch.special.ndtr((t.double().log() - self.P_mean) / self.P_std)
             return (u * self.K).long().clamp(0, self.K - 1)
+        if self.bucket_of_t.device != t.device:  # the lookup table follows the draws to their device, once
+            self.bucket_of_t = to_device(self.bucket_of_t, t.device)
         return self.bucket_of_t[t.long()]
 
     def _observe(self, t: Tensor, per_sample_loss: Tensor) -> None:
         loss = per_sample_loss.detach().reshape(-1).to(torch.float64)
         b = self.bucket(t).to(loss.device)
         ok = torch.isfinite(loss)
-        stats = torch.stack(
-            [
-                torch.zeros(self.K, dtype=torch.float64, device=loss.device).index_add_(0, b[ok], loss[ok]),
-                torch.bincount(b[ok], minlength=self.K).to(torch.float64),
-            ]
+        # per-bucket sums and counts as one small matrix product with the one-hot buckets: deterministic on
+        # every device (a float index_add on a GPU adds in a random order)
+        one_hot = (b[:, None] == torch.arange(self.K, device=b.device)).to(torch.float64)
+        stats = one_hot.T @ torch.stack(
+            [torch.where(ok, loss, torch.zeros_like(loss)), ok.to(torch.float64)], 1
         )
-        if dist_info()[1] > 1:
-            torch.distributed.all_reduce(stats, op=torch.distributed.ReduceOp.SUM)
-        sums, counts = stats.cpu()
+        stats = stats.T
+        for host, _, _ in self._lagged_observations(stats):
+            self._update(*host)
+
+    def _update(self, sums: Tensor, counts: Tensor) -> None:
+        """Move the two averages of every bucket the step's losses hit (host statistics of one step)."""
         hit = counts > 0
         m = torch.where(hit, sums / counts.clamp(min=1), torch.zeros_like(sums))
         first = hit & (self.seen == 0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import noise_levels
-from .base import TimestepSampler, check_param, dist_info, is_int, is_number, register
+from .base import TimestepSampler, check_param, is_int, is_number, register
 
 
 @register
@@ -43,14 +43,18 @@ class LossSecondMoment(TimestepSampler):
     last H occurrences of a t in a batch are kept, exactly what writing them one by one would leave. Losses
     that are not finite are dropped (they would otherwise poison the estimate).
 
+    **Lag** (:mod:`~.observations`): ``observe`` stacks the batch's timesteps and losses on their device (no
+    host read) and the history takes them a few steps later, in order, from a non-blocking host copy.
+
     **Distributed**: with more than one rank, the timesteps and losses of every rank are gathered in one
-    collective (``all_gather`` of a float64 [2, B] tensor, on the loss's device) before the update, in rank
+    collective per observation window (``all_gather`` of float64 [window, 2, B], on the loss's device), in rank
     order, so every rank holds the same history and draws from the same density. Every rank must pass the
     same batch size B (use ``drop_last`` in the data loader).
     """
 
     name = "loss-second-moment"
     supports = ("discrete", "flow")
+    reduce = "gather"
 
     def __init__(
         self,
@@ -117,23 +121,18 @@ class LossSecondMoment(TimestepSampler):
 
     # -- the history -----------------------------------------------------------------------------------
     def _observe(self, t, per_sample_loss):
-        t = t.detach().reshape(-1)
-        loss = per_sample_loss.detach().reshape(-1)
-        if t.numel() != loss.numel():
-            raise ValueError(
-                f"observe got {t.numel()} timesteps but {loss.numel()} per-sample losses; pass one loss per sample"
-            )
+        loss = per_sample_loss.detach().reshape(-1).to(torch.float64)
         if self.kind == "flow":
             if not t.is_floating_point():
                 raise ValueError(
                     f"the loss-second-moment sampler needs float times on a flow process, got {t.dtype}"
                 )
-            t = noise_levels.bucket(self.process, t.cpu(), self.T).to(loss.device)
+            t = noise_levels.bucket(self.process, t.detach(), self.T)
         elif t.is_floating_point():
             raise ValueError(f"the loss-second-moment sampler needs integer timesteps, got dtype {t.dtype}")
-        if dist_info()[1] > 1:
-            t, loss = _gather(t, loss)
-        self.update(t.cpu().long(), loss.cpu().double())
+        stats = torch.stack([t.detach().reshape(-1).to(loss.device, torch.float64), loss])
+        for host, _, _ in self._lagged_observations(stats):
+            self.update(host[0].round().long(), host[1])
 
     def update(self, t: torch.Tensor, loss: torch.Tensor) -> None:
         """Append losses to the per-t histories, vectorised (see the class docstring for the ordering).
@@ -185,13 +184,3 @@ class LossSecondMoment(TimestepSampler):
 
     def status(self):
         return {"warm": self.warm()}
-
-
-def _gather(t: torch.Tensor, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """All ranks' (t, loss), concatenated in rank order, from one ``all_gather`` of a [2, B] float64 tensor."""
-    world = dist_info()[1]
-    both = torch.stack([t.to(loss.device, torch.float64), loss.to(torch.float64)])
-    out = [torch.empty_like(both) for _ in range(world)]
-    torch.distributed.all_gather(out, both)
-    allb = torch.stack(out)  # [world, 2, B]
-    return allb[:, 0].reshape(-1).round().long(), allb[:, 1].reshape(-1)

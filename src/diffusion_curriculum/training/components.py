@@ -153,11 +153,24 @@ class LRSchedule(torch.optim.lr_scheduler.LRScheduler):
         return [g["lr"] * ratio for g in self.optimizer.param_groups]
 
 
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether the step runs under bfloat16 autocast: ``auto`` on a GPU that computes in bfloat16 natively
+    (Ampere and newer), ``bf16`` where asked (a ConfigError on a GPU without it); fp32 everywhere else. (fp16
+    with a gradient scaler is not offered: on a GPU without bfloat16, train in fp32.)"""
+    native = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    if precision == "bf16" and device.type == "cuda" and not native:
+        raise ConfigError(
+            f"precision=bf16 needs a GPU that computes in bfloat16 natively, which {torch.cuda.get_device_name(device)} "
+            "does not; use precision=fp32 (or auto)"
+        )
+    return precision == "bf16" or (precision == "auto" and native)
+
+
 def build_optimizer(
     cfg: dict, model: nn.Module, device: torch.device, extra: list[nn.Parameter] = ()
 ) -> torch.optim.AdamW:
-    """AdamW over ``model``'s parameters with the config's ``lr`` and ``optim`` settings (the multi-tensor
-    ``foreach`` kernels on a GPU). ``extra`` (a learned weighting's parameters) get a second parameter group:
+    """AdamW over ``model``'s parameters with the config's ``lr`` and ``optim`` settings (the fused kernel on a
+    GPU: one launch for every parameter). ``extra`` (a learned weighting's parameters) get a second parameter group:
     the same learning rate and betas, no weight decay."""
     oc = cfg["optim"]
     params = model.parameters()
@@ -169,7 +182,7 @@ def build_optimizer(
         betas=(oc["beta1"], oc["beta2"]),
         eps=oc["eps"],
         weight_decay=oc["weight_decay"],
-        foreach=device.type == "cuda" or None,
+        fused=device.type == "cuda" or None,
     )
 
 

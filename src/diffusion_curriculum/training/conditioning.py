@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .. import data
+from ..device import to_device
 from ..errors import ConfigError
 from ..guidance import balanced_labels
 
@@ -63,8 +64,8 @@ class LabelDropout:
 
     def __call__(self, labels: Tensor) -> Tensor:
         """``labels`` with the dropped ones set to the null class."""
-        drop = torch.rand(labels.shape, generator=self.generator) < self.drop_prob
-        return torch.where(drop.to(labels.device), torch.full_like(labels, self.num_classes), labels)
+        drop = torch.rand(labels.shape, generator=self.generator, device="cpu") < self.drop_prob
+        return torch.where(to_device(drop, labels.device), self.num_classes, labels)
 
     def state_dict(self) -> dict[str, Any]:
         """The generator's state."""

@@ -193,15 +193,6 @@ def all_ok(err: BaseException | None, world: int) -> None:
 
 
 # -- reductions ----------------------------------------------------------------------------------------------
-def mean_and_any(value: torch.Tensor, flag: bool, world: int) -> tuple[float, bool]:
-    """(the mean of a scalar ``value`` over the ranks, whether any rank's ``flag`` is set), in one all-reduce
-    (a collective): a step's loss and a stop request travel together, so the ranks stay in step."""
-    stat = torch.stack([value.detach().float(), value.new_tensor(float(flag), dtype=torch.float32)])
-    torch.distributed.all_reduce(stat)
-    total, flags = stat.tolist()
-    return total / world, flags > 0
-
-
 def gather_to_rank0(obj: Any, rank: int, world: int) -> list[Any] | None:
     """Every rank's ``obj`` (picklable), in rank order, on rank 0; ``None`` on the others (a collective)."""
     gathered: list[Any] | None = [None] * world if rank == 0 else None

@@ -3,9 +3,10 @@ trackers (TensorBoard, Weights & Biases), the progress bar and Ctrl-C / SIGTERM.
 
 A hook subclasses :class:`Hook` and overrides what it needs; the trainer calls, in its hooks' order,
 
-* ``on_step(trainer, t, per_sample)`` after every step that learned (its noise levels and per-sample losses:
-  what a recorder of per-noise-level losses needs; a skipped non-finite step calls nothing),
-  ``on_iteration(trainer)`` after every step, skipped or not;
+* ``on_step(trainer, t, per_sample)`` after every step (its noise levels and per-sample losses, on the
+  device: what a recorder of per-noise-level losses needs; a step whose loss was not finite too, whose
+  gradients the trainer zeroed), then ``on_iteration(trainer)``; neither may read device data on the host
+  (docs/design.md, "The device contract");
 * ``on_eval(trainer, samples, step) -> dict`` at every evaluation (rank 0 only), its numbers merged into the
   evaluation's record; ``on_record(trainer, rec)`` for every record logged (rank 0 only); ``close()`` at the
   end of the run.
@@ -36,10 +37,10 @@ class Hook:
     """Base class of the trainer's hooks; every method does nothing."""
 
     def on_step(self, trainer: Any, t: torch.Tensor, per_sample: torch.Tensor) -> None:
-        """After a step that learned: its noise levels ``t`` and per-sample losses ``per_sample`` (detached)."""
+        """After every step: its noise levels ``t`` and per-sample losses ``per_sample`` (detached, on the device)."""
 
     def on_iteration(self, trainer: Any) -> None:
-        """After every step, one that was skipped too."""
+        """After every step, after :meth:`on_step`."""
 
     def on_eval(self, trainer: Any, samples: torch.Tensor, step: int) -> dict[str, Any]:
         """At an evaluation (rank 0 only), with the EMA model's ``samples``: numbers for its record."""
@@ -68,8 +69,10 @@ class NoiseHistogram(Hook):
         return noise_levels.bucket(self.process, t, self.bins)
 
     def on_step(self, trainer: Any, t: torch.Tensor, per_sample: torch.Tensor) -> None:
-        """Count the step's draws."""
-        self.counts += torch.bincount(self.bin_of(t), minlength=self.bins)
+        """Count the step's draws (``index_add_`` on the device: no host read, and integer sums are exact in any
+        order)."""
+        b = self.bin_of(t).to(self.counts.device)
+        self.counts.index_add_(0, b, torch.ones_like(b))
 
     def record(self) -> dict[str, Any]:
         """``{"t_hist", "t_hist_edges", "t_hist_unit"}`` for an evaluation's log line; the counts restart."""

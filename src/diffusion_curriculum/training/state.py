@@ -38,6 +38,7 @@ RESUMABLE_KEYS = (
     "eval",
     "metrics",
     "on_nonfinite",
+    "cudnn_benchmark",
 )
 
 

@@ -3,7 +3,6 @@ determinism and data-parallel contract)."""
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from ..errors import ConfigError, Interrupted, TrainingError
 from ..loss import DenoisingLoss
 from . import components, conditioning, hooks
 from . import distributed as dist_mod
+from . import step as step_mod
 from .distributed import setup_distributed
 from .rundir import RunDir
 from .state import (
@@ -83,8 +83,9 @@ class Trainer:
 
     def _setup(self, cfg: dict, resume: bool) -> None:
         self._check_settings(cfg)
-        prec = cfg["precision"]
-        self.bf16 = prec == "bf16" or (prec == "auto" and self.device.type == "cuda")
+        self.bf16 = components.use_bf16(cfg["precision"], self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = cfg["cudnn_benchmark"]
         seed = cfg["seed"]
         torch.manual_seed(seed)
         random.seed(seed)
@@ -112,6 +113,7 @@ class Trainer:
             self.net = dist_mod.wrap(self.model, self.device)
         self.n_params = models.count_parameters(self.model)
         self._weighting_params = components.learned_weighting(self.weight_fn, self.device)
+        self._grad_params = self._model_params + list(self._weighting_params)
         self.optimizer = components.build_optimizer(cfg, self.model, self.device, self._weighting_params)
         self.lr_schedule = components.build_lr_schedule(cfg, self.optimizer)
         self.momentum = components.build_momentum(cfg, self.optimizer)
@@ -134,7 +136,9 @@ class Trainer:
         self.noise_gen = torch.Generator(device=self.device).manual_seed(
             components.stream_seed(seed, "noise", self.rank)
         )
-        self.step, self.loss_sum, self.loss_count, self.skipped, self.train_time = 0, 0.0, 0, 0, 0.0
+        self.step, self.train_time = 0, 0.0
+        #: the loss statistics since the last log record, on the device (read at log points only)
+        self.stats = step_mod.StepStats(self.device)
 
     def _setup_logging(self, cfg: dict) -> None:
         self.rundir = RunDir(self.out)
@@ -157,8 +161,9 @@ class Trainer:
         self._eval_step: int | None = None  # the step of the last evaluation (on every rank)
         self._saved_step: int | None = None
         self.interrupts = hooks.InterruptGuard()
-        self._stop_all = False  # whether any rank asked to stop (agreed in the step's loss all-reduce)
+        self._stop = step_mod.StopAgreement(self.device, self.world)
         self._t_log, self._s_log = time.perf_counter(), 0
+        self._t_mark = self._t_log  # when the training time counted so far ends (a sync point)
 
     def _setup_state(self) -> None:
         """Register every resumable part, in the order (and under the names) a checkpoint stores them."""
@@ -176,7 +181,7 @@ class Trainer:
         if self.label_dropout is not None:  # only a conditional run has a label-dropout stream
             self.parts.register("label_dropout", self.label_dropout, local=True)
         log = Attributes(self, "loss_sum", "loss_count", "skipped", "train_time", "t_hist")
-        self.parts.register("log", log, local=("t_hist",))
+        self.parts.register("log", log, local=("t_hist", "loss_sum", "loss_count", "skipped"))
 
     def _prepare_dir(self, resume: bool) -> None:
         """Check and prepare the run directory; on resume load the newest usable checkpoint (rank 0 picks it)."""
@@ -237,7 +242,9 @@ class Trainer:
             ) from None
 
     def save_checkpoint(self) -> Path:
-        """Write a checkpoint of this step (rank 0 writes; the other ranks wait for the write's outcome)."""
+        """Write a checkpoint of this step (rank 0 writes; the other ranks wait for the write's outcome); a step
+        whose loss was not finite is refused first (``on_nonfinite=error``), so no checkpoint holds it."""
+        self._read_stats(reset=False)
         state = self.state()
 
         def save() -> Path:
@@ -245,11 +252,15 @@ class Trainer:
 
         path = save() if self.world == 1 else dist_mod.run_on_rank0(save, self.rank)
         self._saved_step = self.step
+        self._t_mark = time.perf_counter()  # writing it is not training time
         return path
 
     # -- the step -------------------------------------------------------------------------------------
-    def train_step(self) -> torch.Tensor | None:
-        """One optimizer step; returns the batch's per-sample losses (``None`` if a non-finite step was skipped)."""
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step; returns the batch's per-sample losses. Nothing here reads device data on the host
+        (docs/design.md, "The device contract"): the loss is counted on the device (:attr:`stats`), and the
+        gradients of a step whose loss is not finite are zeroed there (:func:`.step.zero_nonfinite_grads`); the
+        run learns of it at the next log point (:meth:`_read_stats`)."""
         x0, y = self.batcher.next_labelled()
         draw = self.sampler.sample(x0.shape[0], device=self.device, generator=self.t_gen)
         noise = torch.randn(x0.shape, generator=self.noise_gen, device=self.device)
@@ -257,53 +268,76 @@ class Trainer:
         y = None if self.label_dropout is None else self.label_dropout(y)  # dropped: the null class
         per_sample = self.loss.error(self.net, x0, noise, draw.t, autocast=autocast, labels=y)
         loss = self.loss.objective(draw.t, per_sample, draw.weight)
-        # one sync per step: needed to catch a non-finite loss before it reaches the weights
-        value = float(loss.detach()) if self.world == 1 else self._reduce_loss(loss)
-        if not math.isfinite(value):
-            self._nonfinite(value)
-            return None
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self._weighting_params and self.world > 1:
             dist_mod.average_grads(self._weighting_params, self.world)  # DDP averages the model's alone
+        self.stats.add(loss, self.step + 1)
+        step_mod.zero_nonfinite_grads(self._grad_params)
         if self.cfg["optim"]["grad_clip"] > 0:
             nn.utils.clip_grad_norm_(self._model_params, self.cfg["optim"]["grad_clip"])
         self.optimizer.step()
-        self._schedules_step()
+        self.lr_schedule.step()
+        if self.momentum is not None:
+            self.momentum.step()
         self.averager.update(self.step)
         self.sampler.observe(draw.t, per_sample.detach())
         self.step += 1
-        self.loss_sum += value
-        self.loss_count += 1
         for hook in self.hooks:
             hook.on_step(self, draw.t, per_sample.detach())
         return per_sample
 
-    def _schedules_step(self) -> None:
-        self.lr_schedule.step()
-        if self.momentum is not None:
-            self.momentum.step()
+    @property
+    def loss_sum(self) -> float:
+        """The sum of this rank's finite losses since the last log record (a host read)."""
+        return self.stats.state_dict()["loss_sum"]
 
-    def _nonfinite(self, value: float) -> None:
-        """A non-finite loss: stop with a TrainingError, or (``on_nonfinite=skip``) spend the step without
-        learning from it."""
-        if self.cfg["on_nonfinite"] != "skip":
-            raise TrainingError(
-                f"the loss became {value} at step {self.step + 1}; the last good checkpoint is kept in "
-                f"{str(self.ckpt_dir)!r}. Lower lr, check the data, or set on_nonfinite=skip"
-            )
-        # the data, timestep and noise streams moved on, and the LR and momentum schedules follow the step
-        # count; but nothing learns from it: no optimizer update, no EMA update, no sampler.observe, no loss
-        # or histogram entry
-        self._schedules_step()
-        self.step += 1
-        self.skipped += 1
+    @loss_sum.setter
+    def loss_sum(self, value: float) -> None:
+        self.stats.load_state_dict({**self.stats.state_dict(), "loss_sum": value})
 
-    def _reduce_loss(self, loss: torch.Tensor) -> float:
-        """The mean loss over all ranks (one all-reduce), so every rank logs it and takes the same decision on a
-        non-finite value; the same all-reduce tells whether any rank was asked to stop (Ctrl-C)."""
-        value, self._stop_all = dist_mod.mean_and_any(loss, self.interrupts.presses > 0, self.world)
-        return value
+    @property
+    def loss_count(self) -> int:
+        """How many of this rank's steps since the last log record had a finite loss (a host read)."""
+        return self.stats.state_dict()["loss_count"]
+
+    @loss_count.setter
+    def loss_count(self, value: int) -> None:
+        self.stats.load_state_dict({**self.stats.state_dict(), "loss_count": value})
+
+    @property
+    def skipped(self) -> int:
+        """How many of this rank's steps so far had a non-finite loss (their gradients zeroed; a host read)."""
+        return self.stats.state_dict()["skipped"]
+
+    @skipped.setter
+    def skipped(self, value: int) -> None:
+        self.stats.load_state_dict({**self.stats.state_dict(), "skipped": value})
+
+    def _read_stats(self, reset: bool = True) -> dict[str, Any]:
+        """The loss statistics since the last read, over every rank (a host read, and a collective with several
+        processes: called at log points, evaluations and checkpoints, on every rank alike). A non-finite loss
+        seen since stops the run with a TrainingError naming its step (``on_nonfinite=error``, before anything
+        of it is evaluated or saved), or is reported once (``on_nonfinite=skip``)."""
+        read = self.stats.read(self.world, reset=reset)
+        self._sync_time()
+        bad = read["first_bad_step"]
+        if bad is not None:
+            if self.cfg["on_nonfinite"] != "skip":
+                raise TrainingError(
+                    f"the loss became {read['first_bad_value']} at step {bad}; its gradients were zeroed and the "
+                    f"last good checkpoint is kept in {str(self.ckpt_dir)!r}. Lower lr, check the data, or set "
+                    "on_nonfinite=skip"
+                )
+            self.say(f"warning: the loss was not finite at step {bad}; that step's gradients were zeroed")
+            self.stats.forget_bad()
+        return read
+
+    def _sync_time(self) -> None:
+        """Count the training time up to now (the device has finished the steps: this follows a host read)."""
+        now = time.perf_counter()
+        self.train_time += now - self._t_mark
+        self._t_mark = now
 
     # -- evaluation -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -366,16 +400,18 @@ class Trainer:
         for hook in self.hooks:
             hook.on_record(self, rec)
 
-    def _training_record(self, now: float) -> dict[str, Any]:
+    def _training_record(self) -> dict[str, Any]:
+        """The log record of the steps since the last one (reads the loss statistics: the log point's sync)."""
+        read = self._read_stats()
+        now = time.perf_counter()
         rec = {
             "step": self.step,
-            "loss": self.loss_sum / max(1, self.loss_count),
+            "loss": read["loss_sum"] / read["loss_count"] if read["loss_count"] else None,
             "lr": self.optimizer.param_groups[0]["lr"],
             "steps_per_s": (self.step - self._s_log) / max(now - self._t_log, 1e-9),
-            "skipped": self.skipped,
+            "skipped": read["skipped"],
         }
-        if self.loss_count == 0:  # every step of the interval was skipped: there is no loss to report
-            rec["loss"] = None
+        self._t_log, self._s_log = now, self.step
         status = self.sampler.status()
         if status:
             rec["sampler"] = status
@@ -384,24 +420,27 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------------
     def advance(self) -> None:
         """One iteration of :meth:`run`: a training step, then the logging, evaluation and checkpoint cadence.
-        ``train_time`` counts the training steps only, so steps/s is not diluted by evaluations."""
+        ``train_time`` counts the training steps only (measured between the sync points: log records,
+        evaluations, checkpoints), so steps/s is not diluted by evaluations."""
         cfg = self.cfg
-        t0 = time.perf_counter()
         self.train_step()
-        self.train_time += time.perf_counter() - t0
         for hook in self.hooks:
             hook.on_iteration(self)
         if self.step % cfg["log_every"] == 0:
-            now = time.perf_counter()
-            self._log(self._training_record(now))
-            self.loss_sum, self.loss_count = 0.0, 0
-            self._t_log, self._s_log = now, self.step
+            self._log(self._training_record())
         if cfg["eval_every"] and self.step % cfg["eval_every"] == 0:
-            self.model.eval()
-            self.evaluate()
-            self.model.train()
+            self._evaluate_now()
         if cfg["checkpoint_every"] and self.step % cfg["checkpoint_every"] == 0:
             self.save_checkpoint()
+
+    def _evaluate_now(self) -> None:
+        """Evaluate the step reached, once its losses are known to be finite; the time it takes is not training
+        time."""
+        self._read_stats(reset=False)
+        self.model.eval()
+        self.evaluate()
+        self.model.train()
+        self._t_mark = time.perf_counter()
 
     def run(self) -> dict[str, Any]:
         """Train to ``steps``, evaluate, checkpoint and write ``summary.json``; return the summary. Ends by
@@ -429,14 +468,14 @@ class Trainer:
     def _loop(self) -> None:
         """Advance to ``steps``; on Ctrl-C or SIGTERM save a checkpoint of the step reached (see
         :class:`~.hooks.InterruptGuard`), say so once and raise :class:`~..errors.Interrupted`. With several
-        processes the ranks agree on the step to stop after (see :meth:`_reduce_loss`), so they save one
-        checkpoint together."""
-        self._stop_all = False
+        processes the ranks agree on the step to stop after (:class:`~.step.StopAgreement`, every
+        :data:`~.step.STOP_EVERY` steps), so they save one checkpoint together."""
+        self._stop = step_mod.StopAgreement(self.device, self.world)
         with self.interrupts:
             try:
                 while self.step < self.cfg["steps"]:
                     self.advance()
-                    if self.interrupts.presses > 0 if self.world == 1 else self._stop_all:
+                    if self._stop.should_stop(self.step, self.interrupts.presses > 0):
                         raise KeyboardInterrupt
             except KeyboardInterrupt:
                 self._bar.close()
@@ -461,12 +500,12 @@ class Trainer:
         self._start_run_hooks()
         self.model.train()
         self._t_log, self._s_log = time.perf_counter(), self.step
+        self._t_mark = self._t_log
         try:
             self._loop()
             self._bar.close()
             if self._eval_step != self.step:
-                self.model.eval()
-                self.evaluate()
+                self._evaluate_now()
             if self._saved_step != self.step:
                 self.save_checkpoint()  # the last collective of the run
             return self._finish()
