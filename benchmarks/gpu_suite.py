@@ -8,11 +8,14 @@ table says so; a part that overruns its own budget is stopped and reported as ti
    ``tests/test_weighting.py`` (``test_dtype_shape_device``, whose CUDA half runs only with a GPU): passed /
    failed / skipped counts.
 2. ``throughput`` — the trainer against a bare hand-written loop in bf16 (``benchmarks/throughput.py``'s
-   ``measure``), plus a third side: the bare loop with the trainer's one per-step loss sync, so the cost of that
-   sync is measured apart from the rest. Goal: trainer overhead ≤ 3 %.
+   ``measure``), plus a third side: the bare loop with a per-step host read of its loss (``float(loss)``), so
+   the cost of such a read is measured; the trainer makes none. Goal: trainer overhead ≤ 3 %.
 3. ``sampler`` — every strategy's ``sample`` + ``observe`` on device tensors (``benchmarks/sampler_overhead.py``)
    against one training step of the digits model on the same device.
-4. ``compare`` — ``diffusion-curriculum compare`` of several methods on mnist5k with a larger UNet, several runs
+4. ``syncs`` — the device contract (``benchmarks/sync_check.py``): 50 training steps of every sampler × process ×
+   conditioning under ``torch.cuda.set_sync_debug_mode("error")``, and each sampler's step time inside the
+   trainer against a bare loop, timed with CUDA events, on a launch-bound and a compute-bound setting.
+5. ``compare`` — ``diffusion-curriculum compare`` of several methods on mnist5k with a larger UNet, several runs
    at once on the one GPU (``--compare-jobs``), quality from the runs' own periodic evaluations on the GPU.
    (``compare --eval-samples`` would instead re-evaluate every checkpoint offline, one after another, on the
    CPU: minutes per checkpoint at 28×28, beyond this budget.)
@@ -23,7 +26,8 @@ Everything goes to ``--out`` (default ``$OUT``, else ``./gpu_suite_out``) as at 
 temporary directory), which is kept. The table is rewritten after every part, so a suite stopped from outside
 still leaves the parts it finished. Exit status 1 if a part failed or timed out.
 
-    python benchmarks/gpu_suite.py                         # on the GPU machine: about 8 minutes
+    python benchmarks/gpu_suite.py                         # on the GPU machine: at most 560 s
+    python benchmarks/gpu_suite.py --parts syncs           # the device contract alone: at most 150 s
     python benchmarks/gpu_suite.py --smoke --out /tmp/gs   # the whole suite on the CPU with tiny settings
 
 Every size is a flag (``--help``); ``--smoke`` only changes the defaults of those not given. The suite imports
@@ -53,12 +57,13 @@ SRC = ROOT / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
-PARTS = ("tests", "throughput", "sampler", "compare")
+PARTS = ("tests", "throughput", "sampler", "syncs", "compare")
 TITLES = {
     "tests": "1. CUDA-only tests",
     "throughput": "2. trainer vs bare loop",
     "sampler": "3. sampler overhead",
-    "compare": "4. parallel compare",
+    "syncs": "4. no host sync in a step; step times",
+    "compare": "5. parallel compare",
 }
 #: the tests that need CUDA: skipped without it (test_models) or running only their CPU half (test_weighting)
 TEST_FILES = ("tests/test_models.py", "tests/test_weighting.py")
@@ -69,7 +74,7 @@ TINY_UNET = ["model.groups=8", "model.attention_resolutions=[4]"]
 #: defaults: (full run on the GPU machine, --smoke on the CPU); the part budgets sum to at most the total
 DEFAULTS: dict[str, tuple] = {
     "device": ("cuda", "cpu"),
-    "budget_s": (480.0, 170.0),
+    "budget_s": (560.0, 230.0),
     "threads": (0, 1),
     "tests_budget_s": (60.0, 35.0),
     "throughput_budget_s": (90.0, 35.0),
@@ -80,11 +85,13 @@ DEFAULTS: dict[str, tuple] = {
     "throughput_rounds": (20, 2),
     "throughput_precision": ("bf16", "bf16"),
     "throughput_overrides": ("", " ".join(TINY_UNET)),
-    "sampler_budget_s": (60.0, 30.0),
+    "sampler_budget_s": (40.0, 30.0),
     "sampler_batches": ("128,4096", "16"),
     "sampler_iters": (200, 10),
     "sampler_repeats": (5, 2),
-    "compare_budget_s": (240.0, 70.0),
+    "syncs_budget_s": (150.0, 60.0),
+    "syncs_block": (50, 2),
+    "compare_budget_s": (200.0, 70.0),
     "compare_preset": ("mnist5k", "digits"),
     "compare_methods": ("uniform,loss-second-moment,clts,learning-progress", "uniform,clts"),
     "compare_seeds": (1, 1),
@@ -110,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "device": (str, "device of parts 2-4 (cuda; smoke: cpu)"),
         "budget_s": (
             float,
-            "total time budget in s; a part that would overrun it is skipped (480; smoke 170)",
+            "total time budget in s; a part that would overrun it is skipped (560; smoke 230)",
         ),
         "threads": (int, "torch CPU threads in parts 2-3, 0: torch's default (smoke: 1)"),
         "tests_budget_s": (float, "budget of part 1 in s"),
@@ -126,17 +133,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "sampler_batches": (str, "comma-separated batch sizes in part 3 (128,4096)"),
         "sampler_iters": (int, "calls per timed block in part 3"),
         "sampler_repeats": (int, "timed blocks in part 3 (the median is kept)"),
-        "compare_budget_s": (float, "budget of part 4 in s"),
-        "compare_preset": (str, "preset of part 4 (mnist5k; smoke: digits)"),
-        "compare_methods": (str, "methods of part 4, as compare --methods takes them"),
-        "compare_seeds": (int, "seeds per method in part 4"),
-        "compare_steps": (int, "training steps per run in part 4 (3000)"),
-        "compare_jobs": (int, "runs at once on the one device in part 4 (4)"),
-        "compare_channels": (int, "UNet base channels in part 4 (64; the preset has 32)"),
-        "compare_batch": (int, "batch size in part 4 (128)"),
-        "checkpoint_every": (int, "evaluation and checkpoint interval in part 4 (500)"),
-        "eval_samples": (int, "samples per evaluation in part 4 (1000)"),
-        "compare_overrides": (str, "more key=value overrides for every run of part 4, space-separated"),
+        "syncs_budget_s": (float, "budget of part 4 in s"),
+        "syncs_block": (int, "steps per timed block in part 4 (50)"),
+        "compare_budget_s": (float, "budget of part 5 in s"),
+        "compare_preset": (str, "preset of part 5 (mnist5k; smoke: digits)"),
+        "compare_methods": (str, "methods of part 5, as compare --methods takes them"),
+        "compare_seeds": (int, "seeds per method in part 5"),
+        "compare_steps": (int, "training steps per run in part 5 (3000)"),
+        "compare_jobs": (int, "runs at once on the one device in part 5 (4)"),
+        "compare_channels": (int, "UNet base channels in part 5 (64; the preset has 32)"),
+        "compare_batch": (int, "batch size in part 5 (128)"),
+        "checkpoint_every": (int, "evaluation and checkpoint interval in part 5 (500)"),
+        "eval_samples": (int, "samples per evaluation in part 5 (1000)"),
+        "compare_overrides": (str, "more key=value overrides for every run of part 5, space-separated"),
     }
     for key, (typ, help_) in fl.items():
         ap.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, help=help_)
@@ -251,8 +260,8 @@ def part_throughput(args, deadline: float) -> dict:
         f"{r['precision']}, {r['preset']}, {r['parameters'] / 1e6:.2f} M params, batch {r['batch_size']}, "
         f"{r['rounds']}×{r['block']} steps per side: bare {r['bare_steps_per_s']} steps/s, trainer "
         f"{r['trainer_steps_per_s']} steps/s → overhead **{r['overhead_percent']} %** (median block "
-        f"{r['overhead_percent_median_round']} %; goal ≤ 3 % {met}); bare loop + per-step loss sync "
-        f"{r['bare_sync_steps_per_s']} steps/s → the sync costs {r['sync_cost_percent']} %, trainer vs that "
+        f"{r['overhead_percent_median_round']} %; goal ≤ 3 % {met}); bare loop + a per-step loss read "
+        f"{r['bare_sync_steps_per_s']} steps/s → such a read costs {r['sync_cost_percent']} %, trainer vs that "
         f"loop {r['overhead_vs_bare_sync_percent']} %"
     )
     return r
@@ -302,13 +311,41 @@ def part_sampler(args, deadline: float) -> dict:
     }
 
 
+def part_syncs(args, deadline: float) -> dict:
+    sc = _load_benchmark("sync_check")
+    work = Path(tempfile.mkdtemp(prefix="gpu_suite_syncs_"))
+    smoke = args.device == "cpu"
+    sync_rows = sc.sync_free(args.device, work, steps=3 if smoke else 50, warm=2 if smoke else 8)
+    settings = (
+        {"launch-bound": ("digits", ["batch_size=16", *TINY_UNET, "model.channels=8"])}
+        if smoke
+        else sc.SETTINGS
+    )
+    time_rows = []
+    if time.perf_counter() < deadline:
+        time_rows = sc.step_times(args.device, work, args.syncs_block, 1 if smoke else 3, settings)
+    bad = [r for r in sync_rows if r["result"] not in ("ok", "not checked (no CUDA)")]
+    summary = f"{len(sync_rows) - len(bad)}/{len(sync_rows)} sampler × process × cond cases sync-free"
+    if bad:
+        summary += f"; first: {bad[0]['sampler']} {bad[0]['process']}: {bad[0]['result']}"
+    for r in time_rows:
+        worst = max((n for n in r if n.endswith("_vs_bare_pct")), key=lambda n: r[n])
+        summary += f"; {r['setting']}: bare {r['bare_ms']} ms/step, worst {worst[:-12]} {r[worst]:+} %"
+    return {
+        "sync": sync_rows,
+        "step_times": time_rows,
+        "markdown": sc.markdown(sync_rows, time_rows),
+        "summary": summary,
+    }
+
+
 def run_part_child(args) -> int:
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     deadline = time.perf_counter() + (args.part_deadline_s or float("inf"))
-    fn = {"throughput": part_throughput, "sampler": part_sampler}[args.part]
+    fn = {"throughput": part_throughput, "sampler": part_sampler, "syncs": part_syncs}[args.part]
     Path(args.part_json).write_text(json.dumps(fn(args, deadline), indent=2))
     return 0
 
@@ -335,6 +372,8 @@ def part_in_child(name: str, args, argv: list[str], work: Path, budget: float) -
     status = "ok"
     if name == "throughput" and rec["overhead_percent"] > 3:
         status = "ok (goal not met)"
+    if name == "syncs" and any(r["result"] not in ("ok", "not checked (no CUDA)") for r in rec["sync"]):
+        status = "failed"
     return {"status": status, "wall_s": wall, "summary": rec.pop("summary"), "result": rec}
 
 
@@ -525,6 +564,8 @@ def write_table(out: Path, info: dict, records: list[dict], wall: float, budget:
             for row in res["rows"]:
                 cells = " | ".join(f"{row[f'us_b{b}']} | {row[f'pct_b{b}']} %" for b in bs)
                 lines.append(f"| `{row['sampler']}` | {cells} |")
+        if r["part"] == "syncs" and res.get("markdown"):
+            lines += ["", f"## {TITLES['syncs']}", "", res["markdown"]]
         if r["part"] == "compare" and (res.get("results") or {}).get("table"):
             lines += ["", f"## {TITLES['compare']}", "", f"`{res['command']}`", "", res["results"]["table"]]
         if r["part"] == "tests" and res.get("cases"):

@@ -8,6 +8,11 @@ history) do their real work. The reference is the median time of one optimizer s
 (190k-parameter UNet, batch 128: forward, backward, AdamW) on the same device, measured in the same process.
 Goal: every strategy below 1 % of a training step at batch 128; batch 4096 shows how the cost scales.
 
+On a GPU these are host times of calls that never wait for the device (the device contract: draws on the CPU,
+copied over without a wait; observe queues its statistics and reads them windows later), synchronised only at the
+ends of the blocks. What a sampler costs *inside* training — where any hidden sync would empty the queue — is
+measured by ``benchmarks/sync_check.py`` (the trainer with each sampler against a bare loop, CUDA events).
+
     PYTHONPATH=src python benchmarks/sampler_overhead.py                 # CPU, batches 128 and 4096
     PYTHONPATH=src python benchmarks/sampler_overhead.py --device cuda   # draws still happen on the CPU generator
 """

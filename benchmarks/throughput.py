@@ -6,9 +6,11 @@ are built once, then timed in alternating blocks (trainer block, bare block, tra
 so drifts in machine speed hit both alike. The trainer side runs ``Trainer.advance`` — the body of ``run``
 with its logging cadence — so its bookkeeping is included; evaluation and checkpoints are off on both sides.
 
-Both sides follow the run's ``precision`` (``auto``: bf16 autocast on CUDA, fp32 elsewhere; ``--precision`` sets
-it). ``--with-sync-variant`` adds a third side, the bare loop reading its loss back to the host every step as the
-trainer does (its one per-step sync), so the cost of that sync is measured apart from the rest of the overhead.
+Both sides follow the run's ``precision`` (``auto``: bf16 autocast on a GPU that has it natively, fp32 elsewhere;
+``--precision`` sets it) and use the same optimizer kernels. ``--with-sync-variant`` adds a third side, the bare
+loop reading its loss back to the host every step as many hand-written loops do (``float(loss)``), so what such a
+read costs is measured; the trainer itself reads no device data in a step (docs/design.md, "The device
+contract"). On a GPU the blocks are timed with no sync inside them, only at their ends.
 
     python benchmarks/throughput.py                       # digits preset, CPU
     python benchmarks/throughput.py --device cuda model.channels=64 batch_size=256
@@ -32,15 +34,17 @@ from diffusion_curriculum.train import Trainer, resolve_device
 
 
 def uses_bf16(precision: str, device: torch.device) -> bool:
-    """The trainer's rule: bf16 autocast with ``precision=bf16``, or ``auto`` on CUDA."""
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    """The trainer's rule (:func:`~diffusion_curriculum.training.components.use_bf16`)."""
+    from diffusion_curriculum.training.components import use_bf16
+
+    return use_bf16(precision, device)
 
 
 class BareLoop:
     """A plain DDPM training loop as a user would write it (ε-prediction, uniform t, AdamW, clipping, EMA).
 
     It autocasts to bf16 under the same rule as the trainer (``cfg["precision"]``). With ``sync=True`` it also
-    reads the loss back to the host every step, at the point where the trainer does (before the backward pass)."""
+    reads the loss back to the host every step, before the backward pass (as many hand-written loops do)."""
 
     def __init__(self, cfg: dict, device: torch.device, *, sync: bool = False):
         torch.manual_seed(cfg["seed"])
@@ -60,7 +64,7 @@ class BareLoop:
             betas=(oc["beta1"], oc["beta2"]),
             eps=oc["eps"],
             weight_decay=oc["weight_decay"],
-            foreach=device.type == "cuda" or None,
+            fused=device.type == "cuda" or None,  # as the trainer's
         )
         ac = process_mod.build(**cfg["process"]).alphas_cumprod.float().to(device)
         self.sa, self.s1a, self.T = ac.sqrt(), (1 - ac).sqrt(), ac.numel()
@@ -80,7 +84,7 @@ class BareLoop:
             out = self.model(x_t, t.float())
         loss = (out.float() - noise).pow(2).mean()
         if self.sync:
-            float(loss.detach())  # the trainer's one host-device sync per step
+            float(loss.detach())  # a per-step host read of the loss
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.clip)
@@ -201,7 +205,7 @@ def main() -> None:
     ap.add_argument(
         "--with-sync-variant",
         action="store_true",
-        help="also time the bare loop with the trainer's per-step loss sync (a third side)",
+        help="also time the bare loop with a per-step host read of its loss (a third side)",
     )
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()

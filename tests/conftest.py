@@ -101,3 +101,22 @@ def immediate_observations(monkeypatch):
 
     monkeypatch.setattr(observations, "WINDOW", 1)
     monkeypatch.setattr(observations, "LAG", 0)
+
+
+def same_state(a, b) -> bool:
+    """Whether two nested states (mappings, lists, tensors, numbers) are equal to the bit; NaN equals NaN."""
+    import math
+
+    import torch
+
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return (
+            isinstance(b, (list, tuple)) and len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
+        )
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return a == b

@@ -30,6 +30,7 @@ import torch
 from diffusion_curriculum import checkpoint, config, data
 from diffusion_curriculum import train as train_mod
 from diffusion_curriculum.training import rundir
+from diffusion_curriculum.training import step as step_mod
 
 
 def plain(x):
@@ -41,6 +42,13 @@ def plain(x):
     if isinstance(x, (list, tuple)):
         return [plain(v) for v in x]
     return x
+
+
+def shared(state):
+    """A sampler state without the rows of the observation window in flight, which are each rank's own."""
+    if isinstance(state, dict):
+        return {k: shared(v) for k, v in state.items() if k not in ("partial", "partial_tags")}
+    return state
 
 
 def run_one(job: dict) -> None:
@@ -78,13 +86,15 @@ def run_one(job: dict) -> None:
             return x
 
         t.batcher.next_labelled = next_batch
+        step_mod.STOP_EVERY = 2  # the ranks agree on a stop request every 2 steps (10 by default)
         if job.get("poison_step") is not None and t.rank == 1:  # rank 1 alone sees a NaN loss at that step
-            real_reduce = t._reduce_loss
+            real_objective = t.loss.objective
 
-            def reduce_loss(loss):
-                return real_reduce(loss * float("nan") if t.step + 1 == job["poison_step"] else loss)
+            def objective(*a, **k):
+                loss = real_objective(*a, **k)
+                return loss * float("nan") if t.step + 1 == job["poison_step"] else loss
 
-            t._reduce_loss = reduce_loss
+            t.loss.objective = objective
         if job.get("interrupt_after") is not None and t.rank == 1:
             real_advance = t.advance
 
@@ -112,7 +122,7 @@ def run_one(job: dict) -> None:
         "skipped": t.skipped,
         "interrupted": interrupted,
         "indices": indices,
-        "sampler": plain(t.sampler.state_dict()),
+        "sampler": plain(shared(t.sampler.state_dict())),
         "weights": weights.hexdigest(),
         "writes": writes,
         "group_destroyed": not torch.distributed.is_initialized(),

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import TINY
+from ddp_worker import plain
 from diffusion_curriculum import checkpoint, config, plots
 from diffusion_curriculum.errors import ConfigError
 from diffusion_curriculum.train import DistContext, Trainer
@@ -68,7 +69,12 @@ def runs(tmp_path_factory) -> dict[str, tuple[Path, list[dict]]]:
     jobs = {  # name: (run directory, overrides, worker's group store, more settings for the worker)
         "ddc": ("ddc", [*SMALL, *DDC], "store-ddc", {}),
         "occupied": ("ddc", [*SMALL, *DDC], "store-occupied", {}),
-        "importance": ("importance", [*SMALL, *IMPORTANCE, *short], "store-imp", {}),
+        "importance": (
+            "importance",
+            [*SMALL, *IMPORTANCE, "steps=12", "checkpoint_every=0"],
+            "store-imp",
+            {},
+        ),
         "skip": ("skip", [*SMALL, *DDC, *short, "on_nonfinite=skip"], "store-skip", {"poison_step": 3}),
         "terminated": (
             "terminated",
@@ -169,14 +175,16 @@ def test_loss_second_moment_history_is_identical_on_every_rank(runs):
     _, ranks = runs["importance"]
     a, b = ranks[0]["sampler"], ranks[1]["sampler"]
     assert a == b
-    # every rank saw both ranks' (t, loss): 6 steps of the global batch of 16
-    assert sum(a["counts"]["values"]) == 6 * 16
+    # every rank saw both ranks' (t, loss) of the 8 steps read by step 12 (two 4-step windows; the third is
+    # read one window later): 8 steps of the global batch of 16
+    assert sum(a["counts"]["values"]) == 8 * 16
     assert ranks[0]["weights"] == ranks[1]["weights"]
 
 
 def test_a_nonfinite_loss_on_one_rank_is_skipped_on_every_rank(runs):
     out, ranks = runs["skip"]
-    assert [(r["step"], r["skipped"]) for r in ranks] == [(6, 1), (6, 1)]
+    # rank 1 alone saw it (each rank counts its own); the gradients DDP averaged were zeroed on both ranks alike
+    assert [(r["step"], r["skipped"]) for r in ranks] == [(6, 0), (6, 1)]
     assert ranks[0]["weights"] == ranks[1]["weights"] and ranks[0]["sampler"] == ranks[1]["sampler"]
     assert json.loads((out / "summary.json").read_text())["skipped_steps"] == 1
 
@@ -190,31 +198,33 @@ def test_resume_with_another_number_of_processes_is_one_config_error(ddc_run, tm
 
 
 def test_interrupted_run_resumes_exactly(runs):
-    """Ctrl-C reaches rank 1 after step 7: both ranks stop after step 8 (agreed in that step's all-reduce)
-    and save one checkpoint; `torchrun ... train --resume` then logs the unbroken run's losses to the bit."""
+    """Ctrl-C reaches rank 1 after step 7: the ranks' flags meet in the all-reduce of step 8 and are read at step
+    10 (stop requests are agreed every 2 steps here), so both ranks stop after step 10 and save one checkpoint;
+    `torchrun ... train --resume` then logs the unbroken run's losses to the bit."""
     ref, _ = runs["ddc"]
     out, ranks = runs["interrupted"]
-    assert all(r["interrupted"] and r["step"] == 8 for r in ranks)
+    assert all(r["interrupted"] and r["step"] == 10 for r in ranks)
     assert all(r["group_destroyed"] for r in ranks)  # the Trainer created the group, and destroyed it
     assert ranks[0]["sampler"] == ranks[1]["sampler"]
-    assert checkpoint.list_checkpoints(out / "checkpoints")[0].name == "step_00000008"
+    assert checkpoint.list_checkpoints(out / "checkpoints")[0].name == "step_00000010"
     r = torchrun("-m", "diffusion_curriculum", "train", "--out", str(out), "--resume")
-    assert r.stderr.count("resumed from step_00000008") == 1  # rank 0 alone speaks
+    assert r.stderr.count("resumed from step_00000010") == 1  # rank 0 alone speaks
     assert losses(out) == losses(ref)
     _, a = checkpoint.load(out / "checkpoints" / "step_00000020")
     _, b = checkpoint.load(ref / "checkpoints" / "step_00000020")
     for k in a["ema"]:
         assert torch.equal(a["ema"][k], b["ema"][k]), k
-    assert a["sampler"] == b["sampler"]
+    assert plain(a["sampler"]) == plain(b["sampler"])
 
 
 def test_sigterm_on_one_rank_stops_every_rank_at_one_step_with_one_checkpoint(runs):
-    """SIGTERM (a scheduler's stop) reaches rank 1 after step 4: as with Ctrl-C, both ranks stop after step 5,
-    agreed in that step's all-reduce, and save one checkpoint of it that resumes (as the Ctrl-C run shows)."""
+    """SIGTERM (a scheduler's stop) reaches rank 1 after step 4: as with Ctrl-C, its flag goes into the
+    all-reduce of step 4 and is read at step 6, so both ranks stop after step 6 and save one checkpoint of it
+    that resumes (as the Ctrl-C run shows)."""
     out, ranks = runs["terminated"]
-    assert all(r["interrupted"] and r["step"] == 5 for r in ranks)
+    assert all(r["interrupted"] and r["step"] == 6 for r in ranks)
     assert ranks[0]["sampler"] == ranks[1]["sampler"] and ranks[0]["weights"] == ranks[1]["weights"]
-    assert [p.name for p in checkpoint.list_checkpoints(out / "checkpoints")] == ["step_00000005"]
+    assert [p.name for p in checkpoint.list_checkpoints(out / "checkpoints")] == ["step_00000006"]
     assert ranks[0]["writes"]["checkpoint"] == 1 and ranks[1]["writes"]["checkpoint"] == 0
 
 

@@ -229,3 +229,30 @@ def test_every_model_compiles_without_a_graph_break(model, cond):
     assert explained.graph_count == 1
     if cond:  # no labels: the null class, also in one graph
         assert torch._dynamo.explain(net)(x, t).graph_break_count == 0
+
+
+# -- GPU details --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_autocast_only_where_the_gpu_computes_in_bf16(monkeypatch, native):
+    from diffusion_curriculum.errors import ConfigError
+    from diffusion_curriculum.training.components import use_bf16
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert use_bf16("auto", cuda) is native and use_bf16("fp32", cuda) is False
+    assert use_bf16("auto", cpu) is False and use_bf16("bf16", cpu) is True  # CPU autocast when asked
+    if native:
+        assert use_bf16("bf16", cuda) is True
+    else:
+        with pytest.raises(ConfigError, match="precision=bf16 needs a GPU that computes in bfloat16 natively, which "
+                           "Tesla V100 does not; use precision=fp32"):  # fmt: skip
+            use_bf16("bf16", cuda)
+
+
+def test_cudnn_benchmark_is_a_resumable_setting():
+    from diffusion_curriculum.training.state import fingerprint
+
+    on, off = (config.resolve(overrides=[f"cudnn_benchmark={v}"]) for v in ("true", "false"))
+    assert on["cudnn_benchmark"] is True and off["cudnn_benchmark"] is False
+    assert fingerprint(on) == fingerprint(off)  # a speed knob: switching it on resume is allowed

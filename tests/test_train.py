@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY, train_until_interrupted
+from conftest import TINY, same_state, train_until_interrupted
 from diffusion_curriculum import checkpoint, config
 from diffusion_curriculum.errors import ConfigError
 from diffusion_curriculum.train import Trainer, TrainingError
@@ -46,22 +46,6 @@ def test_training_reduces_loss(tmp_path):
     assert losses[-1] < 0.7 * losses[0]
 
 
-def assert_same_state(a, b, where="sampler"):
-    """Nested states equal to the bit: tensors, lists and mappings of them, plain values."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for k in a:
-            assert_same_state(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_state(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
 @pytest.mark.parametrize(
     "extra",
     [
@@ -94,7 +78,7 @@ def test_resume_is_exact(tmp_path, monkeypatch, extra):
     _, sb = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "b" / "checkpoints")[0])
     for k in sa["ema"]:
         assert torch.equal(sa["ema"][k], sb["ema"][k]), k
-    assert_same_state(sa["sampler"], sb["sampler"])  # pending observations included
+    assert same_state(sa["sampler"], sb["sampler"])  # pending observations included
     assert sa["optimizer"]["param_groups"][0]["lr"] == sb["optimizer"]["param_groups"][0]["lr"]
     assert sa.get("weighting", {}).keys() == sb.get("weighting", {}).keys()
     for k, a in sa.get("weighting", {}).items():

@@ -99,8 +99,9 @@ class StopAgreement:
     step, by then long finished. Every rank therefore stops after the same step, at most two intervals after the
     request. In a single process a request is acted on after the step it arrives in."""
 
-    def __init__(self, device: torch.device, world: int, every: int = STOP_EVERY):
-        self.device, self.world, self.every = device, world, every
+    def __init__(self, device: torch.device, world: int, every: int | None = None):
+        self.device, self.world = device, world
+        self.every = STOP_EVERY if every is None else int(every)
         self._pending: HostCopy | None = None
 
     def should_stop(self, step: int, requested: bool) -> bool:

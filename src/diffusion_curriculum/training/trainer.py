@@ -173,7 +173,9 @@ class Trainer:
         self.parts.register("optimizer", self.optimizer)
         self.parts.register("lr_schedule", self.lr_schedule)
         self.parts.register("momentum", self.momentum)
-        self.parts.register("sampler", self.sampler)
+        # a sampler's losses of the window in flight are this rank's own (DDC's joint sampler holds its own too)
+        in_flight = tuple(k for k in ("observations", "joint") if k in self.sampler.state_dict())
+        self.parts.register("sampler", self.sampler, local=in_flight)
         if self._weighting_params:  # only a learned weighting has state; other checkpoints stay as they were
             self.parts.register("weighting", self.weight_fn)
         self.parts.register("batcher", self.batcher)
@@ -522,7 +524,7 @@ class Trainer:
             "train_time_s": self.train_time,
             "steps_per_s": self.step / max(self.train_time, 1e-9),
             "parameters": self.n_params,
-            "skipped_steps": self.skipped,
+            "skipped_steps": self._read_stats(reset=False)["skipped"],  # over every rank
             "device": str(self.device),
             "processes": self.world,
         }
