@@ -185,7 +185,9 @@ class StateRegistry:
             s = state[name]
             if mine is not None and p.local is True:
                 s = mine[name]
-            elif mine is not None and p.local:  # a key a rank did not save yet (an older checkpoint): rank 0's
+            elif (
+                mine is not None and p.local
+            ):  # a key a rank did not save yet (an older checkpoint): rank 0's
                 s = {**s, **{k: mine[k] for k in p.local if k in mine}}
             p.obj.load_state_dict(s)
 
