@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import TINY
-from diffusion_curriculum import config, models, timesteps
+from diffusion_curriculum import config, models, timesteps, weighting
 from diffusion_curriculum.process import DiscreteProcess, EDMProcess, FlowProcess
 from diffusion_curriculum.timesteps import observations
 from diffusion_curriculum.training.trainer import Trainer
@@ -66,6 +66,28 @@ def _device_data(t):
     ]
     labels = [] if t.batcher.labels is None else [t.batcher.labels]
     return [t.model, t.ema, t.batcher.data, *labels, t.histogram.counts, *stats, *t._weighting_params]
+
+
+#: the processes a weighting is defined on (the others refuse it in one sentence)
+ONLY = {"cosmap": ("flow",), "sigma_sqrt": ("flow",), "speed": ("discrete",)}
+EXTRAS = [
+    (f"weighting.name={w}", kind)
+    for w in sorted(weighting.REGISTRY)
+    if w != "none"
+    for kind in ONLY.get(w, ("discrete", "continuous", "flow"))
+] + [(x, kind) for x in ("momentum.enabled=true", "optim.schedule=cosine") for kind in ("discrete", "flow")]
+
+
+@pytest.mark.parametrize("extra,kind", EXTRAS)
+def test_weightings_and_schedules_make_no_host_read_either(tmp_path, extra, kind):
+    """Every loss weighting (the learned one too), MDLRC and the cosine learning rate, on each process."""
+    t = _trainer(tmp_path, "uniform", kind, False, [extra])
+    for _ in range(3):
+        t.advance()
+    with recording(*_device_data(t)) as rec:
+        for _ in range(10):
+            t.advance()
+    assert rec.found == []
 
 
 def test_the_recorder_finds_what_the_old_step_did(tmp_path):
