@@ -122,3 +122,37 @@ def test_preset_descriptions_are_the_first_sentence_of_their_comment():
     assert config.preset_description("cifar10-ddpm").startswith("CIFAR-10 DDPM (Ho et al. 2020")
     assert config.preset_description("cifar10-ddpm").endswith("for GPU users.")
     assert all(config.preset_description(n) for n in config.preset_names())
+
+
+@pytest.mark.parametrize(
+    "overrides,section,expected",
+    [
+        (["sampler.clusters=4", "sampler.name=ddc"], "sampler", {"name": "ddc", "clusters": 4}),
+        (["weighting.gamma=2", "weighting.name=min-snr"], "weighting", {"name": "min-snr", "gamma": 2}),
+        (["process.shift=3", "process.name=flow"], "process", {"name": "flow", "shift": 3}),
+        (["dataset.path=x.npz", "dataset.name=npz"], "dataset", {"name": "npz", "path": "x.npz"}),
+        (["sampler.name=ddc", "sampler.clusters=4"], "sampler", {"name": "ddc", "clusters": 4}),
+    ],
+)
+def test_a_parameter_typed_before_its_strategy_is_kept(overrides, section, expected):
+    """Choosing a section's strategy clears the preset's parameters, never one the same command line gave
+    (it used to train DDC with 20 clusters after `sampler.clusters=4 sampler.name=ddc`)."""
+    cfg = config.apply_overrides(config.merge(config.DEFAULTS, config.load_preset("digits")), overrides)
+    assert cfg[section] == expected
+
+
+def test_a_parameter_of_a_strategy_switched_away_is_refused_not_dropped():
+    from diffusion_curriculum.training import components
+
+    with pytest.raises(ValueError, match="sampler.clusters is not a parameter of the 'uniform' sampler"):
+        components.build_components(config.resolve(overrides=["sampler.clusters=4", "sampler.name=uniform"]))
+
+
+@pytest.mark.parametrize("process", [["process.name=flow", "prediction=v"], ["process.name=edm"]])
+def test_the_default_preset_switches_process_with_one_key(process):
+    """The presets leave the evaluation's generator to the process (`eval.method: auto`)."""
+    from diffusion_curriculum.training import components
+
+    cfg = config.resolve(overrides=process)
+    assert cfg["eval"]["method"] == "auto"
+    components.build_components(cfg)

@@ -74,7 +74,7 @@ def test_train_flow_on_digits_evaluates_with_the_flow_sampler(tmp_path):
 
 def test_flow_config_errors_name_the_key():
     with pytest.raises(
-        ConfigError, match=r"eval.method='ddim' needs a DiscreteProcess; use method='flow-euler'"
+        ConfigError, match=r"eval.method='ddim' needs a DiscreteProcess; use eval.method='flow-euler'"
     ):
         build_components(config.resolve(overrides=FLOW + ["eval.method=ddim"]))
     cfg = config.resolve("digits-flow")

@@ -300,9 +300,21 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
+def _switches_section(item: str) -> bool:
+    """Whether an override chooses a named section's strategy (``sampler.name=ddc``, or ``sampler=ddc``)."""
+    key = item.split("=", 1)[0].strip()
+    section, _, leaf = key.partition(".")
+    return section in NAMED_SECTIONS and leaf in ("", "name")
+
+
 def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
-    """Apply ``key=value`` strings with dotted keys (``sampler.patience=100``) to a copy of ``cfg``."""
+    """Apply ``key=value`` strings with dotted keys (``sampler.patience=100``) to a copy of ``cfg``. The
+    overrides that choose a section's strategy (``sampler.name=ddc``) go first, in their order, so a parameter
+    given on the same command line is never dropped by the switch, whichever comes first."""
     out = copy.deepcopy(cfg)
+    overrides = sorted(
+        overrides, key=lambda item: not _switches_section(item)
+    )  # stable: order kept within each
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. steps=500)")

@@ -396,8 +396,9 @@ AUTO = {"discrete": "ddim", "continuous": "heun", "flow": "flow-euler"}
 _KIND_NAMES = {"discrete": "a DiscreteProcess", "continuous": "an EDMProcess", "flow": "a FlowProcess"}
 
 
-def _resolve_method(method: str, process, steps, eta) -> tuple[str, Method]:
-    """Resolve ``auto``; check that the method fits the process and that ``steps`` / ``eta`` apply to it."""
+def _resolve_method(method: str, process, steps, eta, key: str = "method") -> tuple[str, Method]:
+    """Resolve ``auto``; check that the method fits the process and that ``steps`` / ``eta`` apply to it (an
+    error names the method as ``key``: the argument, or the config key that set it)."""
     kind = kind_of(process)
     method = AUTO[kind] if method == "auto" else method
     spec = GENERATORS[method]
@@ -405,19 +406,19 @@ def _resolve_method(method: str, process, steps, eta) -> tuple[str, Method]:
         fits = dict.fromkeys([AUTO[kind], *(m for m, g in GENERATORS.items() if g.process == kind)])
         alternatives = " or ".join(repr(m) for m in fits)
         raise ValueError(
-            f"method={method!r} needs {_KIND_NAMES[spec.process]}; use method={alternatives} for "
+            f"{key}={method!r} needs {_KIND_NAMES[spec.process]}; use {key}={alternatives} for "
             f"{_KIND_NAMES[kind]}"
         )
     return method, spec
 
 
-def method_for(process, method: str = "auto") -> str:
+def method_for(process, method: str = "auto", key: str = "method") -> str:
     """The generation method ``method`` names for ``process`` (``auto`` resolved by :data:`AUTO`); a
-    ``ValueError`` in one sentence when it is unknown or does not fit the process (what the trainer checks before a
-    run starts)."""
+    ``ValueError`` in one sentence naming ``key`` when it is unknown or does not fit the process (what the trainer
+    checks before a run starts, with ``key="eval.method"``)."""
     if method not in METHODS:
-        raise ValueError(f"method={method!r} is not known; allowed: {', '.join(METHODS)}")
-    return _resolve_method(method, process, None, 0.0)[0]
+        raise ValueError(f"{key}={method!r} is not known; allowed: {', '.join(METHODS)}")
+    return _resolve_method(method, process, None, 0.0, key)[0]
 
 
 def sample(

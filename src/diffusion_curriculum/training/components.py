@@ -66,9 +66,9 @@ def build_components(cfg: dict) -> Components:
     pname, pparams = _named(cfg, "process")
     proc = _build("process", cfg["process"], process_mod.build, pname, **pparams)
     try:  # the evaluation's generation method must fit the process, before anything trains
-        generate.method_for(proc, cfg["eval"]["method"])
+        generate.method_for(proc, cfg["eval"]["method"], key="eval.method")
     except ValueError as e:
-        raise ConfigError(f"eval.{e} (process.name={pname})") from None
+        raise ConfigError(f"{e} (process.name={pname})") from None
     dname, dparams = _named(cfg, "dataset")
     dparams.setdefault("seed", cfg["seed"])
     dataset = _build("dataset", cfg["dataset"], data.load, dname, **dparams)
