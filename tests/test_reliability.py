@@ -522,6 +522,60 @@ def test_signal_saves_exits_130_and_resume_continues_exactly(tmp_path, sig):
     assert losses(out) == losses(ref)
 
 
+def _train_and_signal_in_final_evaluation(out, signals):
+    """Start `train` whose only evaluation is the final one, send ``signals`` once it says it evaluates; return
+    (exit status, stderr)."""
+    import threading
+
+    args = [*TINY, "steps=12", "eval_every=0", "checkpoint_every=0", "eval.samples=3000", "eval.steps=60"]
+    cmd = [sys.executable, "-m", "diffusion_curriculum", "train", "--out", str(out), *args]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=ENV)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(p.stderr.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.time() + 120
+    while (
+        time.time() < deadline and not any("evaluating at step 12" in ln for ln in lines) and p.poll() is None
+    ):
+        time.sleep(0.02)
+    for sig in signals:
+        p.send_signal(sig)
+        time.sleep(0.3)
+    p.wait(timeout=300)
+    reader.join(timeout=10)
+    return p.returncode, "".join(lines)
+
+
+def test_a_signal_during_the_final_evaluation_loses_nothing(tmp_path):
+    """SIGTERM while the final evaluation runs: acknowledged at once, the evaluation finishes, the run is
+    complete (its last step saved, summary written) and ends as interrupted (130). It used to exit 143 with no
+    checkpoint at all."""
+    out = tmp_path / "r"
+    rc, err = _train_and_signal_in_final_evaluation(out, [signal.SIGTERM])
+    assert rc == 130, err
+    assert "SIGTERM: step 12 is saved; finishing its evaluation, then stopping" in err
+    assert "during the final evaluation, which finished: the run is complete" in err
+    assert [c.name for c in checkpoint.list_checkpoints(out / "checkpoints")] == ["step_00000012"]
+    assert json.loads((out / "summary.json").read_text())["final_eval"]["step"] == 12
+    assert "Traceback" not in err
+
+
+def test_two_presses_during_the_final_evaluation_keep_the_step_and_resume_evaluates_it(tmp_path):
+    """Ctrl-C twice while the final evaluation runs: it stops at once, the last step is saved, and `--resume`
+    evaluates it once (one evaluation record for step 12)."""
+    out = tmp_path / "r"
+    rc, err = _train_and_signal_in_final_evaluation(out, [signal.SIGINT, signal.SIGINT])
+    assert rc == 130, err
+    assert "interrupted twice during the final evaluation; step 12 is saved; continue with --resume" in err
+    assert [c.name for c in checkpoint.list_checkpoints(out / "checkpoints")] == ["step_00000012"]
+    assert not (out / "summary.json").exists()
+    cmd = [sys.executable, "-m", "diffusion_curriculum", "train", "--out", str(out), "--resume"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr
+    evals = [rec for rec in plots.read_metrics(out / "metrics.jsonl") if "eval_loss" in rec]
+    assert [rec["step"] for rec in evals] == [12]
+
+
 def test_interrupt_right_after_a_checkpoint_does_not_rewrite_it(tmp_path, monkeypatch):
     cfg = config.resolve(overrides=TINY + ["steps=20"])
     t = Trainer(cfg, tmp_path / "r", log=(msgs := []).append)

@@ -311,11 +311,14 @@ class InterruptGuard:
     #: the signals taken like Ctrl-C
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, say: Any = None) -> None:
         #: Ctrl-C presses (or SIGTERMs) seen while the guard was active
         self.presses = 0
         #: the name of the first signal seen ("SIGINT", "SIGTERM"), or None
         self.signal_name: str | None = None
+        #: said at once on the first signal (what happens next), when set
+        self.first_message: str | None = None
+        self._say = say or (lambda msg: None)
         self._previous: dict[int, Any] = {}
 
     def _on_signal(self, signum, frame) -> None:
@@ -324,6 +327,8 @@ class InterruptGuard:
             self.signal_name = signal.Signals(signum).name
         if self.presses > 1:
             raise KeyboardInterrupt
+        if self.first_message:  # acknowledged at once: an evaluation may take a while yet
+            self._say(f"{self.signal_name}: {self.first_message}")
 
     def __enter__(self) -> InterruptGuard:
         self.presses, self.signal_name = 0, None

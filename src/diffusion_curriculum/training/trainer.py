@@ -160,7 +160,7 @@ class Trainer:
         self.last_eval: dict[str, Any] = {}
         self._eval_step: int | None = None  # the step of the last evaluation (on every rank)
         self._saved_step: int | None = None
-        self.interrupts = hooks.InterruptGuard()
+        self.interrupts = hooks.InterruptGuard(self.say)
         self._stop = step_mod.StopAgreement(self.device, self.world)
         self._t_log, self._s_log = time.perf_counter(), 0
         self._t_mark = self._t_log  # when the training time counted so far ends (a sync point)
@@ -473,21 +473,23 @@ class Trainer:
         processes the ranks agree on the step to stop after (:class:`~.step.StopAgreement`, every
         :data:`~.step.STOP_EVERY` steps), so they save one checkpoint together."""
         self._stop = step_mod.StopAgreement(self.device, self.world)
-        with self.interrupts:
-            try:
-                while self.step < self.cfg["steps"]:
-                    self.advance()
-                    if self._stop.should_stop(self.step, self.interrupts.presses > 0):
-                        raise KeyboardInterrupt
-            except KeyboardInterrupt:
-                self._bar.close()
-                raise Interrupted(self._on_interrupt()) from None
+        self.interrupts.first_message = (
+            "stopping after this step; press Ctrl-C again to stop at once, without saving"
+        )
+        try:
+            while self.step < self.cfg["steps"]:
+                self.advance()
+                if self._stop.should_stop(self.step, self.interrupts.presses > 0):
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            self._bar.close()
+            raise Interrupted(self._on_interrupt()) from None
 
     def _on_interrupt(self) -> str:
         """Save the step reached (unless it is saved, or stopped mid-step) and say what was kept, once."""
-        why, where = self.interrupts.reason(), str(self.ckpt_dir)
+        why = self.interrupts.reason()
         if self.interrupts.presses > 1:  # stopped mid-step: this state is not a consistent one to save
-            msg = f"interrupted twice{why}, mid-step; nothing saved; continue with --resume from {where!r}"
+            msg = f"interrupted twice{why}, mid-step; nothing saved; {self._resume_hint()}"
         elif self.step == 0:
             msg = f"interrupted{why} before the first step; nothing to save"
         elif self._saved_step != self.step:
@@ -498,19 +500,50 @@ class Trainer:
         self.say(msg)
         return msg
 
+    def _resume_hint(self) -> str:
+        """Where a resume would continue from, or that there is nothing to continue from."""
+        kept = checkpoint.list_checkpoints(self.ckpt_dir) if self.ckpt_dir.is_dir() else []
+        if not kept:
+            return "no checkpoint was written yet, so a rerun starts from step 0"
+        return f"--resume continues from {kept[0]}"
+
+    def _final(self) -> None:
+        """Save the last step, then evaluate it (if the cadence has not): a signal during the evaluation loses
+        nothing. A first Ctrl-C or SIGTERM there lets the evaluation finish (the run then ends as interrupted, its
+        summary written); a second stops it at once, and ``--resume`` evaluates the saved step."""
+        if self._saved_step != self.step:
+            self.save_checkpoint()
+        self.interrupts.first_message = (
+            f"step {self.step} is saved; finishing its evaluation, then stopping (press Ctrl-C again to stop at "
+            "once: --resume evaluates it)"
+        )
+        if self._eval_step != self.step:
+            try:
+                self._evaluate_now()
+            except KeyboardInterrupt:
+                msg = (
+                    f"interrupted twice{self.interrupts.reason()} during the final evaluation; step {self.step} "
+                    "is saved; continue with --resume to evaluate it"
+                )
+                self.say(msg)
+                raise Interrupted(msg) from None
+
     def _run(self) -> dict[str, Any]:
         self._start_run_hooks()
         self.model.train()
         self._t_log, self._s_log = time.perf_counter(), self.step
         self._t_mark = self._t_log
         try:
-            self._loop()
-            self._bar.close()
-            if self._eval_step != self.step:
-                self._evaluate_now()
-            if self._saved_step != self.step:
-                self.save_checkpoint()  # the last collective of the run
-            return self._finish()
+            with self.interrupts:  # the training loop, the last save and the final evaluation alike
+                self._loop()
+                self._bar.close()
+                self._final()
+                summary = self._finish()
+                if self.interrupts.presses:
+                    msg = f"interrupted{self.interrupts.reason()} during the final evaluation, which finished: the run is complete"
+                    self.say(msg)
+                    raise Interrupted(msg)
+                return summary
         finally:
             self._end_run_hooks()
 
