@@ -129,3 +129,18 @@ def test_steps_per_s_is_labelled_as_machine_throughput():
     table = compare.format_table(res)
     assert "| machine steps/s † |" in table.splitlines()[0]
     assert table.endswith(compare.THROUGHPUT_NOTE) and "not what the method costs" in compare.THROUGHPUT_NOTE
+
+
+def test_one_value_per_step_the_first_logged():
+    """A step evaluated twice (a run resumed after it finished, before that was refused) counts once, with its
+    first value, and is reported."""
+    from diffusion_curriculum.compare import quality_curve, repeated_steps
+
+    recs = [
+        {"step": 500, "fd": 9.0},
+        {"step": 1000, "fd": 4.0},
+        {"step": 1000, "fd": 6.0},
+        {"step": 50, "loss": 1},
+    ]
+    assert quality_curve(recs, "fd") == [(500, 9.0), (1000, 4.0)]
+    assert repeated_steps(recs, "fd") == [1000] and repeated_steps(recs[:2], "fd") == []

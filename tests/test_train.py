@@ -252,3 +252,21 @@ def test_logger_wandb_without_the_package_is_one_sentence(tmp_path, monkeypatch)
     assert not (tmp_path / "r").exists()
     with pytest.raises(ConfigError, match=r"^logger='mlflow' is invalid; allowed: none, tensorboard, wandb"):
         config.resolve(overrides=["logger=mlflow"])
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path):
+    """A finished run resumed with nothing to do says so and leaves metrics.jsonl and summary.json as they were
+    (it used to evaluate again and append a second record of the last step)."""
+    cfg = config.resolve(overrides=TINY + ["steps=10", "eval_every=5"])
+    Trainer(cfg, tmp_path / "r", log=lambda _: None).run()
+    metrics, summary = ((tmp_path / "r" / f).read_bytes() for f in ("metrics.jsonl", "summary.json"))
+    said: list[str] = []
+    again = Trainer(cfg, tmp_path / "r", resume=True, log=said.append).run()
+    assert any("this run finished at step 10: nothing to do, nothing changed" in m for m in said), said
+    assert (tmp_path / "r" / "metrics.jsonl").read_bytes() == metrics
+    assert (tmp_path / "r" / "summary.json").read_bytes() == summary
+    assert again == json.loads(summary)
+    longer = Trainer(
+        config.resolve(overrides=TINY + ["steps=12", "eval_every=5"]), tmp_path / "r", resume=True
+    )
+    assert longer.run()["steps"] == 12  # a larger budget still trains on

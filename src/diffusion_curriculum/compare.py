@@ -156,8 +156,20 @@ def mean_speedup(per_seed: list) -> float | str | None:
 
 
 def quality_curve(records: list[dict], key: str) -> list[tuple[int, float]]:
-    """[(step, value)] of every evaluation record that holds ``key``, sorted by step."""
-    return sorted((r["step"], float(r[key])) for r in records if isinstance(r.get(key), (int, float)))
+    """[(step, value)] of the evaluation records that hold ``key``, sorted by step: one value per step, the first
+    logged (the run's own evaluation; a later record of the same step is a re-evaluation, see
+    :func:`repeated_steps`)."""
+    first: dict[int, float] = {}
+    for r in records:
+        if isinstance(r.get(key), (int, float)):
+            first.setdefault(r["step"], float(r[key]))
+    return sorted(first.items())
+
+
+def repeated_steps(records: list[dict], key: str) -> list[int]:
+    """The steps evaluated more than once for ``key`` (of which :func:`quality_curve` keeps the first)."""
+    steps = [r["step"] for r in records if isinstance(r.get(key), (int, float))]
+    return sorted({s for s in steps if steps.count(s) > 1})
 
 
 def pick_quality_key(records: list[dict], wanted: str = "auto") -> str:
@@ -342,6 +354,12 @@ def summarize(
         quality = {k: _offline_records(run, eval_samples, say) for k, run in runs.items()}
         suffix = f"-n{eval_samples}"
     key = pick_quality_key([r for recs in quality.values() for r in recs], metric)
+    for (lab, s), recs in quality.items():
+        again = repeated_steps(recs, key)
+        if again:
+            say(
+                f"note: {lab} seed {s} has several {key} records at step {', '.join(map(str, again))}; the first is used"
+            )
     results: dict[str, Any] = {"metric": key, "baseline": baseline, "seeds": seeds, "methods": {}}
     if eval_samples is not None:
         results["eval_samples"] = eval_samples

@@ -3,6 +3,7 @@ determinism and data-parallel contract)."""
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
@@ -529,6 +530,13 @@ class Trainer:
                 raise Interrupted(msg) from None
 
     def _run(self) -> dict[str, Any]:
+        finished = self._finished_summary()
+        if finished is not None:
+            self.say(
+                f"this run finished at step {self.step}: nothing to do, nothing changed (to measure it again: "
+                f"diffusion-curriculum evaluate --run {self.out}; to train longer: --resume steps=N)"
+            )
+            return finished
         self._start_run_hooks()
         self.model.train()
         self._t_log, self._s_log = time.perf_counter(), self.step
@@ -540,12 +548,25 @@ class Trainer:
                 self._final()
                 summary = self._finish()
                 if self.interrupts.presses:
-                    msg = f"interrupted{self.interrupts.reason()} during the final evaluation, which finished: the run is complete"
+                    why = self.interrupts.reason()
+                    msg = f"interrupted{why} during the final evaluation, which finished: the run is complete"
                     self.say(msg)
                     raise Interrupted(msg)
                 return summary
         finally:
             self._end_run_hooks()
+
+    def _finished_summary(self) -> dict[str, Any] | None:
+        """The summary of a run that a resume found already finished (its ``summary.json`` is of this very step,
+        which is ``steps``), else ``None``. Every rank reads the same file, so every rank decides alike."""
+        path = self.out / "summary.json"
+        if self.step < self.cfg["steps"] or not path.is_file():
+            return None
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return summary if isinstance(summary, dict) and summary.get("steps") == self.step else None
 
     def _finish(self) -> dict[str, Any]:
         """The run's summary; rank 0 also draws the final samples and writes ``summary.json``."""
