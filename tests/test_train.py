@@ -270,3 +270,40 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path):
         config.resolve(overrides=TINY + ["steps=12", "eval_every=5"]), tmp_path / "r", resume=True
     )
     assert longer.run()["steps"] == 12  # a larger budget still trains on
+
+
+def test_a_new_run_at_a_reused_path_gets_a_new_wandb_id_and_a_resume_keeps_it(tmp_path, monkeypatch):
+    """The W&B id is made when a run starts and kept in its directory (it used to be the hash of the path, so a
+    new run at a reused path logged into the old W&B run)."""
+    import shutil
+    import sys
+    import types
+
+    ids: list[str] = []
+
+    class FakeRun:
+        def log(self, *a, **k):
+            pass
+
+        def finish(self):
+            pass
+
+    def init(**kw):
+        ids.append(kw["id"])
+        assert kw["resume"] == "allow"
+        return FakeRun()
+
+    import importlib.machinery
+
+    fake = types.ModuleType("wandb")
+    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+    fake.init, fake.Image, fake.Histogram = init, lambda *a, **k: None, lambda *a, **k: None
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cfg = config.resolve(overrides=TINY + ["logger=wandb", "steps=4", "checkpoint_every=2"])
+    out = tmp_path / "r"
+    Trainer(cfg, out).run()
+    shutil.rmtree(out)
+    train_until_interrupted(cfg, out, 2)  # a new run at the same path, stopped after step 2
+    Trainer(cfg, out, resume=True).run()
+    assert len(ids) == 3 and ids[0] != ids[1] and ids[1] == ids[2], ids
+    assert (out / "run_id").read_text().strip() == ids[1]

@@ -14,7 +14,6 @@ A hook subclasses :class:`Hook` and overrides what it needs; the trainer calls, 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import signal
@@ -116,9 +115,10 @@ def check_loggers(cfg: dict) -> None:
             )
 
 
-def loggers(cfg: dict, out: Path) -> list[Hook]:
-    """One hook per tracker :func:`logger_names` chooses, writing beside (or, for W&B, about) the run ``out``."""
-    make = {"tensorboard": lambda: TensorBoard(out / "tensorboard"), "wandb": lambda: WandB(out, cfg)}
+def loggers(cfg: dict, out: Path, run_id: str) -> list[Hook]:
+    """One hook per tracker :func:`logger_names` chooses, writing beside (or, for W&B, about) the run ``out``;
+    ``run_id`` is the run's tracker id (:meth:`~.rundir.RunDir.run_id`)."""
+    make = {"tensorboard": lambda: TensorBoard(out / "tensorboard"), "wandb": lambda: WandB(out, cfg, run_id)}
     return [make[name]() for name in logger_names(cfg)]
 
 
@@ -160,11 +160,12 @@ class WandB(Hook):
 
     The project is ``$WANDB_PROJECT`` (default ``diffusion-curriculum``), the run's name the run directory's;
     W&B's files go to ``$WANDB_DIR`` when set, else into the run directory (``<run>/wandb``). The W&B run id is
-    derived from the run directory's absolute path, so ``--resume`` continues the same W&B run. Every other W&B
+    ``run_id``: random for each new run, kept in the run directory, so ``--resume`` continues the same W&B run and a
+    new run at a reused path starts a W&B run of its own. Every other W&B
     setting comes from its own environment variables (``WANDB_MODE=offline`` logs without a network; ``wandb
     sync`` uploads later)."""
 
-    def __init__(self, out: Path, cfg: dict):
+    def __init__(self, out: Path, cfg: dict, run_id: str):
         import wandb
 
         self.wandb = wandb
@@ -172,7 +173,7 @@ class WandB(Hook):
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT") or "diffusion-curriculum",
             name=where.name,
-            id=hashlib.sha256(str(where).encode()).hexdigest()[:16],
+            id=run_id,
             resume="allow",
             dir=None if os.environ.get("WANDB_DIR") else str(where),
             config=cfg,

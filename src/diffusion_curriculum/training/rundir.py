@@ -9,8 +9,10 @@ use them: :func:`load_config`, :func:`load_ema_weights` and :func:`load_newest_e
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,20 @@ class RunDir:
             )
         self.root.mkdir(parents=True, exist_ok=True)
         self.samples_dir.mkdir(exist_ok=True)
+
+    def run_id(self, fresh: bool) -> str:
+        """The run's tracker id (W&B), kept in ``run_id`` in the directory: a new random one for a run that
+        starts here (``fresh``), the kept one for a resume. A run written before ids were kept resumes under the
+        id it was logged with then (the hash of its absolute path)."""
+        path = self.root / "run_id"
+        if not fresh and path.is_file():
+            return path.read_text().strip()
+        if fresh:
+            rid = secrets.token_hex(8)
+        else:
+            rid = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:16]
+        atomic_write(path, rid + "\n")
+        return rid
 
     def start(
         self, resume: bool, load_state: Callable[[dict], None], say: Callable[[str], None]

@@ -200,6 +200,8 @@ class Trainer:
             if loaded is not None:
                 self.rundir.truncate_metrics(loaded[1])
             self.rundir.write_config(self.cfg)
+            #: the run's tracker id (W&B): new for a run started here, the kept one on a resume
+            self.run_id = self.rundir.run_id(fresh=loaded is None)
 
     def close(self) -> None:
         """Destroy the process group if this trainer created it (from torchrun's environment); :meth:`run`
@@ -457,7 +459,7 @@ class Trainer:
         """The hooks that live for one :meth:`run`: the trackers ``logger`` asks for (rank 0) and the progress bar."""
         cfg = self.cfg
         if self.rank == 0:
-            self._run_hooks.extend(hooks.loggers(cfg, self.out))
+            self._run_hooks.extend(hooks.loggers(cfg, self.out, self.run_id))
         self._bar = hooks.ProgressBar(cfg["steps"], self.step, cfg["progress"] and self.rank == 0)
         self._run_hooks.append(self._bar)
         self.hooks.extend(self._run_hooks)
