@@ -1,9 +1,13 @@
-# `make demo` and `make test` work on a fresh machine: they create .venv, install torch (pinned: an
-# unpinned torch pulls gigabytes of CUDA packages), install the project, then run.
+# `make demo` and `make test` work on a fresh machine: they create .venv, install torch 2.13.0 (pinned), install the
+# project, then run. Which torch *build* pip picks is pip's configured index's choice: on plain PyPI, Linux x86-64,
+# that is the CUDA build plus ~19 NVIDIA packages (gigabytes). TORCH_INDEX names another index for torch alone,
+# e.g. PyTorch's CPU-only wheels on a machine without a GPU:
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
+TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint bench clean
@@ -13,7 +17,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
