@@ -28,13 +28,16 @@ def warm_up(s, T, H, scale=lambda t: t + 1.0):
 def test_uniform_randint_until_warm():
     T, H = 50, 3
     s = timesteps.build("loss-second-moment", DiscreteProcess.linear(T), history=H)
-    assert s.status() == {"warm": False}
+    assert s.status() == {"warm": False, "full": f"0/{T}"}
     for j in range(2 * H):
         d = s.sample(40, generator=g(j))
         assert torch.equal(d.t, torch.randint(0, T, (40,), generator=g(j)))
         assert torch.equal(d.weight, torch.ones(40))
         s.observe(torch.arange(T - 1), torch.rand(T - 1))  # t = T − 1 never observed: never warm
-    assert s.status() == {"warm": False}
+    assert s.status() == {
+        "warm": False,
+        "full": f"{T - 1}/{T}",
+    }  # a user sees why the draws are still uniform
     s.observe(torch.full((H - 1,), T - 1), torch.ones(H - 1))
     assert not s.warm()
     s.observe(torch.tensor([T - 1]), torch.ones(1))
