@@ -418,3 +418,19 @@ def test_evaluator_labels_of_the_wrong_length_are_one_sentence_for_a_list_too():
     ev = metrics.Evaluator(load("swissroll", n=64))
     with pytest.raises(ValueError, match=r"labels have shape \(2,\); give one label per sample \(10\)"):
         ev(torch.randn(10, 2), labels=[0, 1])
+
+
+def test_conditional_points_train_through_their_evaluations_without_accuracy(tmp_path):
+    """`--preset toy2d cond.enabled=true` used to train until its first evaluation and stop there ("accuracy needs
+    the classifier of a labelled image dataset"): points have no classifier, so no accuracy, and FD-like numbers."""
+    from diffusion_curriculum import config
+    from diffusion_curriculum.train import Trainer
+
+    cfg = config.resolve(
+        "toy2d",
+        overrides=["cond.enabled=true", "steps=6", "eval_every=3", "eval.samples=64", "progress=false"],
+    )
+    summary = Trainer(cfg, tmp_path / "r", log=lambda m: None).run()
+    assert (
+        summary["steps"] == 6 and "accuracy" not in summary["final_eval"] and "swd" in summary["final_eval"]
+    )

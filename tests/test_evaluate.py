@@ -71,3 +71,15 @@ def test_compare_summary_with_eval_samples_reads_the_offline_evaluation(run, tmp
     os.utime(newest, ns=(mtime + 10**9, mtime + 10**9))
     compare.summarize(out, ["uniform", "other"], 1, eval_samples=30, log=lambda m: None)
     assert (copy / "eval-n30.jsonl").stat().st_mtime_ns != mtime
+
+
+def test_evaluate_with_every_checkpoint_corrupt_is_one_sentence_and_exit_2(run, tmp_path, capsys):
+    """It used to exit 0 with an empty table and write an empty file."""
+    copy = tmp_path / "r"
+    shutil.copytree(run, copy)
+    for ck in (copy / "checkpoints").iterdir():
+        (ck / "tensors.safetensors").write_bytes(b"garbage")
+    assert cli.main(["evaluate", "--run", str(copy), "--samples", "24"]) == 2
+    err = capsys.readouterr().err
+    assert "none of the 2 checkpoints under" in err and "is usable" in err
+    assert not (copy / "eval-n24.jsonl").exists()

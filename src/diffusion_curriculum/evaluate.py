@@ -59,7 +59,8 @@ def evaluate_run(
     """Measure the EMA model of every kept checkpoint of ``run`` (oldest first) with ``samples`` samples (default:
     the run's ``eval.samples``), drawn as the trainer draws them (its ``eval`` method, steps and noise seed);
     write ``<run>/eval-n<samples>.jsonl`` and return its records ``{"step", "samples", <metric>: value}``.
-    An unreadable checkpoint is skipped with a message.
+    An unreadable checkpoint is skipped with a message; when none is readable, a ``CheckpointError`` (nothing is
+    written).
 
     A class-conditional run is sampled class-balanced (:func:`~diffusion_curriculum.guidance.balanced_labels`) at
     ``guidance`` (default: its ``eval.guidance``; another scale writes ``eval-n<N>-w<guidance>.jsonl``), and
@@ -111,9 +112,15 @@ def evaluate_run(
             **cond,
         )
         scale = {"guidance": cond["guidance"]} if cond else {}
-        rec = {"step": step, "samples": n, **scale, **evaluator(x.cpu(), labels=cond.get("labels"))}
+        labels = cond.get("labels") if evaluator.has_accuracy else None
+        rec = {"step": step, "samples": n, **scale, **evaluator(x.cpu(), labels=labels)}
         records.append(rec)
         log(json.dumps(rec))
+    if not records:  # every checkpoint was unreadable: nothing measured, nothing written
+        raise checkpoint.CheckpointError(
+            f"none of the {len(ckpts)} checkpoints under {str(run / 'checkpoints')!r} is usable (each is named "
+            "above); nothing was evaluated"
+        )
     atomic_write(
         run / eval_file_name(n, cond["guidance"] if other else None),
         "".join(json.dumps(r) + "\n" for r in records),

@@ -96,6 +96,11 @@ class Evaluator:
     def _measure(self, x: Tensor) -> dict[str, float]:
         raise NotImplementedError
 
+    @property
+    def has_accuracy(self) -> bool:
+        """Whether :meth:`accuracy` can be measured: labelled image data only (its feature net is a classifier)."""
+        return False
+
     def accuracy(self, x: Tensor, labels: Tensor) -> float:
         """How often the library's classifier recognises the requested class ``labels`` in samples ``x``."""
         raise ValueError(
@@ -171,6 +176,11 @@ class ImageEvaluator(Evaluator):
             fake_inception = inception_features(x, self.inception, device=self.device)
             out["fid"] = frechet_distance(fake_inception, self.real_inception)
         return out
+
+    @property
+    def has_accuracy(self) -> bool:
+        """Whether :meth:`accuracy` can be measured: the feature net is the classifier of a labelled dataset."""
+        return self.fd_features == "classifier"
 
     def accuracy(self, x: Tensor, labels: Tensor) -> float:
         """The fraction of generated images ``x`` whose class the feature net — the classifier trained on the

@@ -272,12 +272,13 @@ class QualityMetrics(Hook):
             )
 
     def on_eval(self, trainer: Any, samples: torch.Tensor, step: int) -> dict[str, Any]:
-        """The quality numbers of ``samples``; of a class-conditional run (its class-balanced samples, generated
-        at ``eval.guidance``) also ``accuracy``."""
+        """The quality numbers of ``samples``; of a class-conditional run on labelled images (its class-balanced
+        samples, generated at ``eval.guidance``) also ``accuracy``."""
         from .conditioning import eval_labels
 
         labels = eval_labels(getattr(trainer, "label_dropout", None), samples.shape[0]).get("labels")
-        return self.evaluator(samples, labels=labels)
+        # accuracy needs a classifier of the data: labelled images only (conditional 2-D points have no accuracy)
+        return self.evaluator(samples, labels=labels if self.evaluator.has_accuracy else None)
 
 
 class WeightingLog(Hook):
