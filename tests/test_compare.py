@@ -144,3 +144,26 @@ def test_one_value_per_step_the_first_logged():
     ]
     assert quality_curve(recs, "fd") == [(500, 9.0), (1000, 4.0)]
     assert repeated_steps(recs, "fd") == [1000] and repeated_steps(recs[:2], "fd") == []
+
+
+def test_one_seed_shows_no_spread():
+    """`± 0` with one seed read as "no spread"; the table says "one seed" instead."""
+    from diffusion_curriculum.compare import format_table
+
+    def method(finals):
+        per_seed = [{"final": f} for f in finals]
+        std = 0.0 if len(finals) == 1 else 0.5
+        return {
+            "final_mean": sum(finals) / len(finals),
+            "final_std": std,
+            "speedup_mean": None,
+            "speedup_per_seed": [],
+            "reached": "0/0",
+            "steps_per_s": None,
+            "per_seed": per_seed,
+        }
+
+    table = format_table(
+        {"metric": "fd", "baseline": "uniform", "methods": {"a": method([3.0]), "b": method([3.0, 4.0])}}
+    )
+    assert "| a | 3 (one seed) |" in table and "| b | 3.5 ± 0.5 |" in table

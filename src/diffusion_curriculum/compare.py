@@ -459,6 +459,11 @@ THROUGHPUT_NOTE = (
 )
 
 
+def _spread(mean: float, std: float, n: int, digits: int) -> str:
+    """``mean ± std``, or ``mean (one seed)``: a single seed has no spread to show (``± 0`` would claim one)."""
+    return f"{mean:.{digits}g} (one seed)" if n == 1 else f"{mean:.{digits}g} ± {std:.2g}"
+
+
 def format_table(results: dict) -> str:
     """A Markdown table of the results (what BENCHMARKS.md shows), with :data:`THROUGHPUT_NOTE` under it."""
     k = results["metric"]
@@ -469,12 +474,15 @@ def format_table(results: dict) -> str:
         "|---|---|---|---|---|" + "---|" * len(extra),
     ]
     for lab, r in results["methods"].items():
-        fm = "failed" if r["final_mean"] is None else f"{r['final_mean']:.4g} ± {r['final_std']:.2g}"
+        n = (
+            sum(e.get("final") is not None for e in r.get("per_seed", [])) or 2
+        )  # tables from before: a spread
+        fm = "failed" if r["final_mean"] is None else _spread(r["final_mean"], r["final_std"], n, 4)
         sp = r["speedup_mean"]
         sp = f"{sp:.2f}×" if isinstance(sp, float) else str(sp)
         per = ", ".join(f"{u:.2f}" if isinstance(u, float) else str(u) for u in r["speedup_per_seed"])
         more = "".join(
-            f" {r[f'{e}_mean']:.3g} ± {r[f'{e}_std']:.2g} |" if f"{e}_mean" in r else " |" for e in extra
+            f" {_spread(r[f'{e}_mean'], r[f'{e}_std'], n, 3)} |" if f"{e}_mean" in r else " |" for e in extra
         )
         rows.append(
             f"| {lab} | {fm} | {sp} ({r['reached']} reached) | {per} | {_fmt(r['steps_per_s'], 3)} |{more}"
