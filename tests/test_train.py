@@ -307,3 +307,15 @@ def test_a_new_run_at_a_reused_path_gets_a_new_wandb_id_and_a_resume_keeps_it(tm
     Trainer(cfg, out, resume=True).run()
     assert len(ids) == 3 and ids[0] != ids[1] and ids[1] == ids[2], ids
     assert (out / "run_id").read_text().strip() == ids[1]
+
+
+def test_without_metrics_an_evaluation_generates_only_the_grid(tmp_path, monkeypatch):
+    """metrics.enabled=false: nothing measures the samples, so an evaluation draws the 64 the grid shows, not
+    eval.samples (it drew 1000 to show 64, twice a short run's time)."""
+    cfg = config.resolve(overrides=TINY + ["steps=2", "eval_every=2", "eval.samples=1000"])
+    t = Trainer(cfg, tmp_path / "r", log=lambda m: None)
+    drawn = []
+    real = t.generate
+    monkeypatch.setattr(t, "generate", lambda n=None: drawn.append(n) or real(n))
+    t.run()
+    assert drawn[0] == 64

@@ -368,6 +368,13 @@ class Trainer:
             self.ema, self.process, n, shape, prediction=self.cfg["prediction"], device=self.device, **kw
         )
 
+    def _eval_sample_count(self) -> int:
+        """``eval.samples`` when something measures them (quality metrics, an eval hook, or 2-D points, whose plot
+        shows them all); else only the grid's :data:`GRID` images (generating 1000 to show 64 doubled short runs)."""
+        n = self.cfg["eval"]["samples"]
+        measured = self.cfg["metrics"]["enabled"] or self.eval_hooks or self.dataset.kind == "points"
+        return n if measured else min(n, GRID)
+
     def evaluate(self) -> dict[str, Any]:
         """Sample a grid, measure the EMA model, log the record (with the noise-level histogram since the last
         evaluation) and return it. With several processes only rank 0 evaluates (the others return ``{}``);
@@ -378,8 +385,9 @@ class Trainer:
             if self.rank != 0:
                 self.histogram.counts.zero_()
                 return {}
-        self.say(f"evaluating at step {self.step} ({self.cfg['eval']['samples']} samples)...")
-        samples = self.generate()
+        n = self._eval_sample_count()
+        self.say(f"evaluating at step {self.step} ({n} samples)...")
+        samples = self.generate(n)
         shown = samples if self.dataset.kind == "points" else samples[:GRID]
         self.samples_path = self.rundir.save_samples(shown, f"step_{self.step:08d}")  # for the trackers
         rec: dict[str, Any] = {"step": self.step, "eval_loss": self.eval_loss()}
