@@ -143,3 +143,20 @@ def test_sigterm_to_compare_saves_every_run_and_exits_130(tmp_path):
     log = (run / "train.log").read_text()
     assert "(SIGTERM); saved" in log and list((run / "checkpoints").glob("step_*"))
     assert not runlog.finished(run, 3000)
+
+
+def test_a_runs_done_line_gives_its_own_time_not_the_sweeps(tmp_path):
+    """A run that started 100 s into a sweep and ended at 130 s reports 30 s (it used to report 130)."""
+    import os
+    import time
+
+    run = tmp_path / "b"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    now = time.time()
+    os.utime(run / "config.yaml", (now - 30, now - 30))
+    msgs: list[str] = []
+    sweep._collect([(sweep.RunPlan("b", run, 5), None)], 1, msgs.append, t0=now - 130)
+    (line,) = msgs
+    took = int(line.rsplit("(", 1)[1].split()[0])
+    assert line.startswith("[1/1] b: done (") and 29 <= took <= 32, line

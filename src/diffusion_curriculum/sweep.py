@@ -85,7 +85,7 @@ def run(
     jobs))`` (default: "training N runs (M already finished), J at a time") and the threads per run; then
     "label: started" or "label: resumed at step N" as each run starts, a progress line per running run every
     ``progress_every`` seconds (0: none), and one line per run as it ends: ``[i/n] label: done``, ``stopped
-    (...)`` or ``FAILED (error)`` with the elapsed seconds. With ``serial_in_process`` and ``jobs == 1`` (and
+    (...)`` or ``FAILED (error)`` with the run's own wall seconds (since it started, not since the sweep did). With ``serial_in_process`` and ``jobs == 1`` (and
     no ``launcher``) the runs are trained in this process, one after another.
 
     Ctrl-C or SIGTERM while runs train is passed on to them (each saves a checkpoint and stops), no further
@@ -116,11 +116,12 @@ def run(
 
 
 def _collect(
-    results: Iterable[tuple[RunPlan, str | None]], n: int, say: Callable[[str], None]
+    results: Iterable[tuple[RunPlan, str | None]], n: int, say: Callable[[str], None], t0: float | None = None
 ) -> dict[str, str]:
-    """Report each run as its result arrives; return ``{label: error}`` of the runs that did not finish."""
+    """Report each run as its result arrives; return ``{label: error}`` of the runs that did not finish. ``t0``:
+    when the sweep started (default: now)."""
     failures: dict[str, str] = {}
-    t0 = time.time()
+    t0 = time.time() if t0 is None else t0
     for i, (plan, error) in enumerate(results, 1):
         if error is None:
             status = "done"
@@ -128,8 +129,18 @@ def _collect(
             failures[plan.label] = error
             stopped = error.startswith(("interrupted", "not started"))
             status = f"stopped ({error})" if stopped else f"FAILED ({error})"
-        say(f"[{i}/{n}] {plan.label}: {status} ({time.time() - t0:.0f} s)")
+        say(f"[{i}/{n}] {plan.label}: {status} ({_run_seconds(plan, t0):.0f} s)")
     return failures
+
+
+def _run_seconds(plan: RunPlan, t0: float) -> float:
+    """Wall seconds since the run (last) started: its ``config.yaml`` is written then; since ``t0`` for a run that
+    never wrote one."""
+    try:
+        started = (plan.run_dir / "config.yaml").stat().st_mtime
+    except OSError:
+        started = t0
+    return time.time() - max(started, t0)
 
 
 def _duration(seconds: float) -> str:
