@@ -627,3 +627,15 @@ def test_full_disk_during_checkpoint_keeps_the_previous_one(tmp_path, capsys, mo
     rc, err = run_cli(capsys, "train", "--out", str(out), "--resume")
     assert rc == 0, err
     assert [r[0] for r in losses(out)] == [5, 10, 15, 20, 25, 30]
+
+
+def test_out_naming_a_file_is_one_sentence(tmp_path, capsys):
+    """`--out` that is a file, or lies under one: one sentence naming it and --out (it was a raw OS error)."""
+    f = tmp_path / "notes.txt"
+    f.write_text("mine\n")
+    for out, what in ((f, "is a file, not a directory"), (f / "run", "lies under")):
+        rc, err = run_cli(capsys, "train", "--out", str(out), *TINY, "steps=2")
+        assert rc == 2
+        line = assert_one_sentence(err)
+        assert what in line and "choose another --out" in line
+    assert f.read_text() == "mine\n"  # nothing already written is lost

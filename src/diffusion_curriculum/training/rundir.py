@@ -65,7 +65,14 @@ class RunDir:
         return bool(self.checkpoints()) or self.metrics_path.exists()
 
     def prepare(self, resume: bool) -> None:
-        """Refuse a directory that holds a run unless ``resume`` (a ConfigError), then create the folders."""
+        """Refuse a directory that holds a run unless ``resume``, and a path that is (or lies under) a file (each a
+        ConfigError), then create the folders."""
+        blocking = next((p for p in (self.root, *self.root.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            what = "is a file" if blocking == self.root else f"lies under {str(blocking)!r}, which is a file"
+            raise ConfigError(
+                f"the run directory {str(self.root)!r} {what}, not a directory; choose another --out"
+            )
         if not resume and self.holds_run():
             raise ConfigError(
                 f"run directory {str(self.root)!r} already holds a run; pass --resume to continue it, "
