@@ -294,3 +294,20 @@ def test_the_refusal_s_advice_resumes_a_legacy_run_end_to_end(tmp_path):
     cfg_t = config.validate(config.merge(config.DEFAULTS, saved))
     summary = Trainer(cfg_t, run, resume=True).run()
     assert summary["steps"] == 10
+
+
+def test_a_fraction_of_an_unknown_total_is_said():
+    """Without total_steps, end=0.5 (the default) silently planned over 50,000 steps; now a warning says so, from
+    the caller's line."""
+    import warnings
+
+    from diffusion_curriculum.process import DiscreteProcess
+
+    said = r"clts: end=0.5 is a fraction of total_steps, which was not given, so the schedule ramps over 50000 steps"
+    with pytest.warns(UserWarning, match=said) as w:
+        timesteps.build("clts", DiscreteProcess.linear(100))
+    assert w[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        timesteps.build("clts", DiscreteProcess.linear(100), total_steps=1000)
+        timesteps.build("clts", DiscreteProcess.linear(100), end=5000)

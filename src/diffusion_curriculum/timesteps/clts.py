@@ -31,6 +31,7 @@ centre and the ±σ band where ``t``'s defaults put them on the linear schedule 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -225,7 +226,15 @@ class CLTS(TimestepSampler):
         if is_int(v):
             return float(v)
         if self.total_steps is None:
-            return float(DEFAULT_END_STEPS) if is_end else 0.0
+            if is_end:
+                warnings.warn(
+                    f"clts: end={v!r} is a fraction of total_steps, which was not given, so the schedule ramps over "
+                    f"{DEFAULT_END_STEPS} steps; pass total_steps (your planned optimizer steps) or end in steps",
+                    UserWarning,
+                    stacklevel=5,  # the caller of timesteps.build / the constructor
+                )
+                return float(DEFAULT_END_STEPS)
+            return 0.0
         return float(v) * self.total_steps
 
     def lam(self, step: int | None = None) -> float:
