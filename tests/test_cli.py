@@ -261,3 +261,11 @@ def test_the_feature_nets_training_on_first_use_is_announced_and_a_cached_one_is
         assert said == [], forget
     hooks.QualityMetrics(data.load("8gaussians", n=200), cfg, torch.device("cpu"), said.append)
     assert said == []  # points have no feature net
+
+
+def test_analyze_difficulty_help_names_the_mode_default(capsys):
+    from diffusion_curriculum import cli as cli_mod
+
+    with pytest.raises(SystemExit):
+        cli_mod.main(["analyze", "difficulty", "--help"])
+    assert "(default per-interval)" in " ".join(capsys.readouterr().out.split())

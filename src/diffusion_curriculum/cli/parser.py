@@ -186,7 +186,13 @@ def _add_analyze(sub) -> None:
     )
     ae.add_argument("--seed", type=int, default=0)
     ad = asub.add_parser("difficulty", help="convergence speed of the loss per timestep interval")
-    ad.add_argument("--mode", choices=["per-interval", "per-bucket"], default="per-interval")
+    ad.add_argument(
+        "--mode",
+        choices=["per-interval", "per-bucket"],
+        default="per-interval",
+        help="per-interval: one model per noise interval (the paper's study); per-bucket: one model, its loss "
+        "tracked per bucket (default per-interval)",
+    )
     ad.add_argument("--intervals", type=int, default=10, help="intervals / buckets N (default 10)")
     ad.add_argument(
         "--jobs", type=int, help="per-interval runs in parallel (default: the number of CPU cores)"
