@@ -9,8 +9,10 @@ watch the loss and with a plain-value ``state_dict`` so resume is exact)::
     sampler.observe(draw.t, per_sample_loss.detach())               # once per optimizer step
 
 ``observe`` advances the sampler's step counter even when the strategy ignores losses, so step-scheduled
-strategies (CLTS) stay in step with the optimizer. ``state_dict`` holds only tensors, numbers, strings, lists
-and dicts of those.
+strategies (CLTS) stay in step with the optimizer. A strategy that learns from the losses reads them a few steps
+late, from statistics gathered on their device (:mod:`~.observations`), so neither call makes the host wait for
+a GPU (docs/design.md, "The device contract"). ``state_dict`` holds only tensors, numbers, strings, lists and
+dicts of those.
 """
 
 from __future__ import annotations
@@ -62,13 +64,6 @@ def check_choice(name: str, value, allowed: tuple[str, ...]) -> None:
             f"sampler parameter {name}={value!r} is invalid{suggest(value, allowed)}; "
             f"allowed: {', '.join(allowed)}"
         )
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world size) of the default process group, (0, 1) when none is initialised."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def on_cpu(fn):
