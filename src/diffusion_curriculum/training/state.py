@@ -252,3 +252,24 @@ class Attributes:
                 current.copy_(state[n])
             else:
                 setattr(self.owner, n, type(current)(state[n]))
+
+
+class Merged:
+    """Several state parts saved as one mapping (each part's keys side by side, so they must not clash) and loaded
+    back into each: e.g. the trainer's ``log`` part, whose loss sums live on the device
+    (:class:`~.step.StepStats`) and whose other keys are attributes."""
+
+    def __init__(self, *parts: Any):
+        self.parts = parts
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every part's keys."""
+        out: dict[str, Any] = {}
+        for p in self.parts:
+            out.update(p.state_dict())
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Give each part its own keys of ``state``."""
+        for p in self.parts:
+            p.load_state_dict({k: state[k] for k in p.state_dict()})

@@ -26,6 +26,7 @@ from .distributed import setup_distributed
 from .rundir import RunDir
 from .state import (
     Attributes,
+    Merged,
     RandomStreams,
     StateRegistry,
     check_fits,
@@ -183,7 +184,8 @@ class Trainer:
         self.parts.register("rng", RandomStreams(self.t_gen, self.noise_gen, self.device), local=True)
         if self.label_dropout is not None:  # only a conditional run has a label-dropout stream
             self.parts.register("label_dropout", self.label_dropout, local=True)
-        log = Attributes(self, "loss_sum", "loss_count", "skipped", "train_time", "t_hist")
+        # the keys a checkpoint has always had: the loss sums since the last log record (on the device) and the rest
+        log = Merged(self.stats, Attributes(self, "train_time", "t_hist"))
         self.parts.register("log", log, local=("t_hist", "loss_sum", "loss_count", "skipped"))
 
     def _prepare_dir(self, resume: bool) -> None:
@@ -293,31 +295,9 @@ class Trainer:
         return per_sample
 
     @property
-    def loss_sum(self) -> float:
-        """The sum of this rank's finite losses since the last log record (a host read)."""
-        return self.stats.state_dict()["loss_sum"]
-
-    @loss_sum.setter
-    def loss_sum(self, value: float) -> None:
-        self.stats.load_state_dict({**self.stats.state_dict(), "loss_sum": value})
-
-    @property
-    def loss_count(self) -> int:
-        """How many of this rank's steps since the last log record had a finite loss (a host read)."""
-        return self.stats.state_dict()["loss_count"]
-
-    @loss_count.setter
-    def loss_count(self, value: int) -> None:
-        self.stats.load_state_dict({**self.stats.state_dict(), "loss_count": value})
-
-    @property
     def skipped(self) -> int:
         """How many of this rank's steps so far had a non-finite loss (their gradients zeroed; a host read)."""
         return self.stats.state_dict()["skipped"]
-
-    @skipped.setter
-    def skipped(self, value: int) -> None:
-        self.stats.load_state_dict({**self.stats.state_dict(), "skipped": value})
 
     def _read_stats(self, reset: bool = True) -> dict[str, Any]:
         """The loss statistics since the last read, over every rank (a host read, and a collective with several
@@ -580,10 +560,11 @@ class Trainer:
 
     def _finish(self) -> dict[str, Any]:
         """The run's summary; rank 0 also draws the final samples and writes ``summary.json``."""
+        last = self.stats.state_dict()  # this rank's losses since the last log record
         summary = {
             "steps": self.step,
             # the mean since the last log line when steps are not a multiple of log_every (or fewer than it)
-            "final_loss": self.loss_sum / self.loss_count if self.loss_count else None,
+            "final_loss": last["loss_sum"] / last["loss_count"] if last["loss_count"] else None,
             "final_eval": self.last_eval,
             "train_time_s": self.train_time,
             "steps_per_s": self.step / max(self.train_time, 1e-9),
