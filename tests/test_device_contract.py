@@ -50,13 +50,17 @@ def _trainer(tmp_path, name, kind, cond, extra=()):
 def test_training_steps_make_no_host_read_of_device_data(tmp_path, name, kind, cond):
     """20 steps (after 8 that warm the samplers' histories and lags) off the log cadence: no synchronising op
     on anything that would live on the training device."""
-    t = _trainer(tmp_path, name, kind, cond)
-    for _ in range(8):
+    assert _host_reads(_trainer(tmp_path, name, kind, cond), warm=8, steps=20) == []
+
+
+def _host_reads(t, warm: int, steps: int) -> list[tuple[str, str]]:
+    """The synchronising ops on device data (op, file:line) over ``steps`` steps of trainer ``t``, after ``warm``."""
+    for _ in range(warm):
         t.advance()
     with recording(*_device_data(t)) as rec:
-        for _ in range(20):
+        for _ in range(steps):
             t.advance()
-    assert rec.found == []
+    return rec.found
 
 
 def _device_data(t):
@@ -81,13 +85,7 @@ EXTRAS = [
 @pytest.mark.parametrize("extra,kind", EXTRAS)
 def test_weightings_and_schedules_make_no_host_read_either(tmp_path, extra, kind):
     """Every loss weighting (the learned one too), MDLRC and the cosine learning rate, on each process."""
-    t = _trainer(tmp_path, "uniform", kind, False, [extra])
-    for _ in range(3):
-        t.advance()
-    with recording(*_device_data(t)) as rec:
-        for _ in range(10):
-            t.advance()
-    assert rec.found == []
+    assert _host_reads(_trainer(tmp_path, "uniform", kind, False, [extra]), warm=3, steps=10) == []
 
 
 def test_the_recorder_finds_what_the_old_step_did(tmp_path):
