@@ -51,7 +51,8 @@ class StepStats:
 
     def read(self, world: int = 1, reset: bool = True) -> dict[str, Any]:
         """``{"loss_sum", "loss_count", "skipped", "first_bad_step", "first_bad_value"}`` as Python numbers (over
-        every rank when ``world`` > 1: a collective); the sums restart when ``reset``."""
+        every rank when ``world`` > 1: a collective; the bad value is then ``None``); the sums restart when
+        ``reset``."""
         acc, bad = self._acc, self._first_bad
         if world > 1:
             acc, bad = acc.clone(), bad.clone()
@@ -66,7 +67,8 @@ class StepStats:
             "loss_count": int(count),
             "skipped": int(skipped),
             "first_bad_step": None if math.isinf(step) else int(step),
-            "first_bad_value": value,
+            # the value is this rank's own: with several ranks, the bad step may have been another's
+            "first_bad_value": value if world == 1 else None,
         }
 
     def forget_bad(self) -> None:

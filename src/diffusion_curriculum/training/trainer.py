@@ -309,8 +309,13 @@ class Trainer:
         bad = read["first_bad_step"]
         if bad is not None:
             if self.cfg["on_nonfinite"] != "skip":
+                became = (
+                    "was not finite"
+                    if read["first_bad_value"] is None
+                    else f"became {read['first_bad_value']}"
+                )
                 raise TrainingError(
-                    f"the loss became {read['first_bad_value']} at step {bad}; its gradients were zeroed and the "
+                    f"the loss {became} at step {bad}; its gradients were zeroed and the "
                     f"last good checkpoint is kept in {str(self.ckpt_dir)!r}. Lower lr, check the data, or set "
                     "on_nonfinite=skip"
                 )
