@@ -226,6 +226,7 @@ def test_submitit_local_end_to_end_then_summarize_only(tmp_path, capsys):
         run = out / "runs" / method / "seed0"
         assert runlog.finished(run, 10) and (run / "train.log").is_file()  # the job trained it in place
     assert list((out / "jobs").iterdir())  # submitit's job files, beside the runs
+    assert not (out / "jobs" / "%j").exists()  # not the empty folder named after submitit's pattern
     # a rerun retrains nothing
     again = []
     compare.compare(

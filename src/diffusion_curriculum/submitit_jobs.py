@@ -47,6 +47,14 @@ def load_submitit(launcher: str = "submitit-local"):
     return submitit
 
 
+def _drop_literal_folder(folder: Path) -> None:
+    """Remove the empty folder literally named ``%j`` that submitit's executor makes from its folder pattern (each
+    job's files go to ``folder/<job id>``)."""
+    literal = folder / "%j"
+    if literal.is_dir() and not any(literal.iterdir()):
+        literal.rmdir()
+
+
 class SubmititLocal(Launcher):
     """Every run a job of submitit's ``LocalExecutor`` on this machine, up to ``jobs`` at a time."""
 
@@ -74,7 +82,10 @@ class SubmititLocal(Launcher):
             finally:
                 self._jobs.pop(plan.label, None)
 
-        yield from self._pool(todo, jobs, train)
+        try:
+            yield from self._pool(todo, jobs, train)
+        finally:
+            _drop_literal_folder(folder)
 
     def stop(self, signum: int) -> None:
         """Start no more jobs; a SIGTERM is passed on to the running ones (Ctrl-C in a terminal reaches them
