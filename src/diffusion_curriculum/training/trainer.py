@@ -163,7 +163,6 @@ class Trainer:
         self._eval_step: int | None = None  # the step of the last evaluation (on every rank)
         self._saved_step: int | None = None
         self.interrupts = hooks.InterruptGuard(self.say)
-        self._stop = step_mod.StopAgreement(self.device, self.world)
         self._t_log, self._s_log = time.perf_counter(), 0
         self._t_mark = self._t_log  # when the training time counted so far ends (a sync point)
 
