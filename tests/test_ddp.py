@@ -246,3 +246,18 @@ def test_single_process_needs_no_process_group(tmp_path, monkeypatch):
     assert (t.rank, t.world, t.net) == (0, 1, t.model) and not torch.distributed.is_initialized()
     t.run()
     assert not torch.distributed.is_initialized()
+
+
+def test_the_validation_loss_of_a_2_process_run_is_the_single_process_one_of_its_weights(ddc_run, tmp_path):
+    """Rank 0 scores the same fixed validation set a single process would: the 2-process run's final record equals
+    a single-process trainer's validation loss of that run's final EMA weights."""
+    from diffusion_curriculum.training import rundir
+
+    run, _ = ddc_run
+    final = [r for r in plots.read_metrics(run / "metrics.jsonl") if "val_loss" in r][-1]
+    single = Trainer(config.resolve(overrides=[*SMALL, *DDC]), tmp_path / "single")
+    rundir.load_newest_ema(single.ema, checkpoint.list_checkpoints(run / "checkpoints"), run)
+    got = single.validator(single.ema)
+    assert {k: got[k] for k in final if k.startswith("val_")} == {
+        k: v for k, v in final.items() if k.startswith("val_")
+    }

@@ -47,11 +47,7 @@ class DenoisingLoss:
         element (``"mean"``) or element-wise, shaped like ``x0`` (``"none"``). ``autocast``: a context the
         forward pass runs in (e.g. ``torch.autocast``). ``labels``: the class labels a class-conditional ``net``
         is called with (``net(x, t, labels)``); ``None`` calls ``net(x, t)``."""
-        x_t = self.process.add_noise(x0, noise, t)
-        x_in, t_in = self.process.model_input(x_t, t)
-        with autocast if autocast is not None else contextlib.nullcontext():
-            out = net(x_in, t_in) if labels is None else net(x_in, t_in, labels)
-        target = self.process.target(x0, noise, t, self.prediction, x_t)
+        out, _, target = self.forward(net, x0, noise, t, autocast=autocast, labels=labels)
         err = (out.float() - target).pow(2)
         if reduce == "per_sample":
             return err.flatten(1).mean(1)
@@ -60,6 +56,24 @@ class DenoisingLoss:
         if reduce == "none":
             return err
         raise ValueError(f"reduce={reduce!r} is not known; allowed: per_sample, mean, none")
+
+    def forward(
+        self,
+        net: nn.Module,
+        x0: Tensor,
+        noise: Tensor,
+        t: Tensor,
+        *,
+        autocast: contextlib.AbstractContextManager | None = None,
+        labels: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(out, x_t, target)``: the network's output at x_t = ``process.add_noise(x0, noise, t)``, that x_t,
+        and the training target of :attr:`prediction` (arguments as for :meth:`error`)."""
+        x_t = self.process.add_noise(x0, noise, t)
+        x_in, t_in = self.process.model_input(x_t, t)
+        with autocast if autocast is not None else contextlib.nullcontext():
+            out = net(x_in, t_in) if labels is None else net(x_in, t_in, labels)
+        return out, x_t, self.process.target(x0, noise, t, self.prediction, x_t)
 
     def objective(self, t: Tensor, per_sample: Tensor, draw_weight: Tensor) -> Tensor:
         """The scalar training loss ``mean(weighting(t) · draw_weight · per_sample)`` (the weighting's factor is 1

@@ -24,6 +24,7 @@ __all__ = [
     "save_grid",
     "timestep_plots",
     "to_image_grid",
+    "validation_plot",
 ]
 
 
@@ -155,6 +156,41 @@ def timestep_plots(records: list[dict], path: str | os.PathLike, title: str = ""
         b.set_xlabel("step")
         b.set_ylabel("curriculum stage")
         b.set_xlim(a.get_xlim())
+    save_figure(plt, fig, path)
+    return True
+
+
+def validation_plot(records: list[dict], path: str | os.PathLike, edges: list[float], unit: str) -> bool:
+    """The fixed validation loss per noise-level bucket over training (a heat map, log colour scale: one column
+    per evaluation, one row per bucket of ``edges`` in ``unit``) and, when the records carry the excess over the
+    optimal loss, beneath it the share of each bucket's loss that is excess (0: solved, as well as the training
+    set allows). Returns False when no record has ``val_loss``."""
+    from matplotlib.colors import LogNorm
+
+    recs = [r for r in records if "val_loss" in r]
+    if not recs:
+        return False
+    k = len(edges) - 1
+    loss = np.array([[r[f"val_loss/{i}"] for i in range(k)] for r in recs], dtype=float)
+    excess = all("val_excess" in r for r in recs)
+    plt, fig, ax = figure(2 if excess else 1, 1, size=(7.0, 6.4 if excess else 3.6))
+    x_edges = np.array([0, *[r["step"] for r in recs]], dtype=float)
+    y_edges = np.asarray(edges, dtype=float)
+    a = ax[0, 0]
+    positive = loss[loss > 0]
+    norm = LogNorm(positive.min(), positive.max()) if positive.size else None
+    mesh = a.pcolormesh(x_edges, y_edges, np.where(loss > 0, loss, np.nan).T, norm=norm, shading="flat")
+    fig.colorbar(mesh, ax=a, label="validation loss")
+    a.set_ylabel(unit)
+    a.set_title(f"fixed validation loss per noise level (on {recs[-1].get('val_on', 'train')} data)")
+    if excess:
+        share = np.array([[r[f"val_excess/{i}"] for i in range(k)] for r in recs], dtype=float) / loss
+        b = ax[1, 0]
+        mesh = b.pcolormesh(x_edges, y_edges, share.T, vmin=0, vmax=1, cmap="magma", shading="flat")
+        fig.colorbar(mesh, ax=b, label="(loss - optimal) / loss")
+        b.set_ylabel(unit)
+        b.set_title("share of the loss above the training set's optimal loss")
+    ax[-1, 0].set_xlabel("step")
     save_figure(plt, fig, path)
     return True
 

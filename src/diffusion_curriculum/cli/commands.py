@@ -66,12 +66,13 @@ def cmd_train(args) -> int:
 
 
 def final_line(summary: dict) -> dict:
-    """What ``train`` prints last: steps, the final loss, the final evaluation's numbers (``eval_loss`` and the
-    quality metrics such as ``fd``, when measured) and the training speed."""
+    """What ``train`` prints last: steps, the final loss, the final evaluation's numbers (``eval_loss``, the
+    validation loss's means — its per-bucket values are in ``summary.json`` — and the quality metrics such as
+    ``fd``, when measured) and the training speed."""
     quality = {
         k: v
         for k, v in summary.get("final_eval", {}).items()
-        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        if k != "step" and "/" not in k and isinstance(v, (int, float)) and not isinstance(v, bool)
     }
     return {
         "steps": summary["steps"],

@@ -35,7 +35,8 @@ class Dataset:
     run starts, saying what the loader chose for the user (e.g. grayscale detected), or ``None``. ``choices``
     holds those choices as the loader's parameters (``{"channels": 1}``): a run writes them into its
     ``config.yaml`` (a resumed one too), so every later load of the run (resume, ``sample``, ``evaluate``) repeats them even when
-    the loader's rule for choosing changes.
+    the loader's rule for choosing changes. ``val_data`` / ``val_labels`` are the samples held out from
+    training (``dataset.val_fraction``), or ``None``.
     """
 
     data: Tensor
@@ -46,6 +47,8 @@ class Dataset:
     value_range: tuple[float, float] | None | str = "kind"
     note: str | None = None
     choices: dict[str, Any] = field(default_factory=dict)
+    val_data: Tensor | None = None
+    val_labels: Tensor | None = None
 
     def __post_init__(self) -> None:
         self._check_labels()

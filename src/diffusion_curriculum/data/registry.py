@@ -13,15 +13,18 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
-from ..checks import is_int
+from ..checks import is_int, is_number
 from .dataset import DataError, Dataset
 
 __all__ = ["DatasetSpec", "fresh_points", "load", "names", "register", "spec"]
 
 #: The arguments every dataset takes, besides the extra parameters of its registration.
-COMMON_PARAMS = ("name", "path", "n", "seed")
+COMMON_PARAMS = ("name", "path", "n", "seed", "val_fraction")
+#: the seed of the held-out split (``val_fraction``): one split for every run seed, so seeds stay paired
+SPLIT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,12 @@ def spec(name: str) -> DatasetSpec | None:
 
 
 def load(
-    name: str = "digits", path: str | None = None, n: int | None = None, seed: int = 0, **params
+    name: str = "digits",
+    path: str | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.0,
+    **params,
 ) -> Dataset:
     """Load a registered dataset by name (the config's ``dataset: {name: ..., path: ..., ...}``).
 
@@ -88,6 +96,10 @@ def load(
 
     ``n`` on digits/npz/folder keeps the first ``n`` samples (all of them when there are fewer), and every class
     of the whole set (``num_classes`` does not shrink to the classes those samples happen to hold).
+
+    ``val_fraction`` (default 0: train on everything) holds out that fraction of the (first ``n``) samples,
+    chosen by a generator seeded with :data:`SPLIT_SEED` whatever the run's seed: they become the dataset's
+    ``val_data`` / ``val_labels``, and ``data`` keeps the rest in their original order.
     """
     known = names()
     if not isinstance(name, str):
@@ -102,14 +114,51 @@ def load(
     if n is not None and not (is_int(n) and n >= 1):
         raise DataError(f"dataset.n must be a positive integer or null, got {n!r}; set it to e.g. 10000")
     path = _check_path(entry, path)
-    ds = entry.loader(path, n, seed, **params)
-    if entry.synthetic or n is None or n >= len(ds):
+    _check_fraction(val_fraction)
+    ds = _first(entry.loader(path, n, seed, **params), None if entry.synthetic else n)
+    return _hold_out(ds, val_fraction) if val_fraction else ds
+
+
+def _first(ds: Dataset, n: int | None) -> Dataset:
+    """``ds`` cut to its first ``n`` samples (``None``: all), keeping every class of the whole set."""
+    if n is None or n >= len(ds):
         return ds
     if ds.labels is None:
         return dataclasses.replace(ds, data=ds.data[:n].contiguous())
     # the subset keeps the whole set's classes: its model must not lose a class its first n samples lack
     labels = ds.labels[:n].contiguous()
     return dataclasses.replace(ds, data=ds.data[:n].contiguous(), labels=labels, classes=ds.class_names())
+
+
+def _check_fraction(value) -> None:
+    if not (is_number(value) and 0 <= value < 1):
+        raise DataError(
+            f"dataset.val_fraction must be a number in [0, 1) (the share of samples held out), got {value!r}"
+        )
+
+
+def _hold_out(ds: Dataset, fraction: float) -> Dataset:
+    """``ds`` with ``round(fraction·N)`` samples (at least 1) moved to ``val_data``/``val_labels``; refused when
+    nothing would be left to train on."""
+    n = len(ds)
+    k = max(1, round(fraction * n))
+    if k >= n:
+        raise DataError(
+            f"dataset.val_fraction={fraction} holds out {k} of {n} samples and leaves none to train on; "
+            "lower it or use more samples"
+        )
+    held = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))[:k].sort().values
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[held] = False
+    y = ds.labels
+    return dataclasses.replace(
+        ds,
+        data=ds.data[keep].contiguous(),
+        labels=None if y is None else y[keep].contiguous(),
+        classes=ds.class_names() if y is not None else ds.classes,
+        val_data=ds.data[held].contiguous(),
+        val_labels=None if y is None else y[held].contiguous(),
+    )
 
 
 def _check_params(entry: DatasetSpec, params: dict) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import checkpoint, config, data, generate, models, plots, timesteps
+from .. import checkpoint, config, data, generate, models, noise_levels, plots, timesteps, viz
 from ..checks import first_line
 from ..ema import EMA
 from ..errors import ConfigError, Interrupted, TrainingError
@@ -35,6 +35,7 @@ from .state import (
     unrecorded_choice_hint,
     with_choices,
 )
+from .val_loss import Validator
 
 #: samples shown in a grid PNG (image data; 2-D points are all plotted)
 GRID = 64
@@ -160,6 +161,16 @@ class Trainer:
         if cfg["metrics"]["enabled"] and self.rank == 0:
             self.hooks.append(hooks.QualityMetrics(self.dataset, cfg["metrics"], self.device, self.say))
         self.last_eval: dict[str, Any] = {}
+        #: the fixed per-noise-level validation loss scored at every evaluation (``val_*`` keys)
+        self.validator = Validator(
+            cfg["eval"],
+            self.dataset,
+            self.loss,
+            self.device,
+            self.out,
+            conditional=self.label_dropout is not None,
+            say=self.say,
+        )
         self._eval_step: int | None = None  # the step of the last evaluation (on every rank)
         self._saved_step: int | None = None
         self.interrupts = hooks.InterruptGuard(self.say)
@@ -375,6 +386,7 @@ class Trainer:
         shown = samples if self.dataset.kind == "points" else samples[:GRID]
         self.samples_path = self.rundir.save_samples(shown, f"step_{self.step:08d}")  # for the trackers
         rec: dict[str, Any] = {"step": self.step, "eval_loss": self.eval_loss()}
+        rec.update(self.validator(self.ema))
         for hook in self.hooks:
             rec.update(hook.on_eval(self, samples, self.step))
         for fn in self.eval_hooks:
@@ -383,11 +395,12 @@ class Trainer:
         rec.update(self.histogram.record())
         self._log(rec)
         if self.rank == 0:
+            records = self.rundir.read_metrics()
             plots.timestep_plots(
-                self.rundir.read_metrics(),
-                self.out / "timesteps.png",
-                title=f"noise levels drawn ({self.sampler.name})",
+                records, self.out / "timesteps.png", title=f"noise levels drawn ({self.sampler.name})"
             )
+            edges, unit = noise_levels.bucket_edges(self.process, self.cfg["eval"]["val_buckets"])
+            viz.validation_plot(records, self.out / "val_loss.png", edges, unit)
         return rec
 
     # -- logging --------------------------------------------------------------------------------------
