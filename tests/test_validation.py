@@ -220,3 +220,43 @@ def test_a_resumed_run_reads_the_optimal_loss_back(tmp_path, monkeypatch):
     monkeypatch.setattr(optimal_loss, "floor", lambda *a, **k: calls.append(1))
     Trainer(config.resolve(overrides=[*overrides, "steps=20"]), tmp_path, resume=True).run()
     assert not calls and "val_excess" in _eval_records(tmp_path)[-1]
+
+
+# -- analyze optimal-loss -------------------------------------------------------------------------------------
+def test_analyze_optimal_loss_prints_the_floor_and_the_excess_per_bucket(digits_runs, tmp_path, capsys):
+    from diffusion_curriculum.cli import main
+
+    run = digits_runs / "a"
+    assert (
+        main(["analyze", "optimal-loss", "--run", str(run), "--steps", "10,30", "--out", str(tmp_path)]) == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split("\t") == [
+        "bucket",
+        "low",
+        "high",
+        "optimal",
+        "loss@10",
+        "excess@10",
+        "loss@30",
+        "excess@30",
+        "left",
+    ]
+    rows = json.loads((tmp_path / "optimal-loss.json").read_text())["rows"]
+    assert len(rows) == 20 and len(lines) == 22
+    floor = json.loads((run / "val_floor.json").read_text())["per_bucket"]
+    last = _eval_records(run)[-1]
+    for k, row in enumerate(rows):
+        assert row["optimal"] == pytest.approx(floor[k], rel=1e-12)
+        assert row["loss@30"] == pytest.approx(last[f"val_loss/{k}"], rel=1e-5)  # the run's own final record
+        assert row["excess@30"] == pytest.approx(row["loss@30"] - row["optimal"], abs=1e-12)
+        assert row["left"] == pytest.approx(row["excess@30"] / row["excess@10"])
+    assert (tmp_path / "optimal-loss.png").stat().st_size > 0
+
+
+def test_analyze_optimal_loss_names_the_checkpoints_a_run_keeps(digits_runs, tmp_path, capsys):
+    from diffusion_curriculum.cli import main
+
+    assert main(["analyze", "optimal-loss", "--run", str(digits_runs / "a"), "--steps", "20,25"]) == 2
+    err = capsys.readouterr().err
+    assert "--steps 25: run" in err and "it keeps 10, 20, 30" in err

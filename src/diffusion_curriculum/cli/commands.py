@@ -245,9 +245,12 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    """``analyze entropy|difficulty|consistency``: run one of the papers' analyses, write its table and plot."""
+    """``analyze entropy|difficulty|consistency|optimal-loss``: run one of the papers' analyses, write its table
+    and plot."""
     from .. import config
 
+    if args.kind == "optimal-loss":
+        return _analyze_optimal_loss(args)
     out = Path(args.out) if args.out else Path("runs") / f"analyze-{args.kind}"
     cfg = config.resolve(args.preset, args.config, args.overrides)
     if args.kind == "entropy":
@@ -315,6 +318,34 @@ def cmd_analyze(args) -> int:
     for r in res["rows"]:
         print("\t".join(fmt(r.get(c)) for c in cols))
     print(f"wrote {out}/{args.kind}.csv, .json, .png", file=sys.stderr)
+    return 0
+
+
+def _analyze_optimal_loss(args) -> int:
+    """``analyze optimal-loss``: print J* and the excess loss per bucket at each chosen checkpoint."""
+    from ..analysis import optimal_loss
+
+    steps = None
+    if args.steps:
+        try:
+            steps = [int(s) for s in args.steps.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(
+                f"--steps {args.steps!r} is invalid; give checkpoint steps such as 500,4000"
+            ) from None
+    out = Path(args.out) if args.out else Path(args.run) / "analyze-optimal-loss"
+    res = optimal_loss.run(args.run, out, steps=steps)
+    cols = ["bucket", "low", "high", "optimal"]
+    for s in res["steps"]:
+        cols += [f"loss@{s}", f"excess@{s}"]
+    cols.append("left")
+    print(
+        f"optimal loss J* of the training data and the run's loss per noise-level bucket ({res['on']} data)"
+    )
+    print("\t".join(cols))
+    for r in res["rows"]:
+        print("\t".join("" if r[c] is None else f"{r[c]:.4g}" for c in cols))
+    print(f"wrote {out}/optimal-loss.csv, .json, .png", file=sys.stderr)
     return 0
 
 

@@ -174,8 +174,10 @@ def _add_presets(sub) -> None:
 
 
 def _add_analyze(sub) -> None:
-    """The ``analyze`` subcommand and its three kinds' options."""
-    an = sub.add_parser("analyze", help="reproduce the papers' analyses (entropy, difficulty, consistency)")
+    """The ``analyze`` subcommand and its four kinds' options."""
+    an = sub.add_parser(
+        "analyze", help="reproduce the papers' analyses (entropy, difficulty, consistency, optimal-loss)"
+    )
     asub = an.add_subparsers(dest="kind", metavar="KIND", required=True)
     ae = asub.add_parser("entropy", help="D_KL(p_{t-1} || p_t) between consecutive noised data marginals")
     ae.add_argument("--stride", type=int, default=10, help="evaluate every stride-th t (default 10)")
@@ -222,6 +224,13 @@ def _add_analyze(sub) -> None:
     for p in (ae, ad, ac):
         p.add_argument("--out", help="output directory (default runs/analyze-<kind>)")
         _add_config_args(p)
+    ao = asub.add_parser(
+        "optimal-loss",
+        help="a trained run's loss per noise level against its training set's exact optimal loss, per checkpoint",
+    )
+    ao.add_argument("--run", required=True, help="the run directory (its config and kept checkpoints)")
+    ao.add_argument("--steps", help="comma-separated checkpoint steps (default: every kept checkpoint)")
+    ao.add_argument("--out", help="output directory (default <run>/analyze-optimal-loss)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
