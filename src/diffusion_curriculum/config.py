@@ -20,7 +20,7 @@ from .checks import first_line, invalid, is_int, is_number, suggest
 from .errors import ConfigError
 
 # Sections whose content is {name: ..., <that name's parameters>}; a bare string is shorthand for {name: value}.
-NAMED_SECTIONS = ("dataset", "model", "process", "sampler", "weighting")
+NAMED_SECTIONS = ("dataset", "model", "process", "sampler", "weighting", "noise")
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "process": {"name": "linear", "T": 1000},
     "sampler": {"name": "uniform"},
     "weighting": {"name": "none"},
+    "noise": {"name": "gaussian"},
     "momentum": {"enabled": False},
     "cond": {"enabled": False, "drop_prob": 0.1},
     "optim": {

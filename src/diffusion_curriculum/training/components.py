@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import data, generate, models, timesteps, weighting
+from .. import data, generate, models, noise, timesteps, weighting
 from .. import process as process_mod
 from ..checks import first_line
 from ..errors import ConfigError
@@ -39,6 +39,8 @@ class Components:
     clip: tuple[float, float] | None = None
     #: the classes a class-conditional model is built for (``cond.enabled``), or None: unconditional
     num_classes: int | None = None
+    #: which noise each sample is paired with (the ``noise`` section; :mod:`diffusion_curriculum.noise`)
+    noise: Any = None
 
 
 def _named(cfg: dict, section: str) -> tuple[str, dict]:
@@ -88,7 +90,10 @@ def build_components(cfg: dict) -> Components:
     weight_fn = _build(
         "weighting", cfg["weighting"], weighting.build, wname, proc, cfg["prediction"], **wparams
     )
-    return Components(proc, dataset, model, sampler, weight_fn, clip_range(cfg["eval"]["clip"], dataset), k)
+    nname, nparams = _named(cfg, "noise")
+    assigner = _build("noise", cfg["noise"], noise.build, nname, **nparams)
+    clip = clip_range(cfg["eval"]["clip"], dataset)
+    return Components(proc, dataset, model, sampler, weight_fn, clip, k, assigner)
 
 
 def clip_range(setting: Any, dataset: data.Dataset) -> tuple[float, float] | None:

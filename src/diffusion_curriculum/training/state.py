@@ -47,6 +47,8 @@ def fingerprint(cfg: dict) -> str:
     fixed = {k: v for k, v in cfg.items() if k not in RESUMABLE_KEYS}
     if not (fixed.get("cond") or {}).get("enabled", False):  # off, conditioning trains nothing: runs from
         fixed.pop("cond", None)  # before the cond section existed keep their fingerprint and resume
+    if fixed.get("noise") == {"name": "gaussian"}:  # the default noise: the same for runs from before the key
+        fixed.pop("noise")
     return hashlib.sha256(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -99,6 +99,8 @@ class Trainer:
             self.say(c.dataset.note)
         self.process, self.dataset = c.process, c.dataset
         self.sampler, self.weight_fn, self.clip = c.sampler, c.weight_fn, c.clip
+        #: which noise each sample is paired with (``noise``; default ``gaussian``, the independent draw)
+        self.noise = c.noise
         #: label dropout of a class-conditional run (a random stream of its own), or None: unconditional
         self.label_dropout = conditioning.build(cfg, c.num_classes, seed, self.rank)
         self.loss = DenoisingLoss(self.process, cfg["prediction"], self.weight_fn)
@@ -280,7 +282,7 @@ class Trainer:
         run learns of it at the next log point (:meth:`_read_stats`)."""
         x0, y = self.batcher.next_labelled()
         draw = self.sampler.sample(x0.shape[0], device=self.device, generator=self.t_gen)
-        noise = torch.randn(x0.shape, generator=self.noise_gen, device=self.device)
+        noise = self.noise.draw(x0, generator=self.noise_gen)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
         y = None if self.label_dropout is None else self.label_dropout(y)  # dropped: the null class
         per_sample = self.loss.error(self.net, x0, noise, draw.t, autocast=autocast, labels=y)
