@@ -167,3 +167,89 @@ def test_one_seed_shows_no_spread():
         {"metric": "fd", "baseline": "uniform", "methods": {"a": method([3.0]), "b": method([3.0, 4.0])}}
     )
     assert "| a | 3 (one seed) |" in table and "| b | 3.5 ± 0.5 |" in table
+
+
+def _synthetic_runs(out, curves: dict, val_loss: dict | None = None, steps: int = 4000) -> None:
+    """Run directories holding only what the summary reads: fd records (``curves[label][seed]``), an optional
+    final ``val_loss`` record, and a summary of ``steps`` steps (finished)."""
+    for lab, per_seed in curves.items():
+        for s, curve in enumerate(per_seed):
+            run = out / "runs" / compare.run_dir_name(lab) / f"seed{s}"
+            run.mkdir(parents=True)
+            recs = [{"step": k, "fd": v} for k, v in curve]
+            if val_loss:
+                recs.append({"step": curve[-1][0], "val_loss": val_loss[lab][s]})
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+            (run / "summary.json").write_text(json.dumps({"steps": steps}))
+
+
+def _curve(scale: float, speed: float = 1.0) -> list:
+    """FD falling as scale·8000/(speed·step) at steps 500..4000 (speed 2: at step k what speed 1 is at 2k)."""
+    return [(k, scale * 8000 / (speed * k) + 2.0) for k in range(500, 4001, 500)]
+
+
+def test_paired_tables_against_the_baseline_and_against_a_second_method(tmp_path):
+    out = tmp_path / "c"
+    curves = {
+        "uniform": [_curve(1.0), _curve(1.1), _curve(0.9)],
+        "fast": [_curve(1.0, 2.0), _curve(1.1, 1.9), _curve(0.9, 2.1)],
+        "slow": [_curve(1.0, 0.5), _curve(1.1, 0.6), _curve(0.9, 0.4)],
+    }
+    val = {"uniform": [0.5, 0.6, 0.7], "fast": [0.4, 0.5, 0.6], "slow": [0.5, 0.6, 0.7]}
+    _synthetic_runs(out, curves, val)
+    res = compare.summarize(out, list(curves), 3, against="fast", log=lambda m: None)
+    assert set(res["paired"]) == {"uniform", "fast"}
+    assert set(res["paired"]["uniform"]) == {"fast", "slow"} and set(res["paired"]["fast"]) == {
+        "uniform",
+        "slow",
+    }
+    fast = res["paired"]["uniform"]["fast"]
+    assert sorted(fast["ratios"]) == [0.25, 0.5, 0.75, 1.0]
+    assert fast["ratios"][0.5]["verdict"] == "ahead" and fast["ratios"][0.5]["mean"] > 1.5
+    assert fast["diffs"]["val_loss"]["per_seed"] == {s: pytest.approx(-0.1) for s in range(3)}
+    assert res["paired"]["uniform"]["slow"]["ratios"][0.25]["verdict"] == "behind"
+    assert res["paired"]["fast"]["slow"]["ratios"][1.0]["not_reached"] == [0, 1, 2]
+    assert res["paired"]["fast"]["uniform"]["ratios"][0.25]["verdict"] == "behind"
+    assert res["fd_noise"] is None  # no checkpoints: nothing to score again
+    text = compare.format_report(res)
+    assert "Paired against uniform:" in text and "Paired against fast:" in text
+    assert "| steps ratio at 25 % (FD@1000) |" in text and "| final val_loss − uniform |" in text
+    assert "n.r. (seeds 0, 1, 2 of 3) –" in text
+    assert "FD noise: unknown (not measured: the baseline's runs have no checkpoint to score again)." in text
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["paired"]["uniform"]["fast"]["ratios"]["0.5"]["verdict"] == "ahead"
+
+
+def test_no_val_loss_column_without_val_loss_records(tmp_path):
+    curves = {"uniform": [_curve(1.0)] * 3, "b": [_curve(1.0, 1.2)] * 3}
+    _synthetic_runs(tmp_path, curves)
+    res = compare.summarize(tmp_path, list(curves), 3, log=lambda m: None)
+    assert set(res["paired"]["uniform"]["b"]["diffs"]) == {"fd"}
+    assert "val_loss" not in compare.format_report(res)
+
+
+def test_cli_compare_against_prints_the_paired_tables(tmp_path, capsys):
+    from diffusion_curriculum.cli import main
+
+    out = tmp_path / "c"
+    _synthetic_runs(
+        out, {"uniform": [_curve(1.0), _curve(1.1), _curve(0.9)], "logit-normal": [_curve(1.0, 1.5)] * 3}
+    )
+    argv = [
+        "compare",
+        "--methods",
+        "uniform,logit-normal",
+        "--seeds",
+        "3",
+        "--steps",
+        "4000",
+        "--out",
+        str(out),
+    ]
+    assert main([*argv, "--summarize-only", "--against", "logit-normal", *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "Paired against uniform:" in printed and "Paired against logit-normal:" in printed
+    assert "| `logit-normal` | 0, 1, 2 |" in printed
+    assert main([*argv, "--summarize-only", "--against", "uniform", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "--against uniform is the baseline already" in err

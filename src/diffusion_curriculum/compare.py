@@ -8,7 +8,11 @@ and plots written.
 Speed-up of method M: (steps the uniform baseline needs to reach its own final quality at budget
 B) ÷ (steps M needs to reach that same quality), quality interpolated linearly in log-space between evaluations;
 a method that never reaches it is reported as "not reached", never as a number. Each seed of M is compared
-with the same seed of the baseline; the table gives the mean and spread over seeds.
+with the same seed of the baseline; the table gives the mean and spread over seeds. Since the speed-up at the
+final quality is measured where all curves are flat, a second table (:mod:`diffusion_curriculum.paired`) pairs
+seed s of every method with seed s of the baseline (and of ``--against``) at four targets, the baseline's
+quality at 25/50/75/100 % of its budget, with 95 % intervals over seeds and a verdict, and the line under it
+gives the metric's own noise (:mod:`diffusion_curriculum.fd_noise`).
 
 A method is ``part[+part...]`` where a part is ``NAME[:key=value,...]`` and NAME is a preset (``digits-ddc``),
 a sampler (``ddc:clustering=snr``), a loss weighting (``min-snr:gamma=5``) or ``mdlrc`` (momentum decay,
@@ -17,8 +21,6 @@ a sampler (``ddc:clustering=snr``), a loss weighting (``min-snr:gamma=5``) or ``
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import re
@@ -28,8 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import config, launchers, runlog, sweep, timesteps, viz, weighting
+from . import compare_report, config, launchers, paired, runlog, sweep, timesteps, viz, weighting
+from . import fd_noise as fd_noise_mod
 from .checks import atomic_write
+from .compare_report import THROUGHPUT_NOTE, format_report, format_table  # noqa: F401 (their home before)
 from .errors import ConfigError, suggest
 from .training import build_components
 
@@ -199,7 +203,9 @@ def compare(
     jobs: int | None = None,
     metric: str = "auto",
     baseline: str = "uniform",
+    against: str | None = None,
     eval_samples: int | None = None,
+    fd_noise: bool = True,
     threads: int | None = None,
     launcher: launchers.Launcher | None = None,
     summarize_only: bool = False,
@@ -217,16 +223,15 @@ def compare(
 
     With ``eval_samples`` N the quality curves come from an offline evaluation of every kept checkpoint with N
     samples (:func:`diffusion_curriculum.evaluate.evaluate_run`, reused while newer than the run's newest
-    checkpoint) instead of the runs' own periodic evaluations, and the outputs are named ``results-nN.*``."""
+    checkpoint) instead of the runs' own periodic evaluations, and the outputs are named ``results-nN.*``.
+
+    Every method is also compared seed by seed with ``baseline`` and ``against`` (trained too when not among
+    ``methods``), and with ``fd_noise`` the baseline's final checkpoints are scored once more with a second
+    sample seed (one evaluation per seed, for a sample-based key): see :func:`summarize`."""
     say = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds} is invalid; allowed: a positive integer")
-    parsed = [parse_method(m) for m in methods]
-    labels = [m.label for m in parsed]
-    if len(set(labels)) != len(labels):
-        raise ConfigError(f"--methods lists a method twice: {', '.join(labels)}")
-    if baseline not in labels:
-        parsed.insert(0, parse_method(baseline))
+    parsed = _methods_and_references(methods, baseline, against)
     out = Path(out)
     plans, seed_of = _plan_runs(parsed, out, seeds, preset, config_file, list(overrides), steps)
     if summarize_only:
@@ -259,10 +264,30 @@ def compare(
         seeds,
         metric=metric,
         baseline=baseline,
+        against=against,
         failures=failures,
         eval_samples=eval_samples,
+        fd_noise=fd_noise,
         log=say,
     )
+
+
+def _methods_and_references(methods: list[str], baseline: str, against: str | None) -> list[Method]:
+    """The parsed ``methods``, after the references (``against``, then ``baseline``) that are not among them:
+    those are trained too, first. A method listed twice, or ``against`` equal to ``baseline``, is a
+    :class:`ConfigError`."""
+    parsed = [parse_method(m) for m in methods]
+    labels = [m.label for m in parsed]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"--methods lists a method twice: {', '.join(labels)}")
+    if against is not None and against == baseline:
+        raise ConfigError(
+            f"--against {against} is the baseline already; name another method, or leave it out"
+        )
+    for ref in (against, baseline):
+        if ref is not None and ref not in labels:
+            parsed.insert(0, parse_method(ref))
+    return parsed
 
 
 def on_disk(plans: list[sweep.RunPlan]) -> dict[str, str]:
@@ -338,12 +363,20 @@ def summarize(
     *,
     metric: str = "auto",
     baseline: str = "uniform",
+    against: str | None = None,
     failures: dict | None = None,
     eval_samples: int | None = None,
+    fd_noise: bool = True,
     log=None,
 ) -> dict[str, Any]:
     """Read every run's metrics and write the results table and plots (from the offline evaluation with
-    ``eval_samples`` samples when given: see :func:`compare`)."""
+    ``eval_samples`` samples when given: see :func:`compare`).
+
+    The results add ``paired``: per reference (``baseline``, and ``against`` when given) and method the
+    :func:`diffusion_curriculum.paired.paired_comparison` of its seeds against the reference's (step ratios at
+    the reference's quality at 25/50/75/100 % of its budget, final-quality and final ``val_loss`` differences);
+    and, with ``fd_noise`` and a sample-based quality key, ``fd_noise``: the :func:`~diffusion_curriculum.
+    fd_noise.summary` of the baseline's final checkpoints scored with a second sample seed."""
     failures = failures or {}
     say = log or (lambda m: print(m, file=sys.stderr, flush=True))
     runs = {(lab, s): out / "runs" / run_dir_name(lab) / f"seed{s}" for lab in labels for s in range(seeds)}
@@ -363,128 +396,96 @@ def summarize(
     results: dict[str, Any] = {"metric": key, "baseline": baseline, "seeds": seeds, "methods": {}}
     if eval_samples is not None:
         results["eval_samples"] = eval_samples
+    curves = {lab: {s: quality_curve(quality[(lab, s)], key) for s in range(seeds)} for lab in labels}
     for lab in labels:
-        per_seed = []
-        for s in range(seeds):
-            curve = quality_curve(quality[(lab, s)], key)
-            base = quality_curve(quality[(baseline, s)], key)
-            summ = runlog.read_summary(runs[(lab, s)])
-            entry = {
-                "seed": s,
-                "final": curve[-1][1] if curve else None,
-                "final_step": curve[-1][0] if curve else None,
-                "steps_per_s": summ.get("steps_per_s"),
-                **speedup(base, curve),
-            }
-            if (lab, s) in failures:
-                entry["error"] = failures[(lab, s)]
-            per_seed.append(entry)
-        finals = [e["final"] for e in per_seed if e["final"] is not None]
-        ups = [e["speedup"] for e in per_seed]
-        numeric = [u for u in ups if isinstance(u, float)]
-        sps = [e["steps_per_s"] for e in per_seed if e["steps_per_s"]]
-        results["methods"][lab] = {
-            "final_mean": statistics.fmean(finals) if finals else None,
-            "final_std": statistics.stdev(finals) if len(finals) > 1 else 0.0 if finals else None,
-            "speedup_mean": mean_speedup(ups),
-            "speedup_per_seed": ups,
-            "reached": f"{len(numeric)}/{len(ups)}",
-            "steps_per_s": statistics.fmean(sps) if sps else None,
-            "per_seed": per_seed,
-        }
-        for extra in EXTRA_QUALITY_KEYS:  # e.g. a conditional run's accuracy: its final value per seed
-            last = [c[-1][1] for c in (quality_curve(quality[(lab, s)], extra) for s in range(seeds)) if c]
-            if last:
-                results["methods"][lab][f"{extra}_mean"] = statistics.fmean(last)
-                results["methods"][lab][f"{extra}_std"] = statistics.stdev(last) if len(last) > 1 else 0.0
+        results["methods"][lab] = _method_results(lab, curves, baseline, quality, runs, failures, seeds)
+    refs = [baseline] + ([against] if against else [])
+    results["paired"] = {ref: _paired_against(ref, labels, curves, records, key) for ref in refs}
+    if key in fd_noise_mod.SAMPLE_KEYS:
+        results["fd_noise"] = _noise(runs, curves, baseline, key, eval_samples, say) if fd_noise else None
+        if results["fd_noise"] is None:
+            results["fd_noise_why"] = (
+                "the baseline's runs have no checkpoint to score again" if fd_noise else "--no-fd-noise"
+            )
     atomic_write(out / f"results{suffix}.json", json.dumps(results, indent=2))
-    _write_csv(out / f"results{suffix}.csv", results)
-    curves = {lab: [dict(quality_curve(quality[(lab, s)], key)) for s in range(seeds)] for lab in labels}
-    viz.quality_plot(out / f"quality{suffix}.png", curves, key)
+    compare_report.write_csv(out / f"results{suffix}.csv", results)
+    per_seed_curves = {lab: [dict(curves[lab][s]) for s in range(seeds)] for lab in labels}
+    viz.quality_plot(out / f"quality{suffix}.png", per_seed_curves, key)
     hists = {lab: [r for s in range(seeds) for r in records[(lab, s)] if "t_hist" in r] for lab in labels}
     viz.drawn_levels_plot(out / "timesteps.png", hists)
     return results
 
 
-def _fmt(v, digits=4):
-    if isinstance(v, float):
-        return f"{v:.{digits}g}"
-    return "" if v is None else str(v)
-
-
-def _write_csv(path: Path, results: dict) -> None:
-    f = io.StringIO(newline="")
-    w = csv.writer(f)
-    w.writerow(
-        [
-            "method",
-            f"final_{results['metric']}_mean",
-            f"final_{results['metric']}_std",
-            "speedup_mean",
-            "speedup_per_seed",
-            "reached",
-            "machine_steps_per_s",  # throughput of the machine the run shared, not a cost (THROUGHPUT_NOTE)
-            *(f"final_{k}_{m}" for k in _extra_keys(results) for m in ("mean", "std")),
-        ]
-    )
-    for lab, r in results["methods"].items():
-        w.writerow(
-            [
-                lab,
-                _fmt(r["final_mean"]),
-                _fmt(r["final_std"]),
-                _fmt(r["speedup_mean"], 3),
-                " ".join(
-                    _fmt(u, 3) if isinstance(u, float) else str(u).replace(" ", "_")
-                    for u in r["speedup_per_seed"]
-                ),
-                r["reached"],
-                _fmt(r["steps_per_s"], 3),
-                *(_fmt(r.get(f"{k}_{m}")) for k in _extra_keys(results) for m in ("mean", "std")),
-            ]
-        )
-    atomic_write(path, f.getvalue())
-
-
-def _extra_keys(results: dict) -> list[str]:
-    """The :data:`EXTRA_QUALITY_KEYS` some method of ``results`` has a final value of."""
-    return [k for k in EXTRA_QUALITY_KEYS if any(f"{k}_mean" in r for r in results["methods"].values())]
-
-
-#: what the steps/s column measures, printed under the table
-THROUGHPUT_NOTE = (
-    "† machine steps/s: each run's wall-clock training throughput on the machine it ran on, while it shared "
-    "that machine with the other runs of this comparison; it measures the machine and the load on it, not "
-    "what the method costs (compare costs with one run at a time, e.g. benchmarks/sampler_overhead.py)."
-)
-
-
-def _spread(mean: float, std: float, n: int, digits: int) -> str:
-    """``mean ± std``, or ``mean (one seed)``: a single seed has no spread to show (``± 0`` would claim one)."""
-    return f"{mean:.{digits}g} (one seed)" if n == 1 else f"{mean:.{digits}g} ± {std:.2g}"
-
-
-def format_table(results: dict) -> str:
-    """A Markdown table of the results (what BENCHMARKS.md shows), with :data:`THROUGHPUT_NOTE` under it."""
-    k = results["metric"]
-    extra = _extra_keys(results)
-    rows = [
-        f"| method | final {k} (mean ± std) | speed-up vs {results['baseline']} (mean) | per seed "
-        "| machine steps/s † |" + "".join(f" final {e} (mean ± std) |" for e in extra),
-        "|---|---|---|---|---|" + "---|" * len(extra),
+def _noise(runs, curves, baseline, key, eval_samples, say) -> dict | None:
+    """:func:`diffusion_curriculum.fd_noise.summary` of the baseline's seeds that have a curve and a
+    checkpoint, each scored once more with a second sample seed (``None`` when none has)."""
+    found = [
+        fd_noise_mod.measure(runs[(baseline, s)], key, curve, eval_samples, say)
+        for s, curve in curves[baseline].items()
+        if curve and runlog.newest_checkpoint_step(runs[(baseline, s)]) is not None
     ]
-    for lab, r in results["methods"].items():
-        n = (
-            sum(e.get("final") is not None for e in r.get("per_seed", [])) or 2
-        )  # tables from before: a spread
-        fm = "failed" if r["final_mean"] is None else _spread(r["final_mean"], r["final_std"], n, 4)
-        sp = r["speedup_mean"]
-        sp = f"{sp:.2f}×" if isinstance(sp, float) else str(sp)
-        per = ", ".join(f"{u:.2f}" if isinstance(u, float) else str(u) for u in r["speedup_per_seed"])
-        more = "".join(
-            f" {_spread(r[f'{e}_mean'], r[f'{e}_std'], n, 3)} |" if f"{e}_mean" in r else " |" for e in extra
-        )
-        rows.append(
-            f"| {lab} | {fm} | {sp} ({r['reached']} reached) | {per} | {_fmt(r['steps_per_s'], 3)} |{more}"
-        )
-    return "\n".join(rows) + "\n\n" + THROUGHPUT_NOTE
+    return fd_noise_mod.summary(found)
+
+
+def _method_results(lab, curves, baseline, quality, runs, failures, seeds) -> dict[str, Any]:
+    """One method's entry of the results: per seed its final quality, throughput and :func:`speedup`, and
+    their means over seeds (and the final value of each :data:`EXTRA_QUALITY_KEYS` a run logs)."""
+    per_seed = []
+    for s in range(seeds):
+        curve, base = curves[lab][s], curves[baseline][s]
+        entry = {
+            "seed": s,
+            "final": curve[-1][1] if curve else None,
+            "final_step": curve[-1][0] if curve else None,
+            "steps_per_s": runlog.read_summary(runs[(lab, s)]).get("steps_per_s"),
+            **speedup(base, curve),
+        }
+        if (lab, s) in failures:
+            entry["error"] = failures[(lab, s)]
+        per_seed.append(entry)
+    finals = [e["final"] for e in per_seed if e["final"] is not None]
+    ups = [e["speedup"] for e in per_seed]
+    numeric = [u for u in ups if isinstance(u, float)]
+    sps = [e["steps_per_s"] for e in per_seed if e["steps_per_s"]]
+    res = {
+        "final_mean": statistics.fmean(finals) if finals else None,
+        "final_std": statistics.stdev(finals) if len(finals) > 1 else 0.0 if finals else None,
+        "speedup_mean": mean_speedup(ups),
+        "speedup_per_seed": ups,
+        "reached": f"{len(numeric)}/{len(ups)}",
+        "steps_per_s": statistics.fmean(sps) if sps else None,
+        "per_seed": per_seed,
+    }
+    for extra in EXTRA_QUALITY_KEYS:  # e.g. a conditional run's accuracy: its final value per seed
+        last = [c[-1][1] for c in (quality_curve(quality[(lab, s)], extra) for s in range(seeds)) if c]
+        if last:
+            res[f"{extra}_mean"] = statistics.fmean(last)
+            res[f"{extra}_std"] = statistics.stdev(last) if len(last) > 1 else 0.0
+    return res
+
+
+#: logged values whose final value is compared seed by seed (lower is better), besides the quality key
+PAIRED_FINAL_KEYS = ("val_loss",)
+
+
+def final_values(records: list[dict], key: str) -> float | None:
+    """The last numeric value of ``key`` in ``records`` (``None`` when none has one)."""
+    vals = [r[key] for r in records if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)]
+    return float(vals[-1]) if vals else None
+
+
+def _paired_against(ref: str, labels: list[str], curves: dict, records: dict, key: str) -> dict[str, dict]:
+    """``{method: paired_comparison}`` of every method but ``ref`` against ``ref``: step ratios on the quality
+    curves, differences of the final quality and of each :data:`PAIRED_FINAL_KEYS` the runs log."""
+
+    def finals(lab: str, k: str) -> dict[int, float]:
+        if k == key:
+            return {s: c[-1][1] for s, c in curves[lab].items() if c}
+        vals = {s: final_values(records[(lab, s)], k) for s in curves[lab]}
+        return {s: v for s, v in vals.items() if v is not None}
+
+    out = {}
+    for lab in (m for m in labels if m != ref):
+        both = {k: (finals(ref, k), finals(lab, k)) for k in (key, *PAIRED_FINAL_KEYS)}
+        out[lab] = paired.paired_comparison(curves[ref], curves[lab], both)
+    return out

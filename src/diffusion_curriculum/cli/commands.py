@@ -149,8 +149,9 @@ def _runs_of(args) -> dict:
 
 def cmd_compare(args) -> int:
     """``compare``: train every method × seed side by side (or, with ``--summarize-only``, read them from disk)
-    and print the speed-up table; exit 1 if a run failed or is missing or unfinished. With ``--launcher slurm
-    --no-wait`` it submits the jobs, prints the command that builds the table later and exits 0."""
+    and print the speed-up table, the paired tables and the FD noise line; exit 1 if a run failed or is missing
+    or unfinished. With ``--launcher slurm --no-wait`` it submits the jobs, prints the command that builds the
+    table later and exits 0."""
     from .. import compare, launchers
 
     methods = compare.split_methods(args.methods)
@@ -178,7 +179,9 @@ def cmd_compare(args) -> int:
         steps=args.steps,
         metric=args.metric,
         baseline=args.baseline,
+        against=args.against,
         eval_samples=args.eval_samples,
+        fd_noise=not args.no_fd_noise,
         launcher=launcher,
         summarize_only=args.summarize_only,
         progress_every=args.progress_every,
@@ -187,7 +190,7 @@ def cmd_compare(args) -> int:
     if res is None:  # submitted, not waited for
         print(f"jobs submitted; when they have finished, build the tables with:\n  {launcher.summarize_hint}")
         return 0
-    print(compare.format_table(res))
+    print(compare.format_report(res))
     failed = [lab for lab, r in res["methods"].items() if any("error" in e for e in r["per_seed"])]
     if failed and args.summarize_only:
         print(

@@ -98,6 +98,17 @@ def _add_compare(sub) -> None:
         "--baseline", default="uniform", help="the method speed-ups are measured against (default uniform)"
     )
     c.add_argument(
+        "--against",
+        metavar="METHOD",
+        help="a second reference: a paired table of every method against it too (trained when not in --methods)",
+    )
+    c.add_argument(
+        "--no-fd-noise",
+        action="store_true",
+        help="skip scoring the baseline's final checkpoints with a second sample seed (the FD noise line; one "
+        "extra evaluation per baseline seed)",
+    )
+    c.add_argument(
         "--eval-samples",
         type=int,
         help="measure quality offline on every kept checkpoint with this many samples (results-nN.*) instead "
