@@ -13,10 +13,18 @@ trained with ``eval_every`` instead of ``--eval-samples``), kept as ``eval-in-ru
 the files of ``evaluate --guidance W`` of class-conditional runs; ``--key accuracy`` (or any other logged value)
 tables that value per checkpoint, without speed-ups unless it is lower-is-better.
 
+Under each table of a lower-is-better value come the paired statistics (:mod:`diffusion_curriculum.paired`):
+seed s of every method against seed s of the baseline (and, with ``--against METHOD``, of that method too), the
+step ratio at the reference's value at 25/50/75/100 % of its budget and the difference of the final value (and
+of the final ``val_loss`` where the files carry it), each with its 95 % t interval over the paired seeds and a
+verdict; then the metric's noise, when a measurement of it (``fd-noise-*.json``, written by ``compare`` into
+the baseline's runs and copied by ``--collect``) is committed for the group, else that it is unknown.
+
     python benchmarks/ablation_table.py --collect lin=/work/bench/lin cos=/work/bench/cos --name digits-ablation
     python benchmarks/ablation_table.py --name digits-ablation            # the tables, from the committed files
     python benchmarks/ablation_table.py --collect lin=/work/bench/mnist --name mnist5k --in-run --early 400,800
     python benchmarks/ablation_table.py --name digits-cond --guidance 1.5 --key accuracy --decimals 3
+    python benchmarks/ablation_table.py --name digits-ablation --against loss-second-moment
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import shutil
 import statistics
 from pathlib import Path
 
+from diffusion_curriculum import fd_noise, paired
 from diffusion_curriculum.compare import speedup, steps_to_reach
 from diffusion_curriculum.evaluate import eval_file_name
 
@@ -34,7 +43,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: the values whose tables get speed-up columns (the others, such as a conditional run's accuracy, do not)
 LOWER_IS_BETTER = ("fd", "fid", "swd", "eval_loss")
 #: the keys of an in-run evaluation record kept in eval-in-run.jsonl (not its noise-level histogram)
-IN_RUN_KEYS = ("step", "eval_loss", "fd", "fid", "swd", "precision", "recall", "accuracy")
+IN_RUN_KEYS = ("step", "eval_loss", "val_loss", "fd", "fid", "swd", "precision", "recall", "accuracy")
 
 
 def _eval_file(samples: int | None, guidance: float | None = None) -> str:
@@ -59,8 +68,9 @@ def collect(name: str, sources: list[str], samples: int | None, guidance: float 
                 (dest / _eval_file(None)).write_text("".join(lines))
             else:
                 shutil.copyfile(ev, dest / ev.name)
-            if (run / "summary.json").exists():
-                shutil.copyfile(run / "summary.json", dest / "summary.json")
+            for kept in [run / "summary.json", *run.glob("fd-noise-*.json")]:
+                if kept.exists():
+                    shutil.copyfile(kept, dest / kept.name)
             status = [json.loads(x).get("sampler") for x in open(run / "metrics.jsonl") if '"sampler"' in x]
             if status:
                 (dest / "sampler-status.json").write_text(json.dumps(status[-1]) + "\n")
@@ -159,6 +169,36 @@ def _speedup_cells(base: dict, seeds: dict, early: tuple[int, ...]) -> list[str]
     return [" / ".join(ups), *(" / ".join(early_cells[k]) for k in early), _mean_curve_speedup(base, seeds)]
 
 
+def paired_table(
+    name: str, group: str, curves: dict, reference: str, key: str, samples: int | None, guidance=None
+) -> str:
+    """The paired statistics of every method of ``group`` against ``reference`` (see the module docstring), or
+    one sentence saying the group has no such method."""
+    if reference not in curves:
+        return f"No paired table against `{reference}`: the group has no such method."
+    val = load(name, samples, "val_loss", guidance).get(group, {})
+
+    def finals(m: str, values: dict) -> dict[int, float]:
+        return {s: c[-1][1] for s, c in values.get(m, {}).items() if c}
+
+    comparisons = {}
+    for m in sorted(x for x in curves if x != reference):
+        both = {key: (finals(reference, curves), finals(m, curves))}
+        if val:
+            both["val_loss"] = (finals(reference, val), finals(m, val))
+        comparisons[m] = paired.paired_comparison(curves[reference], curves[m], both)
+    return paired.format_paired_table(comparisons, reference, key.upper())
+
+
+def noise_text(name: str, group: str, baseline: str, samples: int | None) -> str:
+    """The metric's noise line of ``group``: from the committed ``fd-noise`` files of its baseline's seeds,
+    or that it is unknown."""
+    pattern = f"seed*/{fd_noise.noise_file_name(samples)}"
+    found = [json.loads(p.read_text()) for p in sorted((RESULTS / name / group / baseline).glob(pattern))]
+    why = f"no {fd_noise.noise_file_name(samples)} is committed under {name}/{group}/{baseline}/seed*"
+    return fd_noise.noise_line(fd_noise.summary(found), "fd", why)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--name", default="digits-ablation", help="the results folder under benchmarks/results")
@@ -185,6 +225,7 @@ def main(argv=None) -> int:
         "--decimals", type=int, default=2, help="of the values per checkpoint (e.g. 3 for accuracy)"
     )
     ap.add_argument("--baseline", default="uniform")
+    ap.add_argument("--against", metavar="METHOD", help="a second reference for the paired statistics")
     ap.add_argument("--early", default="1000,2000", help="checkpoints for the steps-to-match columns")
     args = ap.parse_args(argv)
     if args.in_run and args.guidance is not None:
@@ -198,11 +239,20 @@ def main(argv=None) -> int:
         n = collect(args.name, args.collect, samples, args.guidance)
         print(f"collected {n} runs into {RESULTS / args.name}")
         return 0
+    if args.against is not None and args.against == args.baseline:
+        ap.error(f"--against {args.against} is the baseline already; name another method")
     early = tuple(int(k) for k in args.early.split(",") if k)
+    lower = args.key in LOWER_IS_BETTER
     for group, methods in sorted(load(args.name, samples, args.key, args.guidance).items()):
         print(
-            f"\n### {group}\n\n{table(methods, args.baseline, early if args.key in LOWER_IS_BETTER else None, args.key.upper(), args.decimals)}"
+            f"\n### {group}\n\n{table(methods, args.baseline, early if lower else None, args.key.upper(), args.decimals)}"
         )
+        if not lower:
+            continue
+        for ref in [args.baseline] + ([args.against] if args.against else []):
+            text = paired_table(args.name, group, methods, ref, args.key, samples, args.guidance)
+            print(f"\nPaired against `{ref}`:\n\n{text}")
+        print("\n" + noise_text(args.name, group, args.baseline, None if args.guidance else samples))
     return 0
 
 

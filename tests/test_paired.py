@@ -230,3 +230,42 @@ def test_noise_is_measured_on_the_final_checkpoint_with_the_next_seed(tmp_path):
     assert fd_noise.measure(run, "fd", curve, None)["values"] == [1.0, 2.0]
     assert not (run / "config.yaml").read_text().count(f"seed: {seed + 1}")  # the run itself is untouched
 
+
+# -- benchmarks/ablation_table.py -----------------------------------------------------------------------------
+def _ablation_table():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "ablation_table.py"
+    spec = importlib.util.spec_from_file_location("ablation_table", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ablation_table_prints_paired_tables_and_the_noise_from_result_files(tmp_path, monkeypatch, capsys):
+    tab = _ablation_table()
+    monkeypatch.setattr(tab, "RESULTS", tmp_path)
+    for m, speed in (("uniform", 1.0), ("fast", 2.0), ("other", 1.1)):
+        for s in range(3):
+            run = tmp_path / "grid" / "lin" / m / f"seed{s}"
+            run.mkdir(parents=True)
+            recs = [{"step": k, "fd": (1 + 0.1 * s) * 8000 / (speed * k) + 2} for k in range(500, 4001, 500)]
+            (run / "eval-n1000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert tab.main(["--name", "grid", "--against", "other"]) == 0
+    out = capsys.readouterr().out
+    assert "Paired against `uniform`:" in out and "Paired against `other`:" in out
+    assert "| steps ratio at 25 % (FD@1000) |" in out and "| final FD − uniform |" in out
+    assert "FD noise: unknown (no fd-noise-n1000.json is committed under grid/lin/uniform/seed*)." in out
+    noise = {"key": "fd", "step": 4000, "samples": 1000, "seeds": [0, 1], "values": [3.0, 3.2]}
+    (tmp_path / "grid" / "lin" / "uniform" / "seed0" / "fd-noise-n1000.json").write_text(json.dumps(noise))
+    assert tab.main(["--name", "grid", "--against", "absent"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "FD noise: the same checkpoint scored with two sample seeds differs by 0.2 (mean |Δ| over 1 checkpoint"
+        in out
+    )
+    assert "No paired table against `absent`: the group has no such method." in out
+    with pytest.raises(SystemExit):
+        tab.main(["--name", "grid", "--against", "uniform"])
+    assert "--against uniform is the baseline already" in capsys.readouterr().err
