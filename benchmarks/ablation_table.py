@@ -190,9 +190,12 @@ def paired_table(
     return paired.format_paired_table(comparisons, reference, key.upper())
 
 
-def noise_text(name: str, group: str, baseline: str, samples: int | None) -> str:
+def noise_text(name: str, group: str, baseline: str, samples: int | None, guidance=None) -> str:
     """The metric's noise line of ``group``: from the committed ``fd-noise`` files of its baseline's seeds,
-    or that it is unknown."""
+    or that it is unknown (always for a ``--guidance`` table: compare scores it at the runs' own guidance)."""
+    if guidance is not None:
+        why = f"compare measures it at the runs' own guidance, not at --guidance {guidance:g}"
+        return fd_noise.noise_line(None, "fd", why)
     pattern = f"seed*/{fd_noise.noise_file_name(samples)}"
     found = [json.loads(p.read_text()) for p in sorted((RESULTS / name / group / baseline).glob(pattern))]
     why = f"no {fd_noise.noise_file_name(samples)} is committed under {name}/{group}/{baseline}/seed*"
@@ -252,7 +255,7 @@ def main(argv=None) -> int:
         for ref in [args.baseline] + ([args.against] if args.against else []):
             text = paired_table(args.name, group, methods, ref, args.key, samples, args.guidance)
             print(f"\nPaired against `{ref}`:\n\n{text}")
-        print("\n" + noise_text(args.name, group, args.baseline, None if args.guidance else samples))
+        print("\n" + noise_text(args.name, group, args.baseline, samples, args.guidance))
     return 0
 
 

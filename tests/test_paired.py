@@ -266,6 +266,9 @@ def test_ablation_table_prints_paired_tables_and_the_noise_from_result_files(tmp
         in out
     )
     assert "No paired table against `absent`: the group has no such method." in out
+    assert tab.noise_text("grid", "lin", "uniform", 1000, 1.5) == (
+        "FD noise: unknown (compare measures it at the runs' own guidance, not at --guidance 1.5)."
+    )
     with pytest.raises(SystemExit):
         tab.main(["--name", "grid", "--against", "uniform"])
     assert "--against uniform is the baseline already" in capsys.readouterr().err
