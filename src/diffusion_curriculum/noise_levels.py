@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .process import kind_of
 
-__all__ = ["bucket", "bucket_edges", "levels", "position", "stratified"]
+__all__ = ["bucket", "bucket_edges", "inside", "levels", "position", "stratified"]
 
 
 def _log_sigma_range(process) -> tuple[float, float]:
@@ -71,24 +71,27 @@ def levels(process, values: list[float]) -> Tensor:
     return (x if kind == "flow" else x.exp()).float()
 
 
-def stratified(process, n: int, per_bucket: int) -> Tensor:
-    """``per_bucket`` noise levels inside each of the ``n`` :func:`bucket` buckets, bucket by bucket (bucket k
-    holds entries ``k·per_bucket … (k+1)·per_bucket − 1``), evenly spread: the j-th sits at the fraction
-    u_j = (j + ½)/per_bucket of its bucket (a fixed grid, no randomness). Discrete process: the integers of bucket
-    k are ⌈kT/n⌉ … ⌈(k+1)T/n⌉ − 1 and the j-th is the ⌊u_j·count⌋-th of them (so several entries share a t when a
-    bucket holds fewer integers than ``per_bucket``); EDM: σ = exp(ln σ_min + (k + u_j)/n·(ln σ_max − ln σ_min));
-    flow: t = (k + u_j)/n. Long timesteps for a discrete process, float32 otherwise."""
-    u = (torch.arange(per_bucket, dtype=torch.float64) + 0.5) / per_bucket
-    k = torch.arange(n, dtype=torch.float64).repeat_interleave(per_bucket)
-    u = u.repeat(n)
+def inside(process, k: Tensor, u: Tensor, n: int) -> Tensor:
+    """The noise level at fraction ``u`` ∈ [0, 1) (float64) of bucket ``k`` (Long) of ``n`` :func:`bucket`
+    buckets: discrete process, the ⌊u·count⌋-th of the bucket's integers ⌈kT/n⌉ … ⌈(k+1)T/n⌉ − 1 (Long); EDM,
+    σ = exp(ln σ_min + (k + u)/n·(ln σ_max − ln σ_min)); flow, t = (k + u)/n (float32 for both)."""
     kind = kind_of(process)
     if kind == "discrete":
-        T = process.T
-        lo = (k.long() * T + n - 1) // n  # ceil(kT/n) in integers
-        hi = ((k.long() + 1) * T + n - 1) // n
+        T, k = process.T, k.long()
+        lo = (k * T + n - 1) // n  # ceil(kT/n) in integers
+        hi = ((k + 1) * T + n - 1) // n
         return lo + (u * (hi - lo).double()).long()
-    pos = (k + u) / n
+    pos = (k.double() + u) / n
     if kind == "flow":
         return pos.float()
     a, b = _log_sigma_range(process)
     return (a + pos * (b - a)).exp().float()
+
+
+def stratified(process, n: int, per_bucket: int) -> Tensor:
+    """``per_bucket`` noise levels inside each of the ``n`` :func:`bucket` buckets, bucket by bucket (bucket k
+    holds entries ``k·per_bucket … (k+1)·per_bucket − 1``), evenly spread: the j-th at the fraction
+    u_j = (j + ½)/per_bucket of its bucket (:func:`inside`; a fixed grid, no randomness: a discrete bucket with
+    fewer integers than ``per_bucket`` repeats some)."""
+    u = ((torch.arange(per_bucket, dtype=torch.float64) + 0.5) / per_bucket).repeat(n)
+    return inside(process, torch.arange(n).repeat_interleave(per_bucket), u, n)

@@ -4,7 +4,8 @@ For training data {x_1 … x_N} (uniform over the set, as a model trained on it 
 x_t = a(t)·x0 + s(t)·ε (VP: a = √ᾱ_t, s = √(1 − ᾱ_t); EDM: a = 1, s = σ; flow: a = 1 − t', s = t'), the
 posterior over which sample was noised is a softmax over the set, and the best possible denoiser is its mean
 (the minimum-mean-squared-error estimate; the idea of measuring it follows "optimal loss" estimation for
-diffusion training, arXiv 2506.13763; the derivation is the project's, docs/methods.md "Optimal loss"):
+diffusion training, arXiv 2506.13763; the derivation is the project's, docs/methods.md "Optimal loss of a finite
+training set"):
 
     p(i | x_t) = softmax_i(−‖x_t − a·x_i‖² / (2s²)),      E[x0 | x_t] = Σ_i p(i | x_t)·x_i          (1)
 
@@ -34,10 +35,19 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from . import validation
 from .errors import ConfigError
 from .validation import ValidationSet, bucket_means
 
-__all__ = ["MAX_WORK", "OptimalLossError", "cached_floor", "coefficients", "floor", "posterior_mean"]
+__all__ = [
+    "MAX_WORK",
+    "OptimalLossError",
+    "cached_floor",
+    "coefficients",
+    "floor",
+    "per_bucket_floor",
+    "posterior_mean",
+]
 
 #: the most multiply-adds (entries × N × D) :func:`floor` takes on: about half a minute on one CPU core
 MAX_WORK = 2e10
@@ -152,3 +162,24 @@ def cached_floor(
     tmp.write_text(json.dumps({"fingerprint": key, "per_bucket": per_bucket}) + "\n")
     os.replace(tmp, path)
     return per_bucket
+
+
+def per_bucket_floor(
+    process,
+    prediction: str,
+    data: Tensor,
+    buckets: int,
+    *,
+    per_bucket: int = 32,
+    seed: int = 0,
+    labels: Tensor | None = None,
+) -> list[float]:
+    """J* of the training set ``data`` ([N, ...]) per noise-level bucket (the ``buckets`` buckets of
+    :mod:`~diffusion_curriculum.noise_levels`), estimated on ``per_bucket`` fixed entries per bucket
+    (:func:`~diffusion_curriculum.validation.build` from ``seed``): what the ``optimal-gap`` sampler's
+    ``set_floor`` takes. ``labels``: a class-conditional model's labels (the floor conditions on them)."""
+    from .data import Dataset
+
+    source = Dataset(data, labels, "data", "points", value_range=None)
+    vset = validation.build(source, process, buckets=buckets, per_bucket=per_bucket, seed=seed)
+    return bucket_means(floor(process, prediction, data, vset, labels), vset)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..process import kind_of
 from .base import TimestepSampler, check_param, is_number, register
 
 
@@ -41,9 +42,16 @@ class LogNormal(TimestepSampler):
 
     def _draw(self, batch_size, generator):
         log_sigma = self.P_mean + self.P_std * torch.randn(batch_size, generator=generator)
-        if self.kind == "flow":
-            return self.process.unshifted(torch.sigmoid(log_sigma)), None
-        sigma = torch.exp(log_sigma)
-        if self.kind == "continuous":
-            return sigma, None
-        return nearest_timestep(self.process, sigma), None
+        return level_of_log_sigma(self.process, log_sigma), None
+
+
+def level_of_log_sigma(process, log_sigma: torch.Tensor) -> torch.Tensor:
+    """The noise level of ``process`` with EDM-equivalent noise ln σ (see :class:`LogNormal`): σ itself on an EDM
+    process, the timestep with the nearest σ(t) on a discrete one, t = unshifted(sigmoid(ln σ)) on a flow one."""
+    kind = kind_of(process)
+    if kind == "flow":
+        return process.unshifted(torch.sigmoid(log_sigma))
+    sigma = torch.exp(log_sigma)
+    if kind == "continuous":
+        return sigma
+    return nearest_timestep(process, sigma)

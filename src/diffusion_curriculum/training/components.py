@@ -216,3 +216,27 @@ def build_momentum(cfg: dict, optimizer: torch.optim.Optimizer):
 
     params.setdefault("total_steps", cfg["steps"])
     return optim.build_momentum(optimizer, **params)
+
+
+def sampler_floor(cfg: dict, sampler, dataset: data.Dataset, process) -> list[float]:
+    """The training data's optimal loss per bucket of a sampler that draws by it (``needs_floor``: the
+    ``optimal-gap`` sampler), on the validation entries' settings; a ConfigError naming the alternative when the
+    data is too large for the exact floor."""
+    from .. import optimal_loss
+
+    labels = dataset.labels if cfg["cond"]["enabled"] else None
+    try:
+        return optimal_loss.per_bucket_floor(
+            process,
+            cfg["prediction"],
+            dataset.data,
+            sampler.K,
+            per_bucket=cfg["eval"]["val_per_bucket"] or 32,
+            seed=cfg["eval"]["seed"],
+            labels=labels,
+        )
+    except optimal_loss.OptimalLossError as e:
+        raise ConfigError(
+            f"sampler {sampler.name!r} needs the exact optimal loss of the training data, and {e}; or use the "
+            "learning-progress sampler, which needs no optimal loss"
+        ) from None

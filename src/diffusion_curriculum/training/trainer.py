@@ -104,6 +104,8 @@ class Trainer:
         #: label dropout of a class-conditional run (a random stream of its own), or None: unconditional
         self.label_dropout = conditioning.build(cfg, c.num_classes, seed, self.rank)
         self.loss = DenoisingLoss(self.process, cfg["prediction"], self.weight_fn)
+        if getattr(self.sampler, "needs_floor", False):
+            self.sampler.set_floor(components.sampler_floor(cfg, self.sampler, self.dataset, self.process))
         self.model = c.model.to(self.device)
         self._model_params = list(self.model.parameters())  # listed once: not per step
         self.averager = EMA(self.model, cfg["ema"]["decay"], cfg["ema"]["warmup"])
