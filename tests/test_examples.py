@@ -96,6 +96,27 @@ def test_flow_matching_example_runs(sampler, weighting_name, shift):
     assert m and math.isfinite(float(m.group(1))) and float(m.group(2)) > 0
 
 
+@pytest.mark.parametrize("scheme", ["logit_normal", "loss-second-moment"])
+def test_sd3_loop_example_runs_with_a_diffusers_scheme_and_a_library_strategy(scheme):
+    pytest.importorskip("diffusers")
+    out = run_example(
+        "sd3_loop.py",
+        *(
+            "--steps",
+            "4",
+            "--batch-size",
+            "8",
+            "--channels",
+            "4",
+            "--log-every",
+            "2",
+            "--weighting-scheme",
+            scheme,
+        ),
+    )
+    check_done(out, 4)
+
+
 def test_accelerate_example_resumes_exactly(tmp_path):
     pytest.importorskip("accelerate")
     out = run_example(
