@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import compare_report, config, launchers, paired, runlog, sweep, timesteps, viz, weighting
+from . import compare_report, config, launchers, noise, paired, runlog, sweep, timesteps, viz, weighting
 from . import fd_noise as fd_noise_mod
 from .checks import atomic_write
 from .compare_report import THROUGHPUT_NOTE, format_report, format_table  # noqa: F401 (their home before)
@@ -97,10 +97,12 @@ def parse_method(spec: str) -> Method:
             method.overrides += [f"weighting.name={name}"] + [f"weighting.{x}" for x in kv]
         elif name in MOMENTUM_NAMES:
             method.overrides += ["momentum.enabled=true"] + [f"momentum.{x}" for x in kv]
+        elif name in noise.REGISTRY:
+            method.overrides += [f"noise.name={name}"] + [f"noise.{x}" for x in kv]
         else:
-            known = presets + timesteps.names() + sorted(weighting.REGISTRY) + ["mdlrc"]
+            known = presets + timesteps.names() + sorted(weighting.REGISTRY) + noise.names() + ["mdlrc"]
             raise ConfigError(
-                f"method part {name!r} in {spec!r} is not a preset, sampler, weighting or 'mdlrc'"
+                f"method part {name!r} in {spec!r} is not a preset, sampler, weighting, noise or 'mdlrc'"
                 f"{suggest(name, known)}; known: {', '.join(known)}"
             )
     return method

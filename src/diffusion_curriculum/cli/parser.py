@@ -84,7 +84,8 @@ def _add_compare(sub) -> None:
         "--methods",
         required=True,
         help="comma-separated methods, each a preset, a sampler with parameters (ddc:clustering=snr,patience=100), "
-        "a weighting (min-snr) or mdlrc, joined with + (clts+mdlrc)",
+        "a weighting (min-snr), a noise assignment (knn:k=4) or mdlrc, joined with + (clts+mdlrc, "
+        "loss-second-moment+knn:k=4)",
     )
     c.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
     c.add_argument("--steps", type=int, help="training steps per run (default: the preset's)")
