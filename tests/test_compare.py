@@ -16,7 +16,12 @@ def test_parse_method_parts():
     m = compare.parse_method("lognormal+min-snr:gamma=3")
     assert m.overrides == ["sampler.name=lognormal", "weighting.name=min-snr", "weighting.gamma=3"]
     m = compare.parse_method("loss-second-moment+knn:k=4,metric=angle")
-    assert m.overrides == ["sampler.name=loss-second-moment", "noise.name=knn", "noise.k=4", "noise.metric=angle"]
+    assert m.overrides == [
+        "sampler.name=loss-second-moment",
+        "noise.name=knn",
+        "noise.k=4",
+        "noise.metric=angle",
+    ]
     m = compare.parse_method("toy2d")
     assert m.preset == "toy2d" and m.overrides == []
     with pytest.raises(ConfigError, match="'ddx'.*did you mean 'ddc'"):
