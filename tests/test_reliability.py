@@ -639,3 +639,49 @@ def test_out_naming_a_file_is_one_sentence(tmp_path, capsys):
         line = assert_one_sentence(err)
         assert what in line and "choose another --out" in line
     assert f.read_text() == "mine\n"  # nothing already written is lost
+
+
+def test_sample_past_a_corrupt_newest_checkpoint_names_the_step_it_used(two_checkpoints, capsys, tmp_path):
+    (two_checkpoints / "checkpoints" / "step_00000020" / checkpoint.TENSORS).write_bytes(os.urandom(512))
+    rc, err = run_cli(
+        capsys, "sample", "--checkpoint", str(two_checkpoints), "--n", "4", "--out", str(tmp_path / "g.png")
+    )
+    assert rc == 0, err
+    assert "sampling from step_00000010 (step 10), the newest readable checkpoint" in err
+
+
+def test_sample_of_a_named_corrupt_checkpoint_is_one_sentence_naming_the_way_out(
+    two_checkpoints, capsys, tmp_path
+):
+    bad = two_checkpoints / "checkpoints" / "step_00000020"
+    (bad / checkpoint.TENSORS).write_bytes(os.urandom(512))
+    rc, err = run_cli(
+        capsys, "sample", "--checkpoint", str(bad), "--n", "4", "--out", str(tmp_path / "g.png")
+    )
+    assert rc == 2
+    msg = assert_one_sentence(err, "error:")
+    assert "step_00000020" in msg and "name another checkpoint, or the run directory" in msg
+    assert "trying the previous checkpoint" not in err and "no usable checkpoint" not in err
+
+
+def test_ddpm_sampling_ignores_the_default_eval_steps_and_names_eval_steps_when_set(
+    two_checkpoints, capsys, tmp_path
+):
+    rc, err = run_cli(
+        capsys,
+        "sample",
+        "--checkpoint",
+        str(two_checkpoints),
+        "--method",
+        "ddpm",
+        "--n",
+        "2",
+        "--out",
+        str(tmp_path / "d.png"),
+    )
+    assert rc == 0, err
+    rc, err = run_cli(
+        capsys, "train", "--out", str(tmp_path / "t"), *TINY, "eval.method=ddpm", "eval.steps=20"
+    )
+    assert rc == 2
+    assert "eval.steps=20 does not apply to eval.method=ddpm" in assert_one_sentence(err, "error:")

@@ -102,7 +102,7 @@ def evaluate_run(
             n,
             comps.dataset.shape,
             method=ec["method"],
-            steps=ec["steps"],
+            steps=generate.config_steps(comps.process, ec["method"], ec["steps"]),
             eta=ec["eta"],
             prediction=cfg["prediction"],
             seed=ec["seed"],

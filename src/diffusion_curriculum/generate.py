@@ -421,6 +421,13 @@ def method_for(process, method: str = "auto", key: str = "method") -> str:
     return _resolve_method(method, process, None, 0.0, key)[0]
 
 
+def config_steps(process, method: str, steps: int | None) -> int | None:
+    """The steps to generate with, from a config's ``eval.steps``: ``None`` for a method that always takes all T
+    steps (``ddpm``), where the setting does not apply, else ``steps``."""
+    resolved = _resolve_method(method, process, None, 0.0)[0] if method in METHODS else method
+    return None if resolved == "ddpm" else steps
+
+
 def sample(
     model,
     process: DiscreteProcess | EDMProcess,

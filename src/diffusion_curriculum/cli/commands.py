@@ -7,7 +7,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from ..checks import atomic_path
+from ..checks import atomic_path, first_line
 from ..errors import ConfigError
 
 
@@ -108,16 +108,30 @@ def cmd_sample(args) -> int:
     comps = build_components(cfg)
     device = resolve_device(cfg["device"])
     model = comps.model.to(device)
-    rundir.load_newest_ema(model, ckpts, run, warn=lambda msg: print(msg, file=sys.stderr))
+    if len(ckpts) == 1 and path == ckpts[0]:  # one checkpoint named: it, or a sentence saying what to do
+        try:
+            rundir.load_ema_weights(model, path)
+        except checkpoint.CheckpointError as e:
+            raise checkpoint.CheckpointError(
+                f"{first_line(e)}; name another checkpoint, or the run directory {str(run)!r} to use its newest "
+                "readable one"
+            ) from None
+    else:
+        used, step = rundir.load_newest_ema(model, ckpts, run, warn=lambda msg: print(msg, file=sys.stderr))
+        if used != ckpts[0]:
+            print(f"sampling from {used.name} (step {step}), the newest readable checkpoint", file=sys.stderr)
     ec = cfg["eval"]
+    method = args.method or ec["method"]
     cond = guidance.run_labels(comps.num_classes, args.n, args.labels, args.guidance, ec["guidance"])
     x = generate.sample(
         model,
         comps.process,
         args.n,
         comps.dataset.shape,
-        method=args.method or ec["method"],
-        steps=args.steps or ec["steps"],
+        method=method,
+        steps=args.steps
+        if args.steps is not None
+        else generate.config_steps(comps.process, method, ec["steps"]),
         eta=ec["eta"],
         prediction=cfg["prediction"],
         seed=args.seed,

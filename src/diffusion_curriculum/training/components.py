@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import data, generate, models, noise, timesteps, weighting
+from .. import config, data, generate, models, noise, timesteps, weighting
 from .. import process as process_mod
 from ..checks import first_line
 from ..errors import ConfigError
@@ -68,9 +68,15 @@ def build_components(cfg: dict) -> Components:
     pname, pparams = _named(cfg, "process")
     proc = _build("process", cfg["process"], process_mod.build, pname, **pparams)
     try:  # the evaluation's generation method must fit the process, before anything trains
-        generate.method_for(proc, cfg["eval"]["method"], key="eval.method")
+        method = generate.method_for(proc, cfg["eval"]["method"], key="eval.method")
     except ValueError as e:
         raise ConfigError(f"{e} (process.name={pname})") from None
+    steps = cfg["eval"]["steps"]
+    if method == "ddpm" and steps not in (config.DEFAULTS["eval"]["steps"], proc.T):
+        raise ConfigError(
+            f"eval.steps={steps} does not apply to eval.method=ddpm, which always takes all T={proc.T} steps; "
+            "remove eval.steps, or use eval.method=ddim"
+        )
     dname, dparams = _named(cfg, "dataset")
     dparams.setdefault("seed", cfg["seed"])
     dataset = _build("dataset", cfg["dataset"], data.load, dname, **dparams)

@@ -361,7 +361,8 @@ class Trainer:
         x̂0 is clipped to :attr:`clip` (``eval.clip``: the data's range by default, none for 2-D points)."""
         ec = self.cfg["eval"]
         n, shape = n or ec["samples"], self.dataset.shape
-        kw = {k: ec[k] for k in ("method", "steps", "eta", "seed", "batch_size")} | {"clip_x0": self.clip}
+        kw = {k: ec[k] for k in ("method", "eta", "seed", "batch_size")} | {"clip_x0": self.clip}
+        kw["steps"] = generate.config_steps(self.process, ec["method"], ec["steps"])
         kw |= conditioning.eval_labels(self.label_dropout, n, ec["guidance"])  # class-balanced, guided
         return generate.sample(
             self.ema, self.process, n, shape, prediction=self.cfg["prediction"], device=self.device, **kw
