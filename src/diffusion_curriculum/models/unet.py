@@ -181,7 +181,7 @@ class UNet(nn.Module):
             height, width, channel_mult, attention_resolutions
         )
         level_ch = [channels * m for m in channel_mult]
-        _check_heads(resolutions, attention, level_ch, num_heads)
+        _check_heads(resolutions, attention, level_ch, num_heads, channels)
 
         # Every GroupNorm sees a sum of level widths, all multiples of `base`; a divisor of `base` works.
         base = channels * math.gcd(*channel_mult)
@@ -304,11 +304,17 @@ def _resolutions_and_attention(
     return resolutions, attention
 
 
-def _check_heads(resolutions: list[int], attention: set[int], level_ch: list[int], num_heads: int) -> None:
-    """A ValueError naming ``model.num_heads`` unless it divides the channels of every attention level."""
+def _check_heads(
+    resolutions: list[int], attention: set[int], level_ch: list[int], num_heads: int, channels: int
+) -> None:
+    """A ValueError unless ``num_heads`` divides the channels of every attention level, naming both settings
+    that make those channels: ``model.channels`` (× its level's multiplier) and ``model.num_heads``."""
     for res, ch in zip(resolutions, level_ch):
         if res in attention and ch % num_heads:
+            multiple = num_heads // math.gcd(num_heads, ch // channels)
+            fit = next(c for c in range(channels, channels + multiple + 1) if c % multiple == 0)
             raise ValueError(
-                f"model.num_heads={num_heads} does not divide the {ch} channels at resolution {res}; "
-                f"allowed: a divisor of {ch}, e.g. {common.join(common.divisors(ch)[:6])}"
+                f"model.channels={channels} gives {ch} channels at the attention resolution {res}, which "
+                f"model.num_heads={num_heads} does not divide; use model.channels={fit} (a multiple of {multiple}), "
+                f"or model.num_heads set to a divisor of {ch} (e.g. {common.join(common.divisors(ch)[:6])})"
             )
