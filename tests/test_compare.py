@@ -260,3 +260,29 @@ def test_cli_compare_against_prints_the_paired_tables(tmp_path, capsys):
     assert main([*argv, "--summarize-only", "--against", "uniform", *TINY]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "--against uniform is the baseline already" in err
+
+
+def test_summarize_only_with_nothing_trained_is_one_sentence_and_a_missing_method_says_missing(
+    tmp_path, capsys
+):
+    from diffusion_curriculum.cli import main
+
+    out = tmp_path / "c"
+    argv = [
+        "compare",
+        "--methods",
+        "uniform,logit-normal",
+        "--seeds",
+        "3",
+        "--steps",
+        "4000",
+        "--out",
+        str(out),
+    ]
+    assert main([*argv, "--summarize-only", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "nothing to summarize" in err and "warning" not in err.lower()
+    _synthetic_runs(out, {"uniform": [_curve(1.0), _curve(1.1), _curve(0.9)]})
+    assert main([*argv, "--summarize-only", *TINY]) == 1
+    printed = capsys.readouterr().out
+    assert "| logit-normal | missing |" in printed and "failed" not in printed

@@ -242,6 +242,11 @@ def compare(
         say(f"compare --summarize-only: {done} of {len(plans)} runs finished")
         for label, err in errors.items():
             say(f"  {label}: {err}")
+        if not done:
+            raise ConfigError(
+                f"no run of this comparison is finished under {str(out)!r}, so there is nothing to summarize; train "
+                "them with the same command without --summarize-only, or wait for their jobs"
+            )
     else:
         out.mkdir(parents=True, exist_ok=True)
         launcher = launcher or launchers.Processes(threads)

@@ -87,7 +87,7 @@ def format_table(results: dict) -> str:
         n = (
             sum(e.get("final") is not None for e in r.get("per_seed", [])) or 2
         )  # tables from before: a spread
-        fm = "failed" if r["final_mean"] is None else _spread(r["final_mean"], r["final_std"], n, 4)
+        fm = _why_none(r) if r["final_mean"] is None else _spread(r["final_mean"], r["final_std"], n, 4)
         sp = r["speedup_mean"]
         sp = f"{sp:.2f}×" if isinstance(sp, float) else str(sp)
         per = ", ".join(f"{u:.2f}" if isinstance(u, float) else str(u) for u in r["speedup_per_seed"])
@@ -118,3 +118,14 @@ def format_report(results: dict) -> str:
             fd_noise.noise_line(None, "fd", f"the runs have no sample-based metric; compared on {key}")
         )
     return "\n\n".join(parts)
+
+
+def _why_none(r: dict) -> str:
+    """What a method without a final value shows: ``missing`` / ``unfinished`` (no run on disk, or one not yet
+    done: ``--summarize-only`` before training ends), else ``failed``."""
+    errors = " ".join(str(e.get("error", "")) for e in r.get("per_seed", []))
+    if "missing" in errors:
+        return "missing"
+    if "unfinished" in errors or "not finished" in errors:
+        return "unfinished"
+    return "failed"

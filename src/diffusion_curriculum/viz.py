@@ -200,15 +200,20 @@ def quality_plot(path: str | os.PathLike, curves: dict[str, list[dict[int, float
     geometric mean over seeds (on the steps every seed evaluated) and a min..max band, log scale."""
     plt, fig, ax = figure(size=(7.0, 4.4))
     a = ax[0, 0]
+    drawn = False
     for i, (lab, per_seed) in enumerate(curves.items()):
         steps = sorted(set.intersection(*[set(c) for c in per_seed])) if all(per_seed) else []
         if not steps:
             continue
+        drawn = True
         vals = np.array([[c[s] for s in steps] for c in per_seed])
         lv = np.log(vals)
         mean, lo, hi = np.exp(lv.mean(0)), vals.min(0), vals.max(0)
         a.plot(steps, mean, color=f"C{i % 10}", label=lab)
         a.fill_between(steps, lo, hi, color=f"C{i % 10}", alpha=0.15)
+    if not drawn:  # no method has a curve yet: no empty figure, no legend warning
+        plt.close(fig)
+        return
     a.set_yscale("log")
     a.set_xlabel("step")
     a.set_ylabel(f"{key} (geometric mean over seeds; band = min..max)")
