@@ -160,3 +160,18 @@ def test_a_runs_done_line_gives_its_own_time_not_the_sweeps(tmp_path):
     (line,) = msgs
     took = int(line.rsplit("(", 1)[1].split()[0])
     assert line.startswith("[1/1] b: done (") and 29 <= took <= 32, line
+
+
+def test_no_progress_line_after_a_runs_done_line(tmp_path):
+    """The watcher polls on its own thread: once _collect has reported a run, the watcher says nothing more of
+    it, even when the run's last record is read only afterwards."""
+    run = tmp_path / "r"
+    run.mkdir()
+    plan = sweep.RunPlan("uniform seed 0", run, 100)
+    msgs: list[str] = []
+    progress = sweep._Progress([plan], msgs.append, every=0)
+    sweep._collect([(plan, None)], 1, msgs.append, on_end=progress.ended)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 100, "loss": 0.5, "steps_per_s": 4.0}) + "\n")
+    progress.poll()
+    assert len(msgs) == 1 and msgs[0].startswith("[1/1] uniform seed 0: done")

@@ -102,9 +102,10 @@ def run(
         return _collect(((p, _train_in_process(p, say)) for p in todo), len(todo), say)
     say(launcher.threads_line(min(jobs, len(todo))))
     folder = folder or todo[0].run_dir.parent.parent / "jobs"
-    with _Progress(todo, say, progress_every), launchers.forward_signals(launcher) as signals:
+    with _Progress(todo, say, progress_every) as progress, launchers.forward_signals(launcher) as signals:
         try:
-            failures = _collect(launcher.launch(todo, jobs=jobs, say=say, folder=folder), len(todo), say)
+            launched = launcher.launch(todo, jobs=jobs, say=say, folder=folder)
+            failures = _collect(launched, len(todo), say, on_end=progress.ended)
         except KeyboardInterrupt:
             failures = None
     if signals.signal_name or failures is None:
@@ -116,13 +117,20 @@ def run(
 
 
 def _collect(
-    results: Iterable[tuple[RunPlan, str | None]], n: int, say: Callable[[str], None], t0: float | None = None
+    results: Iterable[tuple[RunPlan, str | None]],
+    n: int,
+    say: Callable[[str], None],
+    t0: float | None = None,
+    on_end: Callable[[str], None] | None = None,
 ) -> dict[str, str]:
     """Report each run as its result arrives; return ``{label: error}`` of the runs that did not finish. ``t0``:
-    when the sweep started (default: now)."""
+    when the sweep started (default: now); ``on_end(label)`` is called before a run's line is said (the progress
+    watcher then says nothing more of it)."""
     failures: dict[str, str] = {}
     t0 = time.time() if t0 is None else t0
     for i, (plan, error) in enumerate(results, 1):
+        if on_end is not None:
+            on_end(plan.label)
         if error is None:
             status = "done"
         else:
@@ -160,6 +168,8 @@ class _Progress:
         self.plans, self.say, self.every = plans, say, every
         self.last = {p.label: self._record(p) for p in plans}
         self.seen: dict[str, tuple[float, int]] = {}
+        self._ended: set[str] = set()
+        self._lock = threading.Lock()  # a run's last progress line comes before its "done" line, never after
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True, name="sweep-progress")
 
@@ -168,10 +178,21 @@ class _Progress:
         recs = [r for r in runlog.read_metrics(plan.run_dir / "metrics.jsonl") if "loss" in r]
         return recs[-1] if recs else None
 
+    def ended(self, label: str) -> None:
+        """The run ``label`` has ended: no more lines for it (waits for a line being said)."""
+        with self._lock:
+            self._ended.add(label)
+
     def poll(self) -> None:
-        """Say a line for each run with a new training record."""
+        """Say a line for each run with a new training record, unless it has ended."""
+        with self._lock:
+            self._poll()
+
+    def _poll(self) -> None:
         now = time.time()
         for p in self.plans:
+            if p.label in self._ended:
+                continue
             rec = self._record(p)
             if rec is None or rec == self.last[p.label]:
                 continue
