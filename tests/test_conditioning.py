@@ -434,3 +434,15 @@ def test_conditional_points_train_through_their_evaluations_without_accuracy(tmp
     assert (
         summary["steps"] == 6 and "accuracy" not in summary["final_eval"] and "swd" in summary["final_eval"]
     )
+
+
+def test_labels_can_name_the_classes_the_run_announced():
+    """A folder dataset announces 0=circle, 1=square: --labels square is class 1, and a wrong name lists them."""
+    from diffusion_curriculum.guidance import parse_labels, run_labels
+
+    names = ("circle", "square")
+    assert parse_labels("square,circle", 2, 2, names).tolist() == [1, 0]
+    assert parse_labels("1,circle", 2, 2, names).tolist() == [1, 0]
+    assert run_labels(2, 2, "square", None, 1.0, names)["labels"].tolist() == [1, 1]
+    with pytest.raises(ValueError, match=r"--labels 'triangle' is invalid; .*class names \(circle, square\)"):
+        parse_labels("triangle", 2, 2, names)

@@ -89,11 +89,13 @@ def balanced_labels(n: int, num_classes: int) -> Tensor:
     return spread_labels(torch.arange(num_classes), n)
 
 
-def parse_labels(text: str, num_classes: int | None, n: int) -> Tensor:
-    """The ``n`` labels ``sample --labels`` asks for: ``all`` (:func:`balanced_labels`) or comma-separated class
-    indices such as ``0,1,7`` (spread over the ``n`` samples); a ``ValueError`` in one sentence for an
-    unconditional run (``num_classes`` ``None``), a word that is not an index or an index outside the
-    classes."""
+def parse_labels(
+    text: str, num_classes: int | None, n: int, class_names: Sequence[str] | None = None
+) -> Tensor:
+    """The ``n`` labels ``sample --labels`` asks for: ``all`` (:func:`balanced_labels`) or comma-separated classes
+    (spread over the ``n`` samples), each an index such as ``7`` or one of ``class_names`` (the names the run
+    announced, e.g. a folder's ``square``); a ``ValueError`` in one sentence for an unconditional run
+    (``num_classes`` ``None``), a word that is neither an index nor a name, or an index outside the classes."""
     if num_classes is None:
         raise ValueError(
             "--labels applies only to a class-conditional run, and this one was trained without conditioning "
@@ -101,9 +103,12 @@ def parse_labels(text: str, num_classes: int | None, n: int) -> Tensor:
         )
     if text.strip() == "all":
         return balanced_labels(n, num_classes)
+    names = {name: i for i, name in enumerate(class_names or ())}
     items = [s.strip() for s in text.split(",") if s.strip()]
+    items = [str(names[s]) if s in names and not s.isdigit() else s for s in items]
     if not items or not all(s.isdigit() for s in items):
-        raise ValueError(f"--labels {text!r} is invalid; allowed: all, or class indices such as 0,1,7")
+        named = f", or class names ({', '.join(list(names)[:10])})" if names else ""
+        raise ValueError(f"--labels {text!r} is invalid; allowed: all, class indices such as 0,1,7{named}")
     bad = [int(s) for s in items if int(s) >= num_classes]
     if bad:
         raise ValueError(
@@ -118,7 +123,12 @@ def parse_labels(text: str, num_classes: int | None, n: int) -> Tensor:
 
 
 def run_labels(
-    num_classes: int | None, n: int, text: str | None, guidance: float | None, default_guidance: float
+    num_classes: int | None,
+    n: int,
+    text: str | None,
+    guidance: float | None,
+    default_guidance: float,
+    class_names: Sequence[str] | None = None,
 ) -> dict:
     """The ``labels`` / ``guidance`` keywords of :func:`~diffusion_curriculum.generate.sample` for ``n`` samples
     of a run with ``num_classes`` classes (``None``: unconditional), as ``sample --labels TEXT --guidance W``
@@ -136,5 +146,5 @@ def run_labels(
     check_value(
         "--guidance", guidance, guidance is None or (is_number(guidance) and guidance >= 0), "a number >= 0"
     )
-    labels = parse_labels("all" if text is None else text, num_classes, n)
+    labels = parse_labels("all" if text is None else text, num_classes, n, class_names)
     return {"labels": labels, "guidance": default_guidance if guidance is None else float(guidance)}

@@ -122,7 +122,9 @@ def cmd_sample(args) -> int:
             print(f"sampling from {used.name} (step {step}), the newest readable checkpoint", file=sys.stderr)
     ec = cfg["eval"]
     method = args.method or ec["method"]
-    cond = guidance.run_labels(comps.num_classes, args.n, args.labels, args.guidance, ec["guidance"])
+    cond = guidance.run_labels(
+        comps.num_classes, args.n, args.labels, args.guidance, ec["guidance"], comps.dataset.classes
+    )
     x = generate.sample(
         model,
         comps.process,

@@ -61,11 +61,15 @@ def _add_sample(sub) -> None:
     )
     s.add_argument("--steps", type=int, help="generation steps (default: the run's eval.steps)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--npz", help="also save the samples as an .npz (key 'images', NCHW in [-1, 1])")
+    s.add_argument(
+        "--npz",
+        help="also save the samples as an .npz (key 'images', NCHW, the data's scale: images in [-1, 1] where DDPM/DDIM "
+        "clamp x0 (eval.clip); EDM's Heun and the flow samplers do not clamp, so theirs can fall slightly outside)",
+    )
     s.add_argument(
         "--labels",
-        help="a class-conditional run: the classes to draw, e.g. 0,1,7 (spread over --n), or all for a "
-        "class-balanced grid (default: all)",
+        help="a class-conditional run: the classes to draw, as indices or the names the run announced, e.g. 0,1,7 "
+        "or square,circle (spread over --n), or all for a class-balanced grid (default: all)",
     )
     s.add_argument(
         "--guidance",
