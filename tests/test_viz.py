@@ -59,3 +59,24 @@ def test_save_grid_writes_the_format_the_suffix_names(tmp_path):
     viz.save_grid(x, tmp_path / "s.png")
     assert (tmp_path / "s.jpg").read_bytes()[:2] == b"\xff\xd8"
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_uniform_draw_is_one_colour_and_the_quality_axis_reads_plain_numbers(tmp_path):
+    """A histogram with a few percent of noise is drawn on a fixed 0..2 scale (not stretched over the colour
+    bar), and a quality plot between 30 and 60 labels its log axis 40, not 4 × 10^1."""
+    import numpy as np
+
+    from diffusion_curriculum import viz
+
+    noisy_uniform = np.array([[1.02, 0.98, 1.01, 0.99]])
+    assert viz.share_range(noisy_uniform) == {"vmin": 0.0, "vmax": 2.0}
+    assert viz.share_range(np.array([[3.5, 0.5]]))["vmax"] == 3.5
+    plt, fig, ax = viz.figure()
+    a = ax[0, 0]
+    a.plot([0, 1], [30, 60])
+    a.set_yscale("log")
+    viz.plain_log_axis(a)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in a.get_yticklabels(minor=True) if t.get_text()]
+    assert "40" in labels and not any("10^" in s or "times" in s for s in labels)
+    plt.close(fig)

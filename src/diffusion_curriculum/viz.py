@@ -134,13 +134,14 @@ def timestep_plots(records: list[dict], path: str | os.PathLike, title: str = ""
         return False
     plt, fig, ax = figure(2 if stages else 1, 1, size=(7.0, 6.0 if stages else 3.6))
     h = np.array([r["t_hist"] for r in hists], dtype=float)
-    h = h / np.maximum(h.sum(1, keepdims=True), 1)
+    ratio = h / np.maximum(h.sum(1, keepdims=True), 1) * h.shape[1]  # 1 = the uniform share
     edges = hists[0]["t_hist_edges"]
     steps = [r["step"] for r in hists]
     x_edges = np.array([0, *steps], dtype=float)
     a = ax[0, 0]
-    mesh = a.pcolormesh(x_edges, np.asarray(edges, dtype=float), h.T, cmap="viridis", shading="flat")
-    fig.colorbar(mesh, ax=a, label="share of draws")
+    y_edges = np.asarray(edges, dtype=float)
+    mesh = a.pcolormesh(x_edges, y_edges, ratio.T, cmap="viridis", shading="flat", **share_range(ratio))
+    fig.colorbar(mesh, ax=a, label="share of draws ÷ uniform's")
     a.set_xlabel("step")
     a.set_ylabel(hists[0].get("t_hist_unit", "t"))
     a.set_title(title or "noise levels drawn per evaluation interval")
@@ -195,6 +196,23 @@ def validation_plot(records: list[dict], path: str | os.PathLike, edges: list[fl
     return True
 
 
+def share_range(ratio: np.ndarray) -> dict[str, float]:
+    """The colour range of a drawn-noise heat map whose cells are share ÷ uniform share: fixed from 0 to at least
+    2 (twice uniform), wider only when a cell is above that, so a uniform draw's few-percent noise stays one
+    colour instead of being stretched over the whole scale."""
+    return {"vmin": 0.0, "vmax": max(2.0, float(np.max(ratio)) if ratio.size else 2.0)}
+
+
+def plain_log_axis(ax) -> None:
+    """Tick labels of a log-scaled y axis as plain numbers (``40``, not ``4 × 10^1``); which minor ticks get a
+    label is still matplotlib's choice (all of them only on a short range)."""
+    from matplotlib.ticker import FuncFormatter
+
+    minor = ax.yaxis.get_minor_formatter()
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, pos: f"{v:g}" if minor(v, pos) else ""))
+
+
 def quality_plot(path: str | os.PathLike, curves: dict[str, list[dict[int, float]]], key: str) -> None:
     """Quality over training per method: ``curves[label]`` holds one ``{step: value}`` per seed; drawn are the
     geometric mean over seeds (on the steps every seed evaluated) and a min..max band, log scale."""
@@ -215,6 +233,7 @@ def quality_plot(path: str | os.PathLike, curves: dict[str, list[dict[int, float
         plt.close(fig)
         return
     a.set_yscale("log")
+    plain_log_axis(a)
     a.set_xlabel("step")
     a.set_ylabel(f"{key} (geometric mean over seeds; band = min..max)")
     a.legend(fontsize=7)
