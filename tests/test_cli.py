@@ -269,3 +269,15 @@ def test_analyze_difficulty_help_names_the_mode_default(capsys):
     with pytest.raises(SystemExit):
         cli_mod.main(["analyze", "difficulty", "--help"])
     assert "(default per-interval)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_train_ends_with_a_sentence_naming_its_fd_and_samples(tmp_path):
+    from diffusion_curriculum.cli.commands import result_sentence
+
+    summary = {"steps": 4000, "train_time_s": 540.0, "final_eval": {"fd": 3.1234, "val_loss": 0.05}}
+    line = result_sentence(summary, tmp_path, 1000)
+    assert line.startswith("done: 4000 steps (9.0 min of training); FD 3.12 of 1000 samples")
+    assert line.endswith(f"samples: {tmp_path / 'samples'}")
+    assert "validation loss 0.05 (no sample metric" in result_sentence(
+        {"steps": 5, "train_time_s": 1.0, "final_eval": {"val_loss": 0.05}}, tmp_path, 8
+    )

@@ -128,3 +128,33 @@ def test_interrupt_guard_counts_the_first_press_and_raises_on_the_second():
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_the_progress_bar_leaves_an_evaluation_out_of_its_eta(tmp_path, monkeypatch):
+    """The bar's clock is moved past each evaluation, so its rate (and ETA) follow the training steps alone."""
+    import time
+
+    from conftest import TINY
+    from diffusion_curriculum import config
+    from diffusion_curriculum.train import Trainer
+    from diffusion_curriculum.training import hooks
+
+    starts = []
+    real = hooks.ProgressBar.skip_pause
+
+    def spy(self):
+        before = self.bar.start_t
+        real(self)
+        starts.append(self.bar.start_t - before)
+
+    monkeypatch.setattr(hooks.ProgressBar, "skip_pause", spy)
+    tr = Trainer(config.resolve(overrides=[*TINY, "steps=6", "eval_every=3", "progress=true"]), tmp_path)
+    real_eval = tr.evaluate
+
+    def slow_eval():
+        time.sleep(0.3)
+        return real_eval()
+
+    tr.evaluate = slow_eval
+    tr.run()
+    assert len(starts) == 2 and all(d >= 0.3 for d in starts)

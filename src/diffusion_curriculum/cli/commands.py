@@ -61,8 +61,24 @@ def cmd_train(args) -> int:
         print(f"run directory: {out}", file=sys.stderr)
     summary = trainer.run()
     if trainer.rank == 0:
+        print(result_sentence(summary, out, cfg["eval"]["samples"]), file=sys.stderr)
         print(json.dumps(final_line(summary)))
     return 0
+
+
+def result_sentence(summary: dict, out: Path, samples: int) -> str:
+    """The line ``train`` says last, for a person: the steps and time, the final quality (FD, or the validation
+    loss when nothing measured samples) and where the samples are; the JSON line after it is for programs."""
+    ev = summary.get("final_eval", {})
+    minutes = summary.get("train_time_s", 0.0) / 60
+    head = f"done: {summary['steps']} steps ({minutes:.1f} min of training)"
+    if isinstance(ev.get("fd"), (int, float)):
+        what = f"FD {ev['fd']:.3g} of {samples} samples on the library's feature net (lower is better)"
+    elif isinstance(ev.get("val_loss"), (int, float)):
+        what = f"validation loss {ev['val_loss']:.4g} (no sample metric was measured)"
+    else:
+        what = "no quality measured"
+    return f"{head}; {what}; samples: {out / 'samples'}"
 
 
 def final_line(summary: dict) -> dict:

@@ -227,6 +227,11 @@ class ProgressBar(Hook):
         shown = "skipped" if rec["loss"] is None else f"{rec['loss']:.4f}"
         self.bar.set_postfix(loss=shown, **rec.get("sampler", {}), refresh=False)
 
+    def skip_pause(self) -> None:
+        """Leave the time since the bar's last update out of its rate and ETA (an evaluation's): the ETA then
+        follows the training pace instead of jumping after every evaluation."""
+        self.bar.unpause()
+
     def close(self) -> None:
         """Close the bar (once is enough; later calls do nothing)."""
         self.bar.close()

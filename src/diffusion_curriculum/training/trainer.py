@@ -456,6 +456,8 @@ class Trainer:
         self.evaluate()
         self.model.train()
         self._t_mark = time.perf_counter()
+        if self._bar is not None:
+            self._bar.skip_pause()
 
     def run(self) -> dict[str, Any]:
         """Train to ``steps``, evaluate, checkpoint and write ``summary.json``; return the summary. Ends by
