@@ -60,7 +60,7 @@ def _load_npz(path: str, n=None, seed=0) -> Dataset:
             images = _npz_array(loaded, key, path)
             labels = _npz_array(loaded, "labels", path) if "labels" in keys else None
         key = f"array {key!r}"
-    data, kind = _images_to_tensor(images, key, path)
+    data, kind, read_as = _images_to_tensor(images, key, path)
     label_tensor = None
     if labels is not None:
         if (
@@ -77,7 +77,29 @@ def _load_npz(path: str, n=None, seed=0) -> Dataset:
                 f"must be class indices 0, 1, ... of shape ({data.shape[0]},); fix the labels or drop them"
             )
         label_tensor = torch.as_tensor(labels.astype(np.int64))
-    return Dataset(data=data, labels=label_tensor, name=Path(path).stem, kind=kind)
+    noun = "images" if kind == "image" else "points"
+    note = f"npz: {data.shape[0]} {noun} of shape {tuple(data.shape[1:])} from {key} ({read_as})"
+    return Dataset(
+        data=data, labels=label_tensor, name=Path(path).stem, kind=kind, note=note + _labels_said(labels)
+    )
+
+
+def _labels_said(labels: np.ndarray | None) -> str:
+    """What a dataset's note says of its labels: the class count, and the classes without a sample when the
+    labels do not run 0, 1, ... without gaps (labels 5..24 make 25 classes, 0..4 empty)."""
+    if labels is None or not labels.size:
+        return "; no labels"
+    present = np.unique(labels)
+    k = int(present.max()) + 1
+    said = f"; labels 0..{k - 1}: {k} classes"
+    if len(present) < k:
+        missing = sorted(set(range(k)) - {int(v) for v in present})
+        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        said += (
+            f", {len(missing)} of them without a sample ({shown}); relabel to 0..{len(present) - 1} if the gaps are "
+            "not meant"
+        )
+    return said
 
 
 def _npz_array(archive, key: str, path: str) -> np.ndarray:
@@ -94,8 +116,9 @@ def _npz_array(archive, key: str, path: str) -> np.ndarray:
         ) from None
 
 
-def _images_to_tensor(arr: np.ndarray, key: str, path: str) -> tuple[Tensor, str]:
-    """Turn a numeric array into float32 ``[N, C, H, W]`` in [-1, 1] (or ``[N, D]`` points)."""
+def _images_to_tensor(arr: np.ndarray, key: str, path: str) -> tuple[Tensor, str, str]:
+    """Turn a numeric array into float32 ``[N, C, H, W]`` in [-1, 1] (or ``[N, D]`` points); also the kind and
+    how it was read (layout and value range), for the dataset's note."""
     where = f"{key} in {path!r}"
     if arr.dtype == bool or not (
         np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
@@ -113,11 +136,17 @@ def _images_to_tensor(arr: np.ndarray, key: str, path: str) -> tuple[Tensor, str
     if arr.ndim == 2:  # points [N, D]: used as they are
         if not np.issubdtype(arr.dtype, np.floating):
             raise DataError(f"{where} is a 2-D integer array; save points [N, D] as float32")
-        return torch.as_tensor(arr.astype(np.float32)).contiguous(), "points"
+        return (
+            torch.as_tensor(arr.astype(np.float32)).contiguous(),
+            "points",
+            "points N x D, used as they are",
+        )
     if arr.ndim == 3:
-        arr = arr[:, None]
+        arr, layout = arr[:, None], "NHW, grayscale"
     else:
-        arr = _to_nchw(arr, where)
+        nchw = _to_nchw(arr, where)
+        layout = "NCHW" if nchw is arr else "NHWC"
+        arr = nchw
     if np.issubdtype(arr.dtype, np.integer):
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi > 255:
@@ -125,17 +154,20 @@ def _images_to_tensor(arr: np.ndarray, key: str, path: str) -> tuple[Tensor, str
                 f"{where} holds integers in [{lo}, {hi}], but integer images must be 0..255; save as uint8"
             )
         x = torch.as_tensor(arr.astype(np.float32)) / 127.5 - 1.0
+        scale = "integers 0..255 mapped to [-1, 1]"
     else:
         lo, hi = float(arr.min()), float(arr.max())
         x = torch.as_tensor(arr.astype(np.float32))
+        scale = "floats in [-1, 1], kept"
         if lo >= 0.0 and hi <= 1.0:
             x = x * 2.0 - 1.0
+            scale = "floats in [0, 1] mapped to [-1, 1]"
         elif not (lo >= -1.0 and hi <= 1.0):
             raise DataError(
                 f"{where} holds floats in [{lo:.4g}, {hi:.4g}], but float images must lie in [0, 1] or "
                 "[-1, 1]; rescale the array"
             )
-    return x.contiguous(), "image"
+    return x.contiguous(), "image", f"{layout}, {scale}"
 
 
 def _to_nchw(arr: np.ndarray, where: str) -> np.ndarray:
