@@ -195,9 +195,38 @@ def _load_folder(path: str, n=None, seed=0, size: int | None = None, channels: i
     ``channels`` 1 reads every file as grayscale, 3 as RGB; ``None`` (not set) detects it: 1 when every file is
     grayscale (a grayscale file, or an RGB one whose pixels all have R = G = B), else 3. The choice is stated
     in the dataset's ``note``, which the trainer shows as the run starts."""
-    from PIL import Image
-
     root = Path(path)
+    _check_folder_settings(root, path, size, channels)
+    files = _image_files(root, path)
+    out, gray = _read_images(files, size, channels)
+    name = root.name or "folder"
+    note, choices = None, {}
+    if channels is None:
+        choices = {"channels": 1 if gray else 3}
+        out = out[..., :1] if gray else out
+        kind = "every file is grayscale" if gray else "the files are in colour"
+        other = 3 if gray else 1
+        note = (
+            f"dataset {name!r}: {len(files)} images, {kind}, so {out.shape[-1]} channel(s) "
+            f"({out.shape[-1]}x{out.shape[1]}x{out.shape[2]}); set dataset.channels={other} to change that"
+        )
+    data = torch.as_tensor(np.ascontiguousarray(out)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    labels, classes, said = _folder_labels(root, files, name)
+    if said:  # the label of each class, said as the run starts (and kept in its train.log)
+        note = said if note is None else f"{note}; {said}"
+    return Dataset(
+        data=data.contiguous(),
+        labels=labels,
+        name=name,
+        kind="image",
+        classes=classes,
+        note=note,
+        choices=choices,
+    )
+
+
+def _check_folder_settings(root: Path, path: str, size, channels) -> None:
+    """One DataError for a path that is no folder, or a ``channels`` / ``size`` that is not allowed."""
     if not root.is_dir():
         raise DataError(
             f"dataset.path {path!r} is a file, but dataset 'folder' needs a folder of images; use "
@@ -209,6 +238,10 @@ def _load_folder(path: str, n=None, seed=0, size: int | None = None, channels: i
         )
     if size is not None and not (is_int(size) and size >= 1):
         raise DataError(f"dataset.size={size!r} is not allowed; use a positive integer such as 32, or null")
+
+
+def _image_files(root: Path, path: str) -> list[Path]:
+    """The image files under ``root`` (none inside hidden folders), sorted by their path below it."""
     files = sorted(
         (
             p
@@ -224,6 +257,14 @@ def _load_folder(path: str, n=None, seed=0, size: int | None = None, channels: i
             f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under dataset.path {path!r}; put image files "
             "there or point dataset.path at the right folder"
         )
+    return files
+
+
+def _read_images(files: list[Path], size: int | None, channels: int | None) -> tuple[np.ndarray, bool]:
+    """The files as one uint8 array [N, H, W, C] (grayscale when ``channels`` is 1, RGB otherwise), and whether
+    every one of them is grayscale; one DataError for an unreadable file or a size that differs."""
+    from PIL import Image
+
     mode = "L" if channels == 1 else "RGB"
     gray = True  # every file read so far is grayscale (what channels=None decides on)
     out: np.ndarray | None = None
@@ -251,38 +292,26 @@ def _load_folder(path: str, n=None, seed=0, size: int | None = None, channels: i
             )
         out[i] = arr
     assert out is not None
-    note, choices = None, {}
-    if channels is None:
-        choices = {"channels": 1 if gray else 3}
-        out = out[..., :1] if gray else out
-        kind = "every file is grayscale" if gray else "the files are in colour"
-        other = 3 if gray else 1
-        note = (
-            f"dataset {root.name or 'folder'!r}: {len(files)} images, {kind}, so {out.shape[-1]} channel(s) "
-            f"({out.shape[-1]}x{out.shape[1]}x{out.shape[2]}); set dataset.channels={other} to change that"
-        )
-    data = torch.as_tensor(np.ascontiguousarray(out)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return out, gray
 
-    labels, classes = None, None
+
+def _folder_labels(
+    root: Path, files: list[Path], name: str
+) -> tuple[Tensor | None, tuple[str, ...] | None, str]:
+    """Labels from the first-level subfolders when every file sits in one (classes sorted by name), and the
+    note's sentence listing them; ``(None, None, "")`` otherwise."""
     rel = [f.relative_to(root).parts for f in files]
-    if all(len(parts) >= 2 for parts in rel):
-        classes = tuple(sorted({parts[0] for parts in rel}))
-        index = {c: k for k, c in enumerate(classes)}
-        labels = torch.tensor([index[parts[0]] for parts in rel], dtype=torch.long)
-    name = root.name or "folder"
-    if classes is not None:  # the label of each class, said as the run starts (and kept in its train.log)
-        listed = ", ".join(f"{k}={c}" for k, c in enumerate(classes[:CLASSES_SHOWN]))
-        more = f", ... ({len(classes) - CLASSES_SHOWN} more)" if len(classes) > CLASSES_SHOWN else ""
-        said = f"dataset {name!r}: {len(classes)} classes from its sub-folders (sorted): {listed}{more}"
-        note = said if note is None else f"{note}; {said}"
-    return Dataset(
-        data=data.contiguous(),
-        labels=labels,
-        name=name,
-        kind="image",
-        classes=classes,
-        note=note,
-        choices=choices,
+    if not all(len(parts) >= 2 for parts in rel):
+        return None, None, ""
+    classes = tuple(sorted({parts[0] for parts in rel}))
+    index = {c: k for k, c in enumerate(classes)}
+    labels = torch.tensor([index[parts[0]] for parts in rel], dtype=torch.long)
+    listed = ", ".join(f"{k}={c}" for k, c in enumerate(classes[:CLASSES_SHOWN]))
+    more = f", ... ({len(classes) - CLASSES_SHOWN} more)" if len(classes) > CLASSES_SHOWN else ""
+    return (
+        labels,
+        classes,
+        f"dataset {name!r}: {len(classes)} classes from its sub-folders (sorted): {listed}{more}",
     )
 
 
