@@ -234,7 +234,9 @@ def test_batch_size_must_split_over_the_processes(tmp_path, monkeypatch):
         trainer_mod, "setup_distributed", lambda name: (DistContext(0, 2), torch.device("cpu"))
     )
     with pytest.raises(
-        ConfigError, match="batch_size=15 is the global batch and must split evenly over the 2"
+        ConfigError,
+        match=r"batch_size=15 is the global batch and must split evenly over the 2 processes; use a multiple of "
+        r"2, the nearest being 14 or 16 \(7 or 8 per process\)",
     ):
         Trainer(config.resolve(overrides=[*SMALL, "batch_size=15"]), tmp_path / "r")
     assert not (tmp_path / "r").exists()

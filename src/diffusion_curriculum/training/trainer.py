@@ -77,10 +77,17 @@ class Trainer:
 
     # -- set-up ---------------------------------------------------------------------------------------
     def _check_settings(self, cfg: dict) -> None:
-        if cfg["batch_size"] % self.world:
+        b, w = cfg["batch_size"], self.world
+        if b % w:
+            lo, hi = b // w * w, (b // w + 1) * w
+            nearest = (
+                f"{lo} or {hi} ({lo // w} or {hi // w} per process)"
+                if lo
+                else f"{hi} ({hi // w} per process)"
+            )
             raise ConfigError(
-                f"batch_size={cfg['batch_size']} is the global batch and must split evenly over the "
-                f"{self.world} processes; use a multiple of {self.world}"
+                f"batch_size={b} is the global batch and must split evenly over the {w} processes; use a "
+                f"multiple of {w}, the nearest being {nearest}"
             )
         hooks.check_loggers(cfg)
 
