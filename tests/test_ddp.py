@@ -83,6 +83,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[Path, list[dict]]]:
             {"interrupt_after": 4, "signal": "SIGTERM"},
         ),
         "cond": ("cond", [*SMALL, *short, "cond.enabled=true", "cond.drop_prob=0.5"], "store-cond", {}),
+        "accumulate": ("accumulate", [*SMALL, *short, "accumulate=2"], "store-acc", {}),
         "interrupted": ("interrupted", [*SMALL, *DDC], None, {"interrupt_after": 7}),
     }
     spec = []
@@ -263,3 +264,12 @@ def test_the_validation_loss_of_a_2_process_run_is_the_single_process_one_of_its
     assert {k: got[k] for k in final if k.startswith("val_")} == {
         k: v for k, v in final.items() if k.startswith("val_")
     }
+
+
+def test_accumulated_micro_batches_keep_every_rank_in_step(runs):
+    """accumulate=2 under DDP (no_sync for the first micro-batch): both ranks train every step and end with the
+    same weights, and each rank's batch is its whole share of the global batch of 16 (8), split in two."""
+    _, ranks = runs["accumulate"]
+    assert all(r["step"] == 6 and not r["interrupted"] for r in ranks)
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    assert all(len(b) == 8 for r in ranks for b in r["indices"])

@@ -158,3 +158,47 @@ def test_the_progress_bar_leaves_an_evaluation_out_of_its_eta(tmp_path, monkeypa
     tr.evaluate = slow_eval
     tr.run()
     assert len(starts) == 2 and all(d >= 0.3 for d in starts)
+
+
+def test_accumulated_micro_batches_equal_the_whole_batch_step(tmp_path):
+    """accumulate=2 splits a step's batch of 32 into two backward passes of 16 on the same data, noise levels and
+    noise (drawn for the whole batch): the per-sample losses and the gradients the optimizer gets are those of
+    one pass, to float tolerance (Adam then amplifies float noise in near-zero gradients, so weights after
+    several steps are not compared)."""
+    import torch
+
+    from conftest import TINY
+    from diffusion_curriculum import config
+    from diffusion_curriculum.train import Trainer
+
+    got = {}
+    for a in (1, 2):
+        tr = Trainer(
+            config.resolve(overrides=[*TINY, "batch_size=32", f"accumulate={a}"]), tmp_path / f"a{a}"
+        )
+        grads = []
+        tr.optimizer.step = lambda tr=tr, grads=grads: grads.append(
+            [p.grad.clone() for p in tr._model_params]
+        )
+        losses = tr.train_step()
+        got[a] = (losses, grads[0])
+    assert torch.allclose(got[1][0], got[2][0], rtol=1e-5, atol=1e-7)
+    for g1, g2 in zip(got[1][1], got[2][1], strict=True):
+        assert torch.allclose(g1, g2, rtol=1e-4, atol=1e-7)
+    assert any(g.abs().max() > 1e-3 for g in got[1][1])  # real gradients, not zeros
+
+
+def test_a_batch_that_the_micro_batches_do_not_divide_names_the_nearest_choices(tmp_path):
+    import pytest
+
+    from conftest import TINY
+    from diffusion_curriculum import config
+    from diffusion_curriculum.errors import ConfigError
+    from diffusion_curriculum.train import Trainer
+
+    with pytest.raises(
+        ConfigError,
+        match=r"batch_size=30 .* over the 1 processes x 4 accumulated micro-batches; "
+        r"use a multiple of 4, the nearest being 28 or 32 \(7 or 8 per micro-batch\)",
+    ):
+        Trainer(config.resolve(overrides=[*TINY, "batch_size=30", "accumulate=4"]), tmp_path / "r")

@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "steps": 4000,
     "batch_size": 128,
+    "accumulate": 1,
     "lr": 1e-3,
     "prediction": "eps",
     "dataset": {"name": "digits"},
@@ -157,6 +158,7 @@ SCHEMA: dict[str, Any] = {
     "seed": _int(0, 2**63 - 1),
     "steps": _int(1, 10**9),
     "batch_size": _int(1, 2**20),
+    "accumulate": _int(1, 2**20),
     "lr": _float(0, 10, lo_open=True),
     "prediction": _choice("eps", "v", "x0"),
     "optim": {

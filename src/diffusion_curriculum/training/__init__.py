@@ -30,7 +30,9 @@ is created and a run is bit-identical to a plain single-process one.
   walk one shared index stream (:class:`~diffusion_curriculum.data.Batcher`), so the union of their batches at every step is exactly
   the batch a single process with the same ``batch_size`` gets; gradients are averaged by DDP, so a step is
   the single-process step of that batch (up to floating-point summation order and the per-rank t/noise
-  draws below).
+  draws below). ``accumulate`` A splits each rank's batch into A micro-batches (one backward each, DDP's
+  ``no_sync`` for all but the last); the data, noise levels and noise are drawn for the whole rank batch and the
+  sampler observes once per step, so A changes the float summation order only (it may change on resume).
 * **Random streams.** Timesteps and noise come from per-rank streams, ``stream_seed(seed, name, rank)``
   (rank 0's are the single-process run's); the global torch RNG (dropout) is reseeded per rank after the
   model is built. The model itself is initialised identically on every rank (and DDP broadcasts rank 0's).

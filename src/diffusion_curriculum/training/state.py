@@ -27,6 +27,7 @@ from ..errors import ConfigError
 #: keys that may change when a run is resumed (they do not change what is trained)
 RESUMABLE_KEYS = (
     "steps",
+    "accumulate",
     "eval_every",
     "checkpoint_every",
     "log_every",

@@ -3,6 +3,7 @@ determinism and data-parallel contract)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -77,23 +78,24 @@ class Trainer:
 
     # -- set-up ---------------------------------------------------------------------------------------
     def _check_settings(self, cfg: dict) -> None:
-        b, w = cfg["batch_size"], self.world
-        if b % w:
-            lo, hi = b // w * w, (b // w + 1) * w
-            nearest = (
-                f"{lo} or {hi} ({lo // w} or {hi // w} per process)"
-                if lo
-                else f"{hi} ({hi // w} per process)"
-            )
+        b, w, a = cfg["batch_size"], self.world, cfg["accumulate"]
+        m = w * a
+        if b % m:
+            lo, hi = b // m * m, (b // m + 1) * m
+            unit = "per process" if a == 1 else "per micro-batch"
+            nearest = f"{lo} or {hi} ({lo // m} or {hi // m} {unit})" if lo else f"{hi} ({hi // m} {unit})"
+            over = f"the {w} processes" + (f" x {a} accumulated micro-batches" if a > 1 else "")
             raise ConfigError(
-                f"batch_size={b} is the global batch and must split evenly over the {w} processes; use a "
-                f"multiple of {w}, the nearest being {nearest}"
+                f"batch_size={b} is the global batch and must split evenly over {over}; use a multiple of {m}, "
+                f"the nearest being {nearest}"
             )
         hooks.check_loggers(cfg)
 
     def _setup(self, cfg: dict, resume: bool) -> None:
         self._check_settings(cfg)
         self.bf16 = components.use_bf16(cfg["precision"], self.device)
+        #: micro-batches per optimizer step (``accumulate``): each rank's batch is split into this many
+        self.accumulate = cfg["accumulate"]
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = cfg["cudnn_benchmark"]
         seed = cfg["seed"]
@@ -294,10 +296,13 @@ class Trainer:
         noise = self.noise.draw(x0, generator=self.noise_gen)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
         y = None if self.label_dropout is None else self.label_dropout(y)  # dropped: the null class
-        per_sample = self.loss.error(self.net, x0, noise, draw.t, autocast=autocast, labels=y)
-        loss = self.loss.objective(draw.t, per_sample, draw.weight)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.accumulate == 1:
+            per_sample = self.loss.error(self.net, x0, noise, draw.t, autocast=autocast, labels=y)
+            loss = self.loss.objective(draw.t, per_sample, draw.weight)
+            loss.backward()
+        else:
+            per_sample, loss = self._accumulated(x0, noise, draw, y, autocast)
         if self._weighting_params and self.world > 1:
             dist_mod.average_grads(self._weighting_params, self.world)  # DDP averages the model's alone
         self.stats.add(loss, self.step + 1)
@@ -314,6 +319,25 @@ class Trainer:
         for hook in self.hooks:
             hook.on_step(self, draw.t, per_sample.detach())
         return per_sample
+
+    def _accumulated(self, x0, noise, draw, y, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's backward passes in :attr:`accumulate` equal micro-batches of the rank's batch (drawn whole:
+        data, noise levels and noise are those of the unaccumulated step), each loss scaled by 1/N so the summed
+        gradients are the whole batch's; DDP averages over the ranks at the last micro-batch only. Returns the
+        per-sample losses and the batch's loss (detached: for the statistics)."""
+        n = self.accumulate
+        parts, total = [], torch.zeros((), device=x0.device)
+        for i, sl in enumerate(torch.arange(x0.shape[0], device="cpu").chunk(n)):
+            sl = slice(int(sl[0]), int(sl[-1]) + 1)
+            yi = None if y is None else y[sl]
+            sync = i == n - 1 or self.world == 1
+            with contextlib.nullcontext() if sync else self.net.no_sync():
+                ps = self.loss.error(self.net, x0[sl], noise[sl], draw.t[sl], autocast=autocast, labels=yi)
+                loss = self.loss.objective(draw.t[sl], ps, draw.weight[sl]) / n
+                loss.backward()
+            parts.append(ps)
+            total = total + loss.detach()
+        return torch.cat(parts), total
 
     @property
     def skipped(self) -> int:
