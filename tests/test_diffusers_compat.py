@@ -41,13 +41,14 @@ def test_a_library_strategy_draws_its_own_u_and_returns_its_draw_weights(immedia
             "loss-second-moment", 16, generator=torch.Generator().manual_seed(step)
         )
         draw = twin.sample(16, generator=torch.Generator().manual_seed(step))
-        assert torch.equal(u, draw.t)
+        assert torch.equal(u, 1.0 - draw.t)
         sigmas = torch.rand(16, 1, 1, 1)
         w = dc.compute_loss_weighting_for_sd3("loss-second-moment", sigmas)
         assert w.shape == sigmas.shape and torch.equal(w[:, 0, 0, 0], draw.weight)
         loss = (u * 3).square()
         dc.observe("loss-second-moment", u, loss)
         twin.observe(draw.t, loss)
+    assert torch.equal(sampler.probs(), twin.probs())  # observe gave the sampler its own t back
     assert sampler.step == 3 and not torch.all(w == 1)  # importance weights once every bucket is seen
 
 
@@ -67,3 +68,19 @@ def test_an_unknown_scheme_is_one_sentence():
         ValueError, match="weighting_scheme='logit-normall' is not known; allowed: logit_normal"
     ):
         dc.compute_density_for_timestep_sampling("logit-normall", 4)
+
+
+def test_a_library_draw_reaches_the_noise_level_it_means_through_the_scripts_sigma_lookup():
+    """The scripts index scheduler.sigmas (falling from 1, the noisiest) with (u * T): a library strategy's u must
+    land on the sigma of its own draw, t' = shift(t), to within a table step, not on the mirrored one."""
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    proc = FlowProcess.from_scheduler(scheduler)
+    dc.configure("lognormal")
+    twin = timesteps.build("lognormal", FlowProcess())
+    u = dc.compute_density_for_timestep_sampling(
+        "lognormal", 2000, generator=torch.Generator().manual_seed(3)
+    )
+    t = twin.sample(2000, generator=torch.Generator().manual_seed(3)).t
+    sigmas = scheduler.sigmas[(u * 1000).long().clamp(0, 999)]
+    assert (sigmas - proc.shifted(t)).abs().max() < 0.01

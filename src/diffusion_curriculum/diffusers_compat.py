@@ -15,8 +15,10 @@ own schemes, return the same values:
 * weights: ``sigma_sqrt`` σ⁻², ``cosmap`` 2/(π(1 − 2σ + 2σ²)) (Esser et al. 2024, §3.1), otherwise 1.
 
 Every noise-level strategy of this library is accepted by its registry name as well (``weighting_scheme=
-"loss-second-moment"``, ``"ddc"``, ``"clts"``, ...): u is that sampler's draw of the unshifted flow time (the
-scheduler's shift is applied by the script's sigma lookup, as for diffusers' schemes), and
+"loss-second-moment"``, ``"ddc"``, ``"clts"``, ...): u is 1 − that sampler's draw t of the unshifted flow time,
+because the scripts' lookup runs the other way (``scheduler.sigmas`` falls from 1, the noisiest, so u near 0 is
+noisy, where the library's t near 0 is clean; the scheduler's shift is applied by that lookup, as for diffusers'
+schemes), and
 ``compute_loss_weighting_for_sd3`` with the same name returns that draw's per-sample weights (1 for a strategy
 that does not reweight; importance weights for ``loss-second-moment``), shaped like ``sigmas``. Switching a
 script is then one import, plus, for the strategies that learn from the loss or follow the step count, one
@@ -104,7 +106,7 @@ def compute_density_for_timestep_sampling(
         return torch.rand(size=(batch_size,), device=device, generator=generator)
     draw = _sampler(weighting_scheme).sample(batch_size, device=device, generator=generator)
     _last_weight[weighting_scheme] = draw.weight
-    return draw.t
+    return 1.0 - draw.t  # the scripts' u: index fraction into sigmas that fall from the noisiest
 
 
 def compute_loss_weighting_for_sd3(weighting_scheme: str, sigmas: Tensor | None = None) -> Tensor:
@@ -130,7 +132,7 @@ def observe(weighting_scheme: str, u: Tensor, per_sample_loss: Tensor) -> None:
     ``u`` of a library strategy; nothing for diffusers' own schemes. Call once per optimizer step."""
     _check_scheme(weighting_scheme)
     if weighting_scheme not in DIFFUSERS_SCHEMES:
-        _sampler(weighting_scheme).observe(u, per_sample_loss.detach())
+        _sampler(weighting_scheme).observe(1.0 - u, per_sample_loss.detach())  # back to the sampler's own t
 
 
 def state_dict() -> dict[str, Any]:
