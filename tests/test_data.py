@@ -486,7 +486,9 @@ def test_an_npz_dataset_says_its_layout_range_and_classes_and_names_label_gaps(t
     imgs = rng.integers(0, 256, size=(40, 8, 8, 3), dtype=np.uint8)
     np.savez(tmp_path / "a.npz", images=imgs, labels=np.arange(40) % 20 + 5)  # labels 5..24
     ds = load("npz", path=str(tmp_path / "a.npz"))
-    assert ds.note.startswith("npz: 40 images of shape (3, 8, 8) from array 'images' (NHWC, integers 0..255")
+    assert ds.note.startswith(
+        "npz file: 40 images of shape (3, 8, 8) in array 'images' (NHWC, integers 0..255"
+    )
     assert "labels 0..24: 25 classes, 5 of them without a sample (0, 1, 2, 3, 4); relabel to 0..19" in ds.note
     np.savez(tmp_path / "b.npz", images=rng.random((6, 1, 4, 4)).astype(np.float32), labels=np.arange(6) % 3)
     note = load("npz", path=str(tmp_path / "b.npz")).note

@@ -132,8 +132,10 @@ def test_optimal_gap_moves_its_averages_and_resumes_with_its_floor(immediate_obs
 
 
 def test_optimal_gap_refuses_a_floor_of_the_wrong_length():
-    with pytest.raises(ValueError, match="set_floor needs 4 finite values"):
+    with pytest.raises(ValueError, match=r"set_floor needs 4 values \(one per bucket\), got shape \(2,\)"):
         _gap_sampler().set_floor([0.1, 0.2])
+    with pytest.raises(ValueError, match=r"set_floor got non-finite values in buckets \[1, 3\]"):
+        _gap_sampler().set_floor([0.1, float("nan"), 0.2, float("inf")])
 
 
 def test_the_trainer_gives_optimal_gap_its_floor(tmp_path):
@@ -152,3 +154,31 @@ def test_optimal_gap_on_data_too_large_names_the_alternative(tmp_path, monkeypat
     ) as e:
         Trainer(cfg, tmp_path)
     assert "\n" not in str(e.value)
+
+
+def test_optimal_gap_refuses_noise_that_depends_on_the_data(tmp_path):
+    cfg = config.resolve(overrides=[*TINY, "sampler.name=optimal-gap", "noise.name=knn"])
+    with pytest.raises(ConfigError, match="needs noise.name=gaussian: .* noise.name=knn pairs them"):
+        Trainer(cfg, tmp_path)
+
+
+def test_a_conditional_runs_floor_mixes_the_unconditional_one_by_the_label_drop_rate(tmp_path):
+    cfg = config.resolve(
+        overrides=[
+            *TINY,
+            "steps=2",
+            "sampler.name=optimal-gap",
+            "sampler.buckets=4",
+            "cond.enabled=true",
+            "cond.drop_prob=0.25",
+        ]
+    )
+    tr = Trainer(cfg, tmp_path)
+    kw = dict(seed=cfg["eval"]["seed"])
+    cond = optimal_loss.per_bucket_floor(
+        tr.process, "eps", tr.dataset.data, 4, labels=tr.dataset.labels, **kw
+    )
+    uncond = optimal_loss.per_bucket_floor(tr.process, "eps", tr.dataset.data, 4, **kw)
+    want = [0.75 * c + 0.25 * u for c, u in zip(cond, uncond)]
+    assert tr.sampler.floor.tolist() == pytest.approx(want, rel=1e-12)
+    assert uncond[-1] > cond[-1]  # the label helps most at the noisiest levels

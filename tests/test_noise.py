@@ -76,6 +76,8 @@ def test_assignment_permutes_the_batch_draw_to_the_least_total_distance():
         ("knn", {"metric": "cos"}, "noise.metric='cos' is invalid"),
         ("knn", {"kk": 2}, "noise.kk is not a parameter"),
         ("nearest", {}, "noise.name='nearest' is not known"),
+        ("gaussian", {"k": 3}, "noise.k is not a parameter of the 'gaussian' noise; allowed: none"),
+        ("assignment", {"args": 1}, "noise.args is not a parameter of the 'assignment' noise; allowed: none"),
     ],
 )
 def test_bad_noise_settings_are_one_sentence(name, params, words):

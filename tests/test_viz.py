@@ -80,3 +80,16 @@ def test_a_uniform_draw_is_one_colour_and_the_quality_axis_reads_plain_numbers(t
     labels = [t.get_text() for t in a.get_yticklabels(minor=True) if t.get_text()]
     assert "40" in labels and not any("10^" in s or "times" in s for s in labels)
     plt.close(fig)
+
+
+def test_the_validation_plot_draws_only_the_records_of_its_bucket_count(tmp_path):
+    """eval.val_buckets may change on resume: the records with another count are left out, not a KeyError."""
+    from diffusion_curriculum import viz
+
+    def rec(step, k):
+        return {"step": step, "val_loss": 1.0, **{f"val_loss/{i}": 1.0 + i for i in range(k)}}
+
+    records = [rec(10, 20), rec(20, 40), rec(30, 40)]
+    assert viz.validation_plot(records, tmp_path / "v.png", [float(i) for i in range(41)], "t")
+    assert viz.validation_plot(records, tmp_path / "w.png", [float(i) for i in range(21)], "t")
+    assert not viz.validation_plot(records, tmp_path / "x.png", [float(i) for i in range(11)], "t")

@@ -157,7 +157,7 @@ def step_ratios(
     out: dict[float, float | str] = {}
     for f, (_, q) in targets(reference, fractions).items():
         ref_steps, steps = steps_to_reach(reference, q), steps_to_reach(curve, q)
-        if ref_steps is None:  # a reference that does not reach its own value: not a number to compare
+        if not ref_steps:  # a reference that does not reach its own value (or is there at step 0): no ratio
             continue
         out[f] = "n.r." if steps is None else ref_steps / max(steps, 1e-12)
     return out

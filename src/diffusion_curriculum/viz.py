@@ -168,10 +168,11 @@ def validation_plot(records: list[dict], path: str | os.PathLike, edges: list[fl
     set allows). Returns False when no record has ``val_loss``."""
     from matplotlib.colors import LogNorm
 
-    recs = [r for r in records if "val_loss" in r]
+    k = len(edges) - 1
+    # records of this bucket count only (eval.val_buckets may change on resume: earlier records keep theirs)
+    recs = [r for r in records if f"val_loss/{k - 1}" in r and f"val_loss/{k}" not in r]
     if not recs:
         return False
-    k = len(edges) - 1
     loss = np.array([[r[f"val_loss/{i}"] for i in range(k)] for r in recs], dtype=float)
     excess = all("val_excess" in r for r in recs)
     plt, fig, ax = figure(2 if excess else 1, 1, size=(7.0, 6.4 if excess else 3.6))

@@ -78,7 +78,7 @@ def _load_npz(path: str, n=None, seed=0) -> Dataset:
             )
         label_tensor = torch.as_tensor(labels.astype(np.int64))
     noun = "images" if kind == "image" else "points"
-    note = f"npz: {data.shape[0]} {noun} of shape {tuple(data.shape[1:])} from {key} ({read_as})"
+    note = f"npz file: {data.shape[0]} {noun} of shape {tuple(data.shape[1:])} in {key} ({read_as})"
     return Dataset(
         data=data, labels=label_tensor, name=Path(path).stem, kind=kind, note=note + _labels_said(labels)
     )

@@ -309,9 +309,13 @@ def _check_heads(
 ) -> None:
     """A ValueError unless ``num_heads`` divides the channels of every attention level, naming both settings
     that make those channels: ``model.channels`` (× its level's multiplier) and ``model.num_heads``."""
-    for res, ch in zip(resolutions, level_ch):
-        if res in attention and ch % num_heads:
-            multiple = num_heads // math.gcd(num_heads, ch // channels)
+    levels = [(res, ch) for res, ch in zip(resolutions, level_ch) if res in attention]
+    # the channels that fit every attention level: a multiple of num_heads / gcd(num_heads, multiplier) for each
+    multiple = (
+        math.lcm(*(num_heads // math.gcd(num_heads, ch // channels) for _, ch in levels)) if levels else 1
+    )
+    for res, ch in levels:
+        if ch % num_heads:
             fit = next(c for c in range(channels, channels + multiple + 1) if c % multiple == 0)
             raise ValueError(
                 f"model.channels={channels} gives {ch} channels at the attention resolution {res}, which "

@@ -23,6 +23,9 @@ class NoiseAssigner:
     #: whether a draw reads a value back to the host (a batch assignment solved on the CPU)
     host_sync: ClassVar[bool] = False
 
+    def __init__(self) -> None:  # no parameters (an assigner with some declares its own)
+        pass
+
     def draw(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Noise shaped like ``x0`` (float32 unless ``x0`` is another floating dtype), on ``x0``'s device, drawn
         from ``generator`` (a generator on that device; one elsewhere is refused in one sentence) or torch's

@@ -11,7 +11,7 @@ longer N(0, I) even in norm (E‖ε‖²/D falls below 1), and x_T at the end of
 the N(0, I) that sampling starts from. The "angle" variant chooses by direction alone; for a Gaussian the norm is
 independent of the direction, so the kept noise's norm stays χ_D-distributed exactly (docs/methods.md, "Noise
 assignment"). The candidates are drawn one after another and the best is kept on the device with ``torch.where``:
-no host read, and memory for two noises of the batch whatever k is.
+no host read, and memory for a few noise-sized temporaries of the batch whatever k is.
 """
 
 from __future__ import annotations

@@ -74,9 +74,14 @@ class OptimalGap(TimestepSampler):
     def set_floor(self, floor) -> None:
         """The optimal loss J* of each of the K buckets (in the loss space ``observe`` is given)."""
         f = torch.as_tensor(floor, dtype=torch.float64).cpu()
-        if f.shape != (self.K,) or not torch.isfinite(f).all():
+        if f.shape != (self.K,):
             raise ValueError(
-                f"optimal-gap: set_floor needs {self.K} finite values (one per bucket), got {tuple(f.shape)}"
+                f"optimal-gap: set_floor needs {self.K} values (one per bucket), got shape {tuple(f.shape)}"
+            )
+        bad = torch.nonzero(~torch.isfinite(f)).flatten().tolist()
+        if bad:
+            raise ValueError(
+                f"optimal-gap: set_floor got non-finite values in buckets {bad}; give finite losses"
             )
         self.floor = f.clone()
 

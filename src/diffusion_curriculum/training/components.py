@@ -226,12 +226,19 @@ def build_momentum(cfg: dict, optimizer: torch.optim.Optimizer):
 
 def sampler_floor(cfg: dict, sampler, dataset: data.Dataset, process) -> list[float]:
     """The training data's optimal loss per bucket of a sampler that draws by it (``needs_floor``: the
-    ``optimal-gap`` sampler), on the validation entries' settings; a ConfigError naming the alternative when the
-    data is too large for the exact floor."""
+    ``optimal-gap`` sampler), on the validation entries' settings. A class-conditional run trains a share
+    ``cond.drop_prob`` of its samples without their label, so its floor is that mix of the unconditional and the
+    conditional optimum. A ConfigError in one sentence for noise that depends on the data (the optimum assumes
+    independent Gaussian noise) or data too large for the exact floor (naming the alternative)."""
     from .. import optimal_loss
 
-    labels = dataset.labels if cfg["cond"]["enabled"] else None
-    try:
+    if cfg["noise"]["name"] != "gaussian":
+        raise ConfigError(
+            f"sampler {sampler.name!r} needs noise.name=gaussian: its optimal loss assumes noise independent of the "
+            f"data, and noise.name={cfg['noise']['name']} pairs them; use gaussian noise with it, or another sampler"
+        )
+
+    def floor(labels) -> list[float]:
         return optimal_loss.per_bucket_floor(
             process,
             cfg["prediction"],
@@ -241,6 +248,15 @@ def sampler_floor(cfg: dict, sampler, dataset: data.Dataset, process) -> list[fl
             seed=cfg["eval"]["seed"],
             labels=labels,
         )
+
+    try:
+        if not cfg["cond"]["enabled"]:
+            return floor(None)
+        p = float(cfg["cond"]["drop_prob"])
+        cond = floor(dataset.labels)
+        if p == 0:
+            return cond
+        return [(1 - p) * c + p * u for c, u in zip(cond, floor(None))]
     except optimal_loss.OptimalLossError as e:
         raise ConfigError(
             f"sampler {sampler.name!r} needs the exact optimal loss of the training data, and {e}; or use the "

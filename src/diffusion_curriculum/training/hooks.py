@@ -228,8 +228,9 @@ class ProgressBar(Hook):
         self.bar.set_postfix(loss=shown, **rec.get("sampler", {}), refresh=False)
 
     def skip_pause(self) -> None:
-        """Leave the time since the bar's last update out of its rate and ETA (an evaluation's): the ETA then
-        follows the training pace instead of jumping after every evaluation."""
+        """Leave the time since the bar last printed out of its rate and ETA (an evaluation's, plus at most the
+        bar's 1 s print interval of training before it): the ETA then follows the training pace instead of jumping
+        after every evaluation."""
         self.bar.unpause()
 
     def close(self) -> None:
