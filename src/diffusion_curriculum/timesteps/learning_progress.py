@@ -30,6 +30,7 @@ from .. import noise_levels
 from ..device import to_device
 from . import clusters as _clusters
 from .base import TimestepSampler, check_choice, check_param, is_int, is_number, register
+from .observations import bucket_sums
 
 PROGRESS = ("relative", "absolute")
 _U_EPS = 2.0**-60
@@ -190,16 +191,7 @@ class LearningProgress(TimestepSampler):
         return self.bucket_of_t[t.long()]
 
     def _observe(self, t: Tensor, per_sample_loss: Tensor) -> None:
-        loss = per_sample_loss.detach().reshape(-1).to(torch.float64)
-        b = self.bucket(t).to(loss.device)
-        ok = torch.isfinite(loss)
-        # per-bucket sums and counts as one small matrix product with the one-hot buckets: deterministic on
-        # every device (a float index_add on a GPU adds in a random order)
-        one_hot = (b[:, None] == torch.arange(self.K, device=b.device)).to(torch.float64)
-        stats = one_hot.T @ torch.stack(
-            [torch.where(ok, loss, torch.zeros_like(loss)), ok.to(torch.float64)], 1
-        )
-        stats = stats.T
+        stats = bucket_sums(self.bucket(t), per_sample_loss, self.K)
         for host, _, _ in self._lagged_observations(stats):
             self._update(*host)
 

@@ -120,3 +120,16 @@ class LaggedStats:
 def _tags(tags: list[Any]) -> list[Any]:
     """Tags as saved (JSON turns tuples into lists): lists back to tuples, so they compare with fresh ones."""
     return [tuple(t) if isinstance(t, list) else t for t in tags]
+
+
+def bucket_sums(buckets: Tensor, per_sample_loss: Tensor, k: int) -> Tensor:
+    """One step's loss sums and counts per bucket, float64 ``[2, k]`` on the losses' device (no host read):
+    ``buckets`` holds each sample's bucket index in [0, k); non-finite losses are left out of both rows. Computed
+    as a small matrix product with the one-hot buckets, which is deterministic on every device (a float
+    ``index_add`` on a GPU adds in a random order). What the bucketed samplers queue in :class:`LaggedStats`."""
+    loss = per_sample_loss.detach().reshape(-1).to(torch.float64)
+    b = buckets.to(loss.device)
+    ok = torch.isfinite(loss)
+    one_hot = (b[:, None] == torch.arange(k, device=b.device)).to(torch.float64)
+    stats = one_hot.T @ torch.stack([torch.where(ok, loss, torch.zeros_like(loss)), ok.to(torch.float64)], 1)
+    return stats.T

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from .. import noise_levels
 from .base import TimestepSampler, check_choice, check_param, is_int, is_number, register
+from .observations import bucket_sums
 
 FORMS = ("gap", "sqrt", "relative")
 
@@ -113,14 +114,8 @@ class OptimalGap(TimestepSampler):
         return t, None
 
     def _observe(self, t: Tensor, per_sample_loss: Tensor) -> None:
-        loss = per_sample_loss.detach().reshape(-1).to(torch.float64)
-        b = noise_levels.bucket(self.process, t.detach(), self.K).to(loss.device)
-        ok = torch.isfinite(loss)
-        one_hot = (b[:, None] == torch.arange(self.K, device=b.device)).to(torch.float64)
-        stats = one_hot.T @ torch.stack(
-            [torch.where(ok, loss, torch.zeros_like(loss)), ok.to(torch.float64)], 1
-        )
-        for host, _, _ in self._lagged_observations(stats.T):
+        stats = bucket_sums(noise_levels.bucket(self.process, t.detach(), self.K), per_sample_loss, self.K)
+        for host, _, _ in self._lagged_observations(stats):
             self._update(*host)
 
     def _update(self, sums: Tensor, counts: Tensor) -> None:
