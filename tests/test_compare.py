@@ -286,3 +286,22 @@ def test_summarize_only_with_nothing_trained_is_one_sentence_and_a_missing_metho
     assert main([*argv, "--summarize-only", *TINY]) == 1
     printed = capsys.readouterr().out
     assert "| logit-normal | missing |" in printed and "failed" not in printed
+
+
+def test_compare_says_each_line_in_one_write(monkeypatch):
+    """Two threads speak at once (progress lines, runs starting): each line and its newline go out in one write,
+    so lines cannot run together ("... done (748 s)assignment seed 0: started")."""
+    import sys
+
+    writes = []
+
+    class Recorder:
+        def write(self, s):
+            writes.append(s)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Recorder())
+    compare.say_line("knn seed 0: done (748 s)")
+    assert writes == ["knn seed 0: done (748 s)\n"]

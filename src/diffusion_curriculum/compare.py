@@ -54,6 +54,13 @@ class Method:
     overrides: list[str] = field(default_factory=list)
 
 
+def say_line(msg: str) -> None:
+    """``msg`` and its newline on stderr in one write: the progress thread and the run launcher speak at once,
+    and ``print`` writes the text and the newline separately, so two lines could run together."""
+    sys.stderr.write(f"{msg}\n")
+    sys.stderr.flush()
+
+
 def split_methods(text: str) -> list[str]:
     """Split ``--methods``: commas separate methods, but a ``key=value`` item with no ``:`` continues the
     parameters of the method before it, so ``uniform,ddc:clustering=snr,patience=100,clts`` is three methods."""
@@ -230,7 +237,7 @@ def compare(
     Every method is also compared seed by seed with ``baseline`` and ``against`` (trained too when not among
     ``methods``), and with ``fd_noise`` the baseline's final checkpoints are scored once more with a second
     sample seed (one evaluation per seed, for a sample-based key): see :func:`summarize`."""
-    say = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    say = log or say_line
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds} is invalid; allowed: a positive integer")
     parsed = _methods_and_references(methods, baseline, against)
@@ -385,7 +392,7 @@ def summarize(
     and, with ``fd_noise`` and a sample-based quality key, ``fd_noise``: the :func:`~diffusion_curriculum.
     fd_noise.summary` of the baseline's final checkpoints scored with a second sample seed."""
     failures = failures or {}
-    say = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    say = log or say_line
     runs = {(lab, s): out / "runs" / run_dir_name(lab) / f"seed{s}" for lab in labels for s in range(seeds)}
     records = {k: runlog.read_metrics(run / "metrics.jsonl") for k, run in runs.items()}
     quality = records
