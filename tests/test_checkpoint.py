@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from conftest import same_state
 from diffusion_curriculum import checkpoint
 
 
@@ -101,3 +102,48 @@ def test_a_pickle_is_never_loaded(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="cannot be read"):
         checkpoint.load(d)
     assert not marker.exists()
+
+
+def test_a_resume_reads_weights_and_optimizer_state_straight_onto_the_device(tmp_path, monkeypatch):
+    """checkpoint.load(path, device): the model, EMA and optimizer tensors are opened on that device (no host
+    copy), everything else (random streams, data stream, counters) on the CPU; with the CPU it is the plain load."""
+    from conftest import TINY
+    from diffusion_curriculum import config
+    from diffusion_curriculum.train import Trainer
+
+    Trainer(config.resolve(overrides=[*TINY, "steps=10"]), tmp_path / "r").run()
+    ckpt = checkpoint.list_checkpoints(tmp_path / "r" / "checkpoints")[0]
+    step, plain = checkpoint.load(ckpt)
+    assert same_state(checkpoint.load(ckpt, "cpu")[1], plain)
+
+    opened = []
+    real = checkpoint.safe_open
+
+    def recording(path, framework, device):
+        opened.append(device)
+        handle = real(path, framework=framework, device="cpu")  # no GPU here: read on the CPU, record the ask
+
+        class Spy:
+            def __enter__(self):
+                self.f = handle.__enter__()
+                return self
+
+            def __exit__(self, *exc):
+                return handle.__exit__(*exc)
+
+            def keys(self):
+                return self.f.keys()
+
+            def get_tensor(self, k):
+                requested.setdefault(device, []).append(k)
+                return self.f.get_tensor(k)
+
+        return Spy()
+
+    requested: dict[str, list[str]] = {}
+    monkeypatch.setattr(checkpoint, "safe_open", recording)
+    _, state = checkpoint.load(ckpt, "cuda:0")
+    assert opened == ["cpu", "cuda:0"] and same_state(state, plain)
+    parts = {dev: {k.split(".")[1] for k in keys} for dev, keys in requested.items()}
+    assert parts["cuda:0"] == {"model", "ema", "optimizer"}
+    assert {"rng", "batcher"} <= parts["cpu"] and not parts["cpu"] & {"model", "ema", "optimizer"}

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from .checks import first_line, honour_umask
 
@@ -32,6 +32,10 @@ TENSORS = "tensors.safetensors"
 STATE = "state.json"
 FORMAT = 1
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
+#: the parts of a trainer's state that :func:`load` reads straight onto a device when it is given one (the
+#: weights and the optimizer's moments: the bulk of a checkpoint); everything else (random-stream states,
+#: sampler state, counters) is read onto the CPU, where its owners keep it
+ON_DEVICE = ("model", "ema", "optimizer")
 
 
 class CheckpointError(ValueError):
@@ -226,8 +230,30 @@ def list_checkpoints(ckpt_root: str | Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def load(path: str | Path) -> tuple[int, dict[str, Any]]:
-    """Read and verify one checkpoint directory; return ``(step, state)``. Raises :class:`CheckpointError`."""
+def _read_tensors(path: Path, device: str | torch.device | None) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint's file: those under an :data:`ON_DEVICE` part onto ``device``, the others
+    onto the CPU."""
+    target = "cpu" if device is None else str(torch.device(device))
+    out: dict[str, torch.Tensor] = {}
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        keys = list(f.keys())
+        # a key is "s.<part>.<...>" (flatten's prefix "s"): its part decides where the tensor goes
+        on_device = [k for k in keys if target != "cpu" and k.split(".", 2)[1:2] in ([p] for p in ON_DEVICE)]
+        for k in keys:
+            if k not in on_device:
+                out[k] = f.get_tensor(k)
+    if on_device:
+        with safe_open(str(path), framework="pt", device=target) as f:
+            for k in on_device:
+                out[k] = f.get_tensor(k)
+    return out
+
+
+def load(path: str | Path, device: str | torch.device | None = None) -> tuple[int, dict[str, Any]]:
+    """Read and verify one checkpoint directory; return ``(step, state)``. Raises :class:`CheckpointError`.
+    ``device`` (e.g. a rank's GPU): the tensors of the :data:`ON_DEVICE` parts are read from the file straight
+    onto it, so a resume holds neither the weights nor the optimizer state in host memory; the rest, and every
+    tensor when ``device`` is None or the CPU, are read onto the CPU."""
     p = Path(path)
     sf, js = p / STATE, p / TENSORS
     if not sf.is_file() or not js.is_file():
@@ -250,8 +276,8 @@ def load(path: str | Path) -> tuple[int, dict[str, Any]]:
             f"checkpoint {str(p)!r} is corrupt: {STATE} does not match its recorded checksum"
         )
     try:
-        tensors = load_file(str(js))
-    except (SafetensorError, OSError, ValueError) as e:
+        tensors = _read_tensors(js, device)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint {str(p)!r} cannot be read: {first_line(e, 200)}") from None
     try:
         return step, unflatten(meta, tensors)

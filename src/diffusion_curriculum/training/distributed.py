@@ -214,14 +214,14 @@ def average_grads(params: list[torch.nn.Parameter], world: int) -> None:
 
 
 def follow_rank0(
-    loaded: tuple[Any, int] | None, rank: int, load_state: Callable[[dict], None]
+    loaded: tuple[Any, int] | None, rank: int, load_state: Callable[[dict], None], device: Any = None
 ) -> Exception | None:
     """On a rank other than 0, load (``load_state``) the checkpoint rank 0 resumed from (``loaded``: its path
     and step, or ``None``); return the error to share with every rank (:func:`all_ok`), if any."""
     if rank == 0 or loaded is None:
         return None
     try:
-        _, state = checkpoint.load(loaded[0])
+        _, state = checkpoint.load(loaded[0], device)
         load_state(state)
     except checkpoint.CheckpointError as e:
         return checkpoint.CheckpointError(

@@ -51,6 +51,9 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 class RunDir:
     """The files of one run directory ``root`` (nothing is created until :meth:`prepare`)."""
 
+    #: where a resume reads the weights and optimizer state to (the trainer's device; None: the CPU)
+    load_device: Any = None
+
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.config_path = self.root / CONFIG
@@ -117,7 +120,7 @@ class RunDir:
         errors = []
         for path in existing:
             try:
-                step, state = checkpoint.load(path)
+                step, state = checkpoint.load(path, self.load_device)
                 load_state(state)
             except checkpoint.CheckpointError as e:
                 errors.append(f"{path.name}: {e}")

@@ -213,6 +213,7 @@ class Trainer:
 
     def _prepare_dir(self, resume: bool) -> None:
         """Check and prepare the run directory; on resume load the newest usable checkpoint (rank 0 picks it)."""
+        self.rundir.load_device = self.device  # weights and optimizer state go straight onto it
         if self.world == 1:
             loaded = self.rundir.start(resume, self.load_state, self.say)
         else:
@@ -220,7 +221,8 @@ class Trainer:
             # failure is shared, so every rank stops with the same sentence instead of waiting for the others
             start = lambda: self.rundir.start(resume, self.load_state, self.say)  # noqa: E731
             loaded = dist_mod.run_on_rank0(start, self.rank)
-            dist_mod.all_ok(dist_mod.follow_rank0(loaded, self.rank, self.load_state), self.world)
+            follow = dist_mod.follow_rank0(loaded, self.rank, self.load_state, self.device)
+            dist_mod.all_ok(follow, self.world)
         if self.rank == 0:
             if loaded is not None:
                 self.rundir.truncate_metrics(loaded[1])
