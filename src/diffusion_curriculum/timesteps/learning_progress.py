@@ -30,7 +30,7 @@ from .. import noise_levels
 from ..device import to_device
 from . import clusters as _clusters
 from .base import TimestepSampler, check_choice, check_param, is_int, is_number, register
-from .observations import bucket_sums
+from .observations import bucket_sums, moving_average
 
 PROGRESS = ("relative", "absolute")
 _U_EPS = 2.0**-60
@@ -197,15 +197,8 @@ class LearningProgress(TimestepSampler):
 
     def _update(self, sums: Tensor, counts: Tensor) -> None:
         """Move the two averages of every bucket the step's losses hit (host statistics of one step)."""
-        hit = counts > 0
-        m = torch.where(hit, sums / counts.clamp(min=1), torch.zeros_like(sums))
-        first = hit & (self.seen == 0)
-        self.fast = torch.where(
-            first, m, torch.where(hit, self.fast + self.fast_rate * (m - self.fast), self.fast)
-        )
-        self.slow = torch.where(
-            first, m, torch.where(hit, self.slow + self.slow_rate * (m - self.slow), self.slow)
-        )
+        self.fast = moving_average(self.fast, sums, counts, self.seen, self.fast_rate)
+        self.slow = moving_average(self.slow, sums, counts, self.seen, self.slow_rate)
         self.seen += counts.long()
 
     # -- state ------------------------------------------------------------------------------------------------

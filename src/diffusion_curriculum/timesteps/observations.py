@@ -133,3 +133,13 @@ def bucket_sums(buckets: Tensor, per_sample_loss: Tensor, k: int) -> Tensor:
     one_hot = (b[:, None] == torch.arange(k, device=b.device)).to(torch.float64)
     stats = one_hot.T @ torch.stack([torch.where(ok, loss, torch.zeros_like(loss)), ok.to(torch.float64)], 1)
     return stats.T
+
+
+def moving_average(avg: Tensor, sums: Tensor, counts: Tensor, seen: Tensor, rate: float) -> Tensor:
+    """Per-bucket moving averages ``avg`` moved by one step's loss sums and counts (:func:`bucket_sums`, on the
+    host): a bucket the step hit moves by ``rate`` towards the step's mean, ``avg + rate·(m − avg)``, or starts at
+    that mean when ``seen`` says it had no observation before; the other buckets keep their value."""
+    hit = counts > 0
+    m = torch.where(hit, sums / counts.clamp(min=1), torch.zeros_like(sums))
+    first = hit & (seen == 0)
+    return torch.where(first, m, torch.where(hit, avg + rate * (m - avg), avg))

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .. import noise_levels
 from .base import TimestepSampler, check_choice, check_param, is_int, is_number, register
-from .observations import bucket_sums
+from .observations import bucket_sums, moving_average
 
 FORMS = ("gap", "sqrt", "relative")
 
@@ -119,11 +119,7 @@ class OptimalGap(TimestepSampler):
             self._update(*host)
 
     def _update(self, sums: Tensor, counts: Tensor) -> None:
-        hit = counts > 0
-        m = torch.where(hit, sums / counts.clamp(min=1), torch.zeros_like(sums))
-        first = hit & (self.seen == 0)
-        moved = self.loss + self.rate * (m - self.loss)
-        self.loss = torch.where(first, m, torch.where(hit, moved, self.loss))
+        self.loss = moving_average(self.loss, sums, counts, self.seen, self.rate)
         self.seen += counts.long()
 
     def status(self) -> dict[str, Any]:
