@@ -15,7 +15,10 @@ table says so; a part that overruns its own budget is stopped and reported as ti
 4. ``syncs`` — the device contract (``benchmarks/sync_check.py``): 50 training steps of every sampler × process ×
    conditioning under ``torch.cuda.set_sync_debug_mode("error")``, and each sampler's step time inside the
    trainer against a bare loop, timed with CUDA events, on a launch-bound and a compute-bound setting.
-5. ``compare`` — ``diffusion-curriculum compare`` of several methods on mnist5k with a larger UNet, several runs
+5. ``sharded`` — evaluation split over 2 GPUs (``benchmarks/sharded_eval.py`` under torchrun): each rank's time
+   for its share of the samples against one GPU making them all, and whether the gathered samples are that GPU's.
+   Skipped on a machine with fewer than 2 GPUs; ``--smoke`` runs it on 2 CPU processes (gloo).
+6. ``compare`` — ``diffusion-curriculum compare`` of several methods on mnist5k with a larger UNet, several runs
    at once on the one GPU (``--compare-jobs``), quality from the runs' own periodic evaluations on the GPU.
    (``compare --eval-samples`` would instead re-evaluate every checkpoint offline, one after another, on the
    CPU: minutes per checkpoint at 28×28, beyond this budget.)
@@ -57,13 +60,14 @@ SRC = ROOT / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
-PARTS = ("tests", "throughput", "sampler", "syncs", "compare")
+PARTS = ("tests", "throughput", "sampler", "syncs", "sharded", "compare")
 TITLES = {
     "tests": "1. CUDA-only tests",
     "throughput": "2. trainer vs bare loop",
     "sampler": "3. sampler overhead",
     "syncs": "4. no host sync in a step; step times",
-    "compare": "5. parallel compare",
+    "sharded": "5. evaluation over 2 GPUs",
+    "compare": "6. parallel compare",
 }
 #: the tests that need CUDA: skipped without it (test_models) or running only their CPU half (test_weighting)
 TEST_FILES = ("tests/test_models.py", "tests/test_weighting.py")
@@ -74,7 +78,7 @@ TINY_UNET = ["model.groups=8", "model.attention_resolutions=[4]"]
 #: defaults: (full run on the GPU machine, --smoke on the CPU); the part budgets sum to at most the total
 DEFAULTS: dict[str, tuple] = {
     "device": ("cuda", "cpu"),
-    "budget_s": (560.0, 230.0),
+    "budget_s": (560.0, 260.0),
     "threads": (0, 1),
     "tests_budget_s": (60.0, 35.0),
     "throughput_budget_s": (90.0, 35.0),
@@ -91,7 +95,11 @@ DEFAULTS: dict[str, tuple] = {
     "sampler_repeats": (5, 2),
     "syncs_budget_s": (150.0, 60.0),
     "syncs_block": (50, 2),
-    "compare_budget_s": (200.0, 70.0),
+    "sharded_budget_s": (30.0, 30.0),
+    "sharded_samples": (4000, 16),
+    "sharded_batch": (250, 4),
+    "sharded_overrides": ("", " ".join([*TINY_UNET, "eval.steps=2"])),
+    "compare_budget_s": (170.0, 70.0),
     "compare_preset": ("mnist5k", "digits"),
     "compare_methods": ("uniform,loss-second-moment,clts,learning-progress", "uniform,clts"),
     "compare_seeds": (1, 1),
@@ -117,7 +125,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "device": (str, "device of parts 2-4 (cuda; smoke: cpu)"),
         "budget_s": (
             float,
-            "total time budget in s; a part that would overrun it is skipped (560; smoke 230)",
+            "total time budget in s; a part that would overrun it is skipped (560; smoke 260)",
         ),
         "threads": (int, "torch CPU threads in parts 2-3, 0: torch's default (smoke: 1)"),
         "tests_budget_s": (float, "budget of part 1 in s"),
@@ -135,17 +143,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "sampler_repeats": (int, "timed blocks in part 3 (the median is kept)"),
         "syncs_budget_s": (float, "budget of part 4 in s"),
         "syncs_block": (int, "steps per timed block in part 4 (50)"),
-        "compare_budget_s": (float, "budget of part 5 in s"),
-        "compare_preset": (str, "preset of part 5 (mnist5k; smoke: digits)"),
-        "compare_methods": (str, "methods of part 5, as compare --methods takes them"),
-        "compare_seeds": (int, "seeds per method in part 5"),
-        "compare_steps": (int, "training steps per run in part 5 (3000)"),
-        "compare_jobs": (int, "runs at once on the one device in part 5 (4)"),
-        "compare_channels": (int, "UNet base channels in part 5 (64; the preset has 32)"),
-        "compare_batch": (int, "batch size in part 5 (128)"),
-        "checkpoint_every": (int, "evaluation and checkpoint interval in part 5 (500)"),
-        "eval_samples": (int, "samples per evaluation in part 5 (1000)"),
-        "compare_overrides": (str, "more key=value overrides for every run of part 5, space-separated"),
+        "sharded_budget_s": (float, "budget of part 5 in s"),
+        "sharded_samples": (int, "samples of the evaluation in part 5 (4000, digits)"),
+        "sharded_batch": (int, "chunk size (eval.batch_size) in part 5 (250)"),
+        "sharded_overrides": (str, "more key=value overrides for part 5, space-separated"),
+        "compare_budget_s": (float, "budget of part 6 in s"),
+        "compare_preset": (str, "preset of part 6 (mnist5k; smoke: digits)"),
+        "compare_methods": (str, "methods of part 6, as compare --methods takes them"),
+        "compare_seeds": (int, "seeds per method in part 6"),
+        "compare_steps": (int, "training steps per run in part 6 (3000)"),
+        "compare_jobs": (int, "runs at once on the one device in part 6 (4)"),
+        "compare_channels": (int, "UNet base channels in part 6 (64; the preset has 32)"),
+        "compare_batch": (int, "batch size in part 6 (128)"),
+        "checkpoint_every": (int, "evaluation and checkpoint interval in part 6 (500)"),
+        "eval_samples": (int, "samples per evaluation in part 6 (1000)"),
+        "compare_overrides": (str, "more key=value overrides for every run of part 6, space-separated"),
     }
     for key, (typ, help_) in fl.items():
         ap.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, help=help_)
@@ -422,6 +434,54 @@ def part_tests(args, work: Path, budget: float) -> dict:
     }
 
 
+def part_sharded(args, work: Path, budget: float) -> dict:
+    import torch
+
+    cpu = args.device == "cpu"
+    if not cpu and torch.cuda.device_count() < 2:
+        n = torch.cuda.device_count()
+        return {"status": "skipped", "summary": f"needs 2 GPUs; this machine has {n}"}
+    path = work / "sharded.json"
+    path.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += [
+        str(ROOT / "benchmarks" / "sharded_eval.py"),
+        "--out",
+        str(path),
+        "--samples",
+        str(args.sharded_samples),
+        "--batch",
+        str(args.sharded_batch),
+    ]
+    cmd += ["--device", "cpu" if cpu else "auto", *shlex.split(args.sharded_overrides)]
+    rc, wall = _run(cmd, work / "sharded.log", budget)
+    if rc is None:
+        return {
+            "status": "timed out",
+            "wall_s": wall,
+            "summary": f"stopped after its budget of {budget:.0f} s",
+        }
+    if rc != 0 or not path.is_file():
+        return {
+            "status": "failed",
+            "wall_s": wall,
+            "summary": f"exit status {rc}: {_last_error(work / 'sharded.log')}",
+        }
+    rec = json.loads(path.read_text())
+    shares = ", ".join(f"rank {r['rank']} {r['share']} in {r['share_s']:.2f} s" for r in rec["ranks"])
+    same = rec["max_abs_diff"] == 0
+    summary = (
+        f"{rec['samples']} samples on {rec['world']} × {rec['device']}: {shares}; one process "
+        f"{rec['single_process_s']:.2f} s ({rec['speedup']:.2f}×); gathered samples "
+        + (
+            "identical to one process's"
+            if same
+            else f"differ from one process's by up to {rec['max_abs_diff']:.3g}"
+        )
+    )
+    return {"status": "ok" if same else "failed", "wall_s": wall, "summary": summary, "result": rec}
+
+
 def part_compare(args, work: Path, out: Path, budget: float) -> dict:
     from diffusion_curriculum import compare
 
@@ -631,6 +691,8 @@ def main(argv: list[str] | None = None) -> int:
                 rec.update(part_tests(args, work, budget))
             elif name == "compare":
                 rec.update(part_compare(args, work, out, budget))
+            elif name == "sharded":
+                rec.update(part_sharded(args, work, budget))
             else:
                 rec.update(part_in_child(name, args, argv, work, budget))
         if rec["wall_s"] is not None:

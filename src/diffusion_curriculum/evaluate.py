@@ -57,7 +57,7 @@ def evaluate_run(
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Measure the EMA model of every kept checkpoint of ``run`` (oldest first) with ``samples`` samples (default:
-    the run's ``eval.samples``), drawn as the trainer draws them (its ``eval`` method, steps and noise seed);
+    the run's ``eval.samples``), drawn as the trainer draws them (its ``eval`` method, steps, noise seed and seeding);
     write ``<run>/eval-n<samples>.jsonl`` and return its records ``{"step", "samples", <metric>: value}``.
     An unreadable checkpoint is skipped with a message; when none is readable, a ``CheckpointError`` (nothing is
     written).
@@ -106,6 +106,7 @@ def evaluate_run(
             eta=ec["eta"],
             prediction=cfg["prediction"],
             seed=ec["seed"],
+            seeding=ec["seeding"],
             device=dev,
             batch_size=ec["batch_size"],
             clip_x0=comps.clip,
@@ -113,7 +114,7 @@ def evaluate_run(
         )
         scale = {"guidance": cond["guidance"]} if cond else {}
         labels = cond.get("labels") if evaluator.has_accuracy else None
-        rec = {"step": step, "samples": n, **scale, **evaluator(x.cpu(), labels=labels)}
+        rec = {"step": step, "samples": n, **scale, **evaluator(x, labels=labels)}
         records.append(rec)
         log(json.dumps(rec))
     if not records:  # every checkpoint was unreadable: nothing measured, nothing written

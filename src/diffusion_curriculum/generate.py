@@ -10,7 +10,9 @@ clean-sample estimate with ``process.predict_x0(out, x, t, prediction)`` (or a n
 Randomness: each sampler draws all its noise from ``generator`` in a fixed order — the initial noise first,
 then at most one draw per step — so two calls with generators seeded alike inject *identical* noise (what the
 consistency analysis needs to compare two models). Noise is drawn on the generator's device and then moved to
-``device``; :func:`sample` uses a CPU generator, so its results do not depend on the accelerator's RNG.
+``device``; :func:`sample` uses one CPU generator by default, so its results do not depend on the accelerator's
+RNG, or one generator per chunk on the device (``seeding="per-chunk"``, which evaluation split over processes
+needs: :mod:`diffusion_curriculum.shards`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import shards
 from .checks import check_value, is_int, is_number
 from .guidance import Guided, guided
 from .process import DiscreteProcess, EDMProcess, FlowProcess, kind_of
@@ -444,6 +447,8 @@ def sample(
     clip_x0: Clip = True,
     labels: Tensor | Sequence[int] | None = None,
     guidance: float = 1.0,
+    seeding: str = "stream",
+    shard: tuple[int, int] = (0, 1),
 ) -> Tensor:
     """Generate ``n`` samples of shape ``data_shape`` (returned as ``[n, *data_shape]`` on ``device``).
 
@@ -451,9 +456,14 @@ def sample(
     a :class:`FlowProcess`), ``"ddpm"`` (all T steps; ``steps`` must be None or T), ``"ddim"`` (default 50 steps,
     ``eta``), ``"heun"`` (default 18 steps), ``"flow-euler"`` (default 50) or ``"flow-heun"`` (default 25); see
     :data:`GENERATORS`. ``prediction`` defaults to "v" for EDM and flow and "eps" for discrete processes.
-    Noise comes from a CPU ``torch.Generator`` seeded with ``seed`` and is moved to ``device``; the samples are
-    made in chunks of ``batch_size``, one after the other from the same generator, so a result depends on
-    (seed, batch_size) and not on the device's RNG. The model is put in eval mode during sampling and its mode
+    The samples are made in chunks of ``batch_size``. With ``seeding="stream"`` (the default) noise comes from one
+    CPU ``torch.Generator`` seeded with ``seed``, chunk after chunk, and is moved to ``device``: a result depends
+    on (seed, batch_size) and not on the device's RNG. With ``seeding="per-chunk"`` each chunk draws from its own
+    generator on ``device`` (:func:`~diffusion_curriculum.shards.chunk_seed`): no copy from the host, and a chunk
+    does not depend on the others, so ``shard=(rank, world)`` makes only that rank's chunks
+    (:func:`~diffusion_curriculum.shards.chunks`; concatenated in order, to be put back together by
+    :func:`~diffusion_curriculum.shards.gather_chunks`) and the union over ranks equals ``world=1``'s samples on
+    the same device type. The model is put in eval mode during sampling and its mode
     restored afterwards. ``clip_x0`` applies to DDPM and DDIM (EDM's Heun never clips): ``True`` clamps each
     x̂0 to [-1, 1], a pair ``(low, high)`` to those bounds, ``False`` / ``None`` not at all — pass the data's
     range (:attr:`Dataset.value_range`; the trainer, ``sample`` and ``evaluate`` use the config's ``eval.clip``
@@ -481,7 +491,16 @@ def sample(
     continuous = bool(getattr(process, "continuous", False))
     kwargs["prediction"] = prediction if prediction is not None else "v" if continuous else "eps"
     kwargs["device"] = torch.device(device)
-    kwargs["generator"] = torch.Generator().manual_seed(int(seed))
+    rank, world = shard
+    if not (is_int(rank) and is_int(world) and 0 <= rank < world):
+        raise ValueError(f"shard={shard!r} is not (rank, world) with 0 <= rank < world")
+    if seeding not in shards.SEEDINGS:
+        raise ValueError(f"seeding={seeding!r} is not known; allowed: {', '.join(shards.SEEDINGS)}")
+    if seeding == "stream" and world != 1:
+        raise ValueError(
+            "shard needs seeding='per-chunk': under 'stream' each chunk continues the one before"
+        )
+    stream = torch.Generator().manual_seed(int(seed)) if seeding == "stream" else None
     if labels is None and guidance != 1.0:
         raise ValueError(f"guidance={guidance!r} needs labels: only a class-conditional model is guided")
     cond = None if labels is None else guided(model, labels, guidance)
@@ -492,16 +511,16 @@ def sample(
     if was_training is not None and hasattr(model, "eval"):
         model.eval()
     try:
-        chunks = []
-        for start in range(0, n, batch_size):
-            shape = (min(batch_size, n - start), *tuple(data_shape))
-            net = (
-                model
-                if cond is None
-                else Guided(model, cond.labels[start : start + shape[0]], guidance, cond.null_class)
-            )
-            chunks.append(spec.fn(net, process, shape, **kwargs))
-        return torch.cat(chunks)
+        made = []
+        for chunk in shards.chunks(n, batch_size, rank, world):
+            shape = (chunk.size, *tuple(data_shape))
+            at = slice(chunk.start, chunk.start + chunk.size)
+            net = model if cond is None else Guided(model, cond.labels[at], guidance, cond.null_class)
+            g = stream or torch.Generator(kwargs["device"]).manual_seed(shards.chunk_seed(seed, chunk.index))
+            made.append(spec.fn(net, process, shape, generator=g, **kwargs))
+        if not made:  # a rank with no chunk (fewer chunks than ranks)
+            return torch.empty((0, *tuple(data_shape)), device=kwargs["device"])
+        return torch.cat(made)
     finally:
         if was_training is not None and hasattr(model, "train"):
             model.train(was_training)

@@ -227,12 +227,14 @@ def _train_in_process(plan: RunPlan, say: Callable[[str], None]) -> str | None:
     """Train ``plan`` with a :class:`~diffusion_curriculum.train.Trainer` here; ``None`` or the error's text."""
     from . import config
     from .errors import TrainingError
-    from .training import Trainer
+    from .training import Trainer, rundir
 
     run_dir = plan.run_dir
     try:
         resume = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
         cfg = config.resolve(plan.preset, plan.config_file, list(plan.overrides))
+        if resume:  # as `train --resume-if-present` reads the run's own config.yaml
+            cfg = rundir.with_legacy_eval(cfg, run_dir)
         Trainer(cfg, run_dir, resume=resume, log=say).run()
     except TrainingError as e:
         return str(e)

@@ -8,6 +8,7 @@ each class computes only its own metrics.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from typing import Any
@@ -74,7 +75,7 @@ class Evaluator:
         """The metrics of ``samples`` (shaped ``[N, *dataset.shape]``), NaN for all when any value is not finite.
         With ``labels`` (the class each sample was asked for, of a class-conditional model) also ``accuracy``
         (:meth:`accuracy`)."""
-        x = torch.as_tensor(samples).detach().to("cpu", torch.float32)
+        x = torch.as_tensor(samples).detach().float()  # where they are: image features are computed there
         if tuple(x.shape[1:]) != tuple(self.shape) or x.shape[0] < 2:
             raise ValueError(
                 f"samples have shape {tuple(x.shape)}, but this evaluator needs at least 2 samples of shape "
@@ -90,7 +91,7 @@ class Evaluator:
             return {k: float("nan") for k in keys}
         out = self._measure(x)
         if labels is not None:
-            out["accuracy"] = self.accuracy(x, torch.as_tensor(labels).cpu())
+            out["accuracy"] = self.accuracy(x, torch.as_tensor(labels))
         return out
 
     def _measure(self, x: Tensor) -> dict[str, float]:
@@ -115,8 +116,9 @@ class ImageEvaluator(Evaluator):
     ``fd`` is the Fréchet distance on the features of :func:`~diffusion_curriculum.metrics.feature_net` — the
     classifier when the dataset has labels, else the autoencoder; which one is in :attr:`fd_features`.
     ``precision`` and ``recall`` are Kynkäänniemi et al. 2019's with ``k`` neighbours on the same features.
-    ``fid`` is the Inception-v3 FID (:func:`~diffusion_curriculum.metrics.inception_fid`'s network), run on
-    ``device``; the small feature nets run on the CPU. ``feature_settings`` override the feature net's training
+    ``fid`` is the Inception-v3 FID (:func:`~diffusion_curriculum.metrics.inception_fid`'s network); it and the
+    feature net run on ``device`` (the features come back to the host: the statistics are float64 on the CPU).
+    ``feature_settings`` override the feature net's training
     settings (e.g. ``{"steps": 2000}``); ``cache_dir`` is its disk cache; ``on_train()`` is called just before
     the feature net is trained (not when it comes from the cache), for a caller that announces the wait.
     Images are clamped to [-1, 1] first.
@@ -139,9 +141,12 @@ class ImageEvaluator(Evaluator):
         super().__init__(dataset, seed=seed, n_real=n_real, **point_options)
         self.k = int(k)
         self.device = torch.device(device)
-        self.feature_net: nn.Module = feature_net(
+        net = feature_net(
             dataset, seed=seed, cache_dir=cache_dir, on_train=on_train, **(feature_settings or {})
         )
+        if self.device.type != "cpu":  # a copy: the net is memoised, shared by every evaluator of the dataset
+            net = copy.deepcopy(net).to(self.device)
+        self.feature_net: nn.Module = net
         self.fd_features: str = self.feature_net.kind
         self.inception: FIDInceptionV3 | None = None
         real = self._real_subset(dataset)
@@ -190,9 +195,10 @@ class ImageEvaluator(Evaluator):
         [reconstruction]. A ``ValueError`` when the feature net is the autoencoder (a dataset without labels)."""
         if self.fd_features != "classifier":
             raise ValueError("accuracy needs labelled image data (the feature net is a classifier only then)")
+        param = next(self.feature_net.parameters())
         with torch.no_grad():
-            logits = torch.cat([self.feature_net(c) for c in x.clamp(-1, 1).split(1024)])
-        return float((logits.argmax(1) == labels.long()).float().mean())
+            logits = torch.cat([self.feature_net(c.to(param.device)) for c in x.clamp(-1, 1).split(1024)])
+        return float((logits.argmax(1).cpu() == labels.cpu().long()).float().mean())
 
 
 class PointEvaluator(Evaluator):
@@ -224,7 +230,7 @@ class PointEvaluator(Evaluator):
         self.keys = ("swd", "mmd")
 
     def _measure(self, x: Tensor) -> dict[str, float]:
-        pts = x.to(torch.float64)
+        pts = x.to("cpu", torch.float64)
         kxx = kernel_sum(pts, pts, self.bandwidths)
         kxy = kernel_sum(pts, self.real_points, self.bandwidths)
         n_real, n_kernels = self.real_points.shape[0], len(self.bandwidths)

@@ -186,9 +186,30 @@ class RunDir:
 # -- reading runs back --------------------------------------------------------------------------------------
 def load_config(run: str | os.PathLike) -> dict:
     """A run directory's ``config.yaml`` over the defaults, validated (a ConfigError if it is missing or
-    invalid)."""
+    invalid). A run saved before ``eval.seeding`` existed keeps the noise it was evaluated with
+    (:data:`LEGACY_EVAL`), so its later evaluations, resumed or offline, compare with its earlier ones."""
     path = Path(run) / CONFIG
-    return config.validate(config.merge(config.DEFAULTS, config.load_yaml(path)))
+    saved = config.load_yaml(path)
+    if isinstance(saved, dict) and isinstance(saved.get("eval"), dict):
+        saved["eval"] = {**LEGACY_EVAL, **saved["eval"]}
+    return config.validate(config.merge(config.DEFAULTS, saved))
+
+
+def with_legacy_eval(cfg: dict, run: str | os.PathLike) -> dict:
+    """``cfg`` (not changed), to resume the run in ``run`` with: the :data:`LEGACY_EVAL` settings its saved
+    config.yaml lacks replace ``cfg``'s (as :func:`load_config` reads them), for a caller that resolves the
+    configuration afresh instead of reading the run's own."""
+    path = Path(run) / CONFIG
+    saved = config.load_yaml(path) if path.is_file() else None
+    if not (isinstance(saved, dict) and isinstance(saved.get("eval"), dict)):
+        return cfg
+    lacking = {k: v for k, v in LEGACY_EVAL.items() if k not in saved["eval"]}
+    return {**cfg, "eval": {**cfg["eval"], **lacking}} if lacking else cfg
+
+
+#: what a saved config.yaml's ``eval`` section meant by a key it lacks, where the default has changed since:
+#: evaluation noise was one CPU stream (``seeding: stream``) before it could be split over processes
+LEGACY_EVAL = {"seeding": "stream"}
 
 
 def load_ema_weights(model: nn.Module, ckpt: str | os.PathLike) -> int:

@@ -1,5 +1,5 @@
-"""The training loop: set-up, the step, evaluation, checkpoints and the run (see :mod:`training` for the
-determinism and data-parallel contract)."""
+"""The training loop: set-up, the step, checkpoints and the run (see :mod:`training` for the determinism and
+data-parallel contract; the evaluation is :mod:`.evaluation`'s)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import checkpoint, config, data, generate, models, noise_levels, plots, timesteps, viz
+from .. import checkpoint, config, data, models
 from ..checks import first_line
 from ..ema import EMA
 from ..errors import ConfigError, Interrupted, TrainingError
@@ -24,6 +24,7 @@ from . import components, conditioning, hooks
 from . import distributed as dist_mod
 from . import step as step_mod
 from .distributed import setup_distributed
+from .evaluation import GRID, Evaluation
 from .rundir import RunDir
 from .state import (
     Attributes,
@@ -38,11 +39,8 @@ from .state import (
 )
 from .val_loss import Validator
 
-#: samples shown in a grid PNG (image data; 2-D points are all plotted)
-GRID = 64
 
-
-class Trainer:
+class Trainer(Evaluation):
     """Train one configuration into one run directory. Use :func:`train` for the common case.
 
     Under torchrun (``WORLD_SIZE`` > 1) every process builds a Trainer with the same config: ``batch_size`` is
@@ -375,71 +373,6 @@ class Trainer:
         now = time.perf_counter()
         self.train_time += now - self._t_mark
         self._t_mark = now
-
-    # -- evaluation -----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def eval_loss(self, n: int = 512) -> float:
-        """The EMA model's mean denoising loss on a fixed batch with fixed t and noise (comparable across
-        steps and runs with the same seed)."""
-        g = torch.Generator().manual_seed(self.cfg["eval"]["seed"])
-        x0 = self.dataset.data[:n].to(self.device)
-        t = timesteps.build("uniform", self.process).sample(x0.shape[0], device=self.device, generator=g).t
-        noise = torch.randn(x0.shape, generator=g).to(self.device)
-        y = self.dataset.labels[:n].to(self.device) if self.label_dropout else None  # conditional: its labels
-        return float(self.loss.error(self.ema, x0, noise, t, reduce="mean", labels=y))
-
-    @torch.no_grad()
-    def generate(self, n: int | None = None) -> torch.Tensor:
-        """``n`` samples (default ``eval.samples``) from the EMA model with the run's evaluation sampler and seed;
-        x̂0 is clipped to :attr:`clip` (``eval.clip``: the data's range by default, none for 2-D points)."""
-        ec = self.cfg["eval"]
-        n, shape = n or ec["samples"], self.dataset.shape
-        kw = {k: ec[k] for k in ("method", "eta", "seed", "batch_size")} | {"clip_x0": self.clip}
-        kw["steps"] = generate.config_steps(self.process, ec["method"], ec["steps"])
-        kw |= conditioning.eval_labels(self.label_dropout, n, ec["guidance"])  # class-balanced, guided
-        return generate.sample(
-            self.ema, self.process, n, shape, prediction=self.cfg["prediction"], device=self.device, **kw
-        )
-
-    def _eval_sample_count(self) -> int:
-        """``eval.samples`` when something measures them (quality metrics, an eval hook, or 2-D points, whose plot
-        shows them all); else only the grid's :data:`GRID` images (generating 1000 to show 64 doubled short runs)."""
-        n = self.cfg["eval"]["samples"]
-        measured = self.cfg["metrics"]["enabled"] or self.eval_hooks or self.dataset.kind == "points"
-        return n if measured else min(n, GRID)
-
-    def evaluate(self) -> dict[str, Any]:
-        """Sample a grid, measure the EMA model, log the record (with the noise-level histogram since the last
-        evaluation) and return it. With several processes only rank 0 evaluates (the others return ``{}``);
-        the histogram sums every rank's draws."""
-        self._eval_step = self.step
-        if self.world > 1:
-            torch.distributed.all_reduce(self.histogram.counts)
-            if self.rank != 0:
-                self.histogram.counts.zero_()
-                return {}
-        n = self._eval_sample_count()
-        self.say(f"evaluating at step {self.step} ({n} samples)...")
-        samples = self.generate(n)
-        shown = samples if self.dataset.kind == "points" else samples[:GRID]
-        self.samples_path = self.rundir.save_samples(shown, f"step_{self.step:08d}")  # for the trackers
-        rec: dict[str, Any] = {"step": self.step, "eval_loss": self.eval_loss()}
-        rec.update(self.validator(self.ema))
-        for hook in self.hooks:
-            rec.update(hook.on_eval(self, samples, self.step))
-        for fn in self.eval_hooks:
-            rec.update(fn(self, samples, self.step))
-        self.last_eval = dict(rec)
-        rec.update(self.histogram.record())
-        self._log(rec)
-        if self.rank == 0:
-            records = self.rundir.read_metrics()
-            plots.timestep_plots(
-                records, self.out / "timesteps.png", title=f"noise levels drawn ({self.sampler.name})"
-            )
-            edges, unit = noise_levels.bucket_edges(self.process, self.cfg["eval"]["val_buckets"])
-            viz.validation_plot(records, self.out / "val_loss.png", edges, unit)
-        return rec
 
     # -- logging --------------------------------------------------------------------------------------
     def _log(self, rec: dict[str, Any]) -> None:
