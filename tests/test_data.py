@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -495,3 +497,53 @@ def test_an_npz_dataset_says_its_layout_range_and_classes_and_names_label_gaps(t
     assert (
         "(NCHW, floats in [0, 1] mapped to [-1, 1]); labels 0..2: 3 classes" in note and "without" not in note
     )
+
+
+# -- compact storage: uint8 codes on the host and the device, float32 per batch ---------------------------------
+def _float_load(codes: np.ndarray, div: float) -> torch.Tensor:
+    """What the loaders computed before they kept codes: float32 values, divided, then shifted."""
+    return torch.as_tensor(codes.astype(np.float32)) / div - 1.0
+
+
+def test_image_loaders_hold_uint8_codes_that_read_bit_for_bit_as_the_float_load(tmp_path):
+    from sklearn.datasets import load_digits
+
+    digits = load("digits")
+    assert digits.raw.dtype == torch.uint8 and digits.codec == (8.0, 1.0)
+    assert torch.equal(digits.data, _float_load(load_digits().images[:, None], 8.0))
+    img = np.random.default_rng(0).integers(0, 256, (7, 5, 5, 3), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", images=img)
+    npz = load("npz", path=str(tmp_path / "d.npz"))
+    assert npz.raw.dtype == torch.uint8 and npz.raw.nbytes * 4 == npz.data.nbytes
+    assert torch.equal(npz.data, _float_load(img.transpose(0, 3, 1, 2), 127.5))
+    _write_png(tmp_path / "f" / "a.png", (255, 7, 128))
+    folder = load("folder", path=str(tmp_path / "f"))
+    assert folder.raw.dtype == torch.uint8
+    assert folder.data[0, :, 0, 0].tolist() == _float_load(np.array([255, 7, 128]), 127.5).tolist()
+    floats = np.random.default_rng(1).random((4, 5, 5, 3)).astype(np.float32)  # float images stay float32
+    np.savez(tmp_path / "f.npz", images=floats)
+    assert load("npz", path=str(tmp_path / "f.npz")).codec is None
+
+
+def test_a_compact_dataset_decodes_only_the_rows_asked_for_and_keeps_its_codes_when_cut():
+    ds = load("digits", val_fraction=0.1)
+    assert ds.raw.dtype == torch.uint8 and ds.val_data.dtype == torch.float32  # the held-out rows are decoded
+    index = torch.tensor([5, 0, 17])
+    assert torch.equal(ds.rows(index), ds.data[index])
+    assert load("digits", n=50).raw.dtype == torch.uint8
+    copy = dataclasses.replace(ds, labels=None)  # hands over the decoded floats: right values, not compact
+    assert copy.codec is None and torch.equal(copy.data, ds.data)
+    kept = dataclasses.replace(ds, data=ds.raw, labels=None)
+    assert kept.raw.dtype == torch.uint8 and torch.equal(kept.data, ds.data)
+    with pytest.raises(DataError, match="a codec decodes uint8 codes"):
+        Dataset(data=ds.raw.long(), labels=None, name="d", kind="image", codec=(8.0, 1.0))
+
+
+def test_the_batcher_of_a_compact_dataset_gives_the_float_datasets_batches_bit_for_bit():
+    compact = load("digits")
+    plain = Dataset(data=compact.data, labels=compact.labels, name="digits", kind="image")
+    a, b = Batcher(compact, 32, generator_seed=3), Batcher(plain, 32, generator_seed=3)
+    assert a.data.dtype == torch.uint8 and b.data.dtype == torch.float32
+    for _ in range(60):  # past an epoch
+        (xa, ya), (xb, yb) = a.next_labelled(), b.next_labelled()
+        assert xa.dtype == torch.float32 and torch.equal(xa, xb) and torch.equal(ya, yb)

@@ -71,13 +71,13 @@ def build(dataset: Dataset, process, *, buckets: int, per_bucket: int, seed: int
     permutation of the source, repeated as often as needed, so no row repeats before every row is used) and the
     noise from ``torch.Generator().manual_seed(seed)`` on the CPU."""
     held = dataset.val_data is not None
-    source = dataset.val_data if held else dataset.data
     labels = dataset.val_labels if held else dataset.labels
+    size = len(dataset.val_data) if held else len(dataset)
     n = buckets * per_bucket
     g = torch.Generator().manual_seed(seed)
-    rounds = -(-n // len(source))
-    index = torch.cat([torch.randperm(len(source), generator=g) for _ in range(rounds)])[:n]
-    x0 = source[index]
+    rounds = -(-n // size)
+    index = torch.cat([torch.randperm(size, generator=g) for _ in range(rounds)])[:n]
+    x0 = dataset.val_data[index] if held else dataset.rows(index)  # only the rows drawn are decoded
     noise = torch.randn(x0.shape, generator=g)
     t = noise_levels.stratified(process, buckets, per_bucket)
     bucket = torch.arange(buckets).repeat_interleave(per_bucket)

@@ -184,7 +184,7 @@ def run(
     )
     dist = distances(xa, xb)
     ts = sorted({int(round(v)) for v in np.linspace(0, proc.T - 1, t_points)})
-    x0 = comps_a.dataset.data[:n_real]
+    x0 = comps_a.dataset.rows(slice(0, n_real))
     rows = eps_agreement(ma, mb, proc, x0, ts, prediction=pa, seed=sample_seed)
     meta = {
         "analysis": "consistency",

