@@ -71,7 +71,10 @@ def collect(name: str, sources: list[str], samples: int | None, guidance: float 
             for kept in [run / "summary.json", *run.glob("fd-noise-*.json")]:
                 if kept.exists():
                     shutil.copyfile(kept, dest / kept.name)
-            status = [json.loads(x).get("sampler") for x in open(run / "metrics.jsonl") if '"sampler"' in x]
+            log = run / "metrics.jsonl"  # absent where a run was itself collected from committed files
+            status = (
+                [json.loads(x).get("sampler") for x in open(log) if '"sampler"' in x] if log.exists() else []
+            )
             if status:
                 (dest / "sampler-status.json").write_text(json.dumps(status[-1]) + "\n")
             n += 1

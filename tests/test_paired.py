@@ -272,3 +272,23 @@ def test_ablation_table_prints_paired_tables_and_the_noise_from_result_files(tmp
     with pytest.raises(SystemExit):
         tab.main(["--name", "grid", "--against", "uniform"])
     assert "--against uniform is the baseline already" in capsys.readouterr().err
+
+
+def test_collect_takes_runs_copied_from_committed_files_which_have_no_metrics_log(tmp_path, monkeypatch):
+    """A grid may reuse a baseline's committed result files (eval file and summary, no metrics.jsonl): collecting
+    that grid copies them like the runs it trained, with the sampler status of the runs that have a log."""
+    tab = _ablation_table()
+    monkeypatch.setattr(tab, "RESULTS", tmp_path / "results")
+    evals = json.dumps({"step": 500, "fd": 3.0}) + "\n"
+    for method, log in (("uniform", None), ("ddc", json.dumps({"step": 10, "sampler": {"stage": 2}}) + "\n")):
+        run = tmp_path / "grid" / "runs" / method / "seed0"
+        run.mkdir(parents=True)
+        (run / "eval-n1000.jsonl").write_text(evals)
+        (run / "summary.json").write_text("{}")
+        if log:
+            (run / "metrics.jsonl").write_text(log)
+    assert tab.collect("g", [f"lin={tmp_path / 'grid'}"], 1000) == 2
+    kept = tmp_path / "results" / "g" / "lin"
+    assert (kept / "uniform" / "seed0" / "eval-n1000.jsonl").read_text() == evals
+    assert not (kept / "uniform" / "seed0" / "sampler-status.json").exists()
+    assert json.loads((kept / "ddc" / "seed0" / "sampler-status.json").read_text()) == {"stage": 2}
