@@ -117,9 +117,9 @@ class ImageEvaluator(Evaluator):
     ``precision`` and ``recall`` are Kynkäänniemi et al. 2019's with ``k`` neighbours on the same features.
     ``fid`` is the Inception-v3 FID (:func:`~diffusion_curriculum.metrics.inception_fid`'s network); it and the
     feature net run on ``device`` (the features come back to the host: the statistics are float64 on the CPU).
-    ``feature_settings`` override the feature net's training
-    settings (e.g. ``{"steps": 2000}``); ``cache_dir`` is its disk cache; ``on_train()`` is called just before
-    the feature net is trained (not when it comes from the cache), for a caller that announces the wait.
+    ``feature_settings`` override the feature net's training settings (e.g. ``{"steps": 2000}``); ``cache_dir``
+    is its disk cache; ``on_train()`` is called just before the feature net is trained (not when it comes from
+    the cache), for a caller that announces the wait.
     Images are clamped to [-1, 1] first.
     """
 
