@@ -183,6 +183,8 @@ class Trainer(Evaluation):
             say=self.say,
         )
         self._eval_step: int | None = None  # the step of the last evaluation (on every rank)
+        #: how many of the last evaluation's samples this rank made (its share; :mod:`.evaluation`)
+        self.eval_share = 0
         self._saved_step: int | None = None
         self.interrupts = hooks.InterruptGuard(self.say)
         self._t_log, self._s_log = time.perf_counter(), 0
