@@ -235,14 +235,9 @@ def test_no_val_loss_column_without_val_loss_records(tmp_path):
     assert "val_loss" not in compare.format_report(res)
 
 
-def test_cli_compare_against_prints_the_paired_tables(tmp_path, capsys):
-    from diffusion_curriculum.cli import main
-
-    out = tmp_path / "c"
-    _synthetic_runs(
-        out, {"uniform": [_curve(1.0), _curve(1.1), _curve(0.9)], "logit-normal": [_curve(1.0, 1.5)] * 3}
-    )
-    argv = [
+def _uniform_vs_logit_normal(out) -> list[str]:
+    """The compare command line of uniform against logit-normal, 3 seeds of 4000 steps, into ``out``."""
+    return [
         "compare",
         "--methods",
         "uniform,logit-normal",
@@ -253,6 +248,16 @@ def test_cli_compare_against_prints_the_paired_tables(tmp_path, capsys):
         "--out",
         str(out),
     ]
+
+
+def test_cli_compare_against_prints_the_paired_tables(tmp_path, capsys):
+    from diffusion_curriculum.cli import main
+
+    out = tmp_path / "c"
+    _synthetic_runs(
+        out, {"uniform": [_curve(1.0), _curve(1.1), _curve(0.9)], "logit-normal": [_curve(1.0, 1.5)] * 3}
+    )
+    argv = _uniform_vs_logit_normal(out)
     assert main([*argv, "--summarize-only", "--against", "logit-normal", *TINY]) == 0
     printed = capsys.readouterr().out
     assert "Paired against uniform:" in printed and "Paired against logit-normal:" in printed
@@ -268,17 +273,7 @@ def test_summarize_only_with_nothing_trained_is_one_sentence_and_a_missing_metho
     from diffusion_curriculum.cli import main
 
     out = tmp_path / "c"
-    argv = [
-        "compare",
-        "--methods",
-        "uniform,logit-normal",
-        "--seeds",
-        "3",
-        "--steps",
-        "4000",
-        "--out",
-        str(out),
-    ]
+    argv = _uniform_vs_logit_normal(out)
     assert main([*argv, "--summarize-only", *TINY]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "nothing to summarize" in err and "warning" not in err.lower()
