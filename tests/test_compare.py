@@ -300,3 +300,12 @@ def test_compare_says_each_line_in_one_write(monkeypatch):
     monkeypatch.setattr(sys, "stderr", Recorder())
     compare.say_line("knn seed 0: done (748 s)")
     assert writes == ["knn seed 0: done (748 s)\n"]
+
+
+def test_offline_records_of_a_run_without_checkpoints_are_its_committed_file(tmp_path):
+    # a run rebuilt from committed result files has its eval-n<N>.jsonl and no checkpoints: compare's summary
+    # reads the file instead of dropping the run
+    records = [{"step": 500, "samples": 1000, "fd": 9.5}, {"step": 1000, "samples": 1000, "fd": 6.25}]
+    (tmp_path / "eval-n1000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert compare._offline_records(tmp_path, 1000, say=lambda m: None) == records
+    assert compare._offline_records(tmp_path, 500, say=lambda m: None) == []

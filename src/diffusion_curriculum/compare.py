@@ -357,13 +357,13 @@ def _plan_runs(
 
 def _offline_records(run: Path, samples: int, say) -> list[dict]:
     """The run's offline evaluation with ``samples`` samples, computed now unless a file newer than its newest
-    checkpoint exists."""
+    checkpoint exists; a run without checkpoints (e.g. one rebuilt from committed result files) keeps its file."""
     from . import checkpoint, evaluate
 
     path = run / evaluate.eval_file_name(samples)
     ckpts = checkpoint.list_checkpoints(run / "checkpoints")
     if not ckpts:
-        return []
+        return runlog.read_metrics(path)
     if not path.is_file() or path.stat().st_mtime < ckpts[0].stat().st_mtime:
         say(f"evaluating {run} with {samples} samples")
         evaluate.evaluate_run(run, samples=samples, log=lambda m: None)
