@@ -35,7 +35,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-from diffusion_curriculum import fd_noise, paired
+from diffusion_curriculum import fd_noise, paired, runlog
 from diffusion_curriculum.compare import speedup, steps_to_reach
 from diffusion_curriculum.evaluate import eval_file_name
 
@@ -71,10 +71,8 @@ def collect(name: str, sources: list[str], samples: int | None, guidance: float 
             for kept in [run / "summary.json", *run.glob("fd-noise-*.json")]:
                 if kept.exists():
                     shutil.copyfile(kept, dest / kept.name)
-            log = run / "metrics.jsonl"  # absent where a run was itself collected from committed files
-            status = (
-                [json.loads(x).get("sampler") for x in open(log) if '"sampler"' in x] if log.exists() else []
-            )
+            # metrics.jsonl is absent where a run was itself collected from committed files: no status then
+            status = [r["sampler"] for r in runlog.read_metrics(run / "metrics.jsonl") if "sampler" in r]
             if status:
                 (dest / "sampler-status.json").write_text(json.dumps(status[-1]) + "\n")
             n += 1
