@@ -20,11 +20,15 @@ of the final ``val_loss`` where the files carry it), each with its 95 % t interv
 verdict; then the metric's noise, when a measurement of it (``fd-noise-*.json``, written by ``compare`` into
 the baseline's runs and copied by ``--collect``) is committed for the group, else that it is unknown.
 
+``--restore GROUP=FOLDER`` is the inverse of ``--collect``: on a fresh machine it rebuilds a group's finished runs
+from the committed files, so that running its grid again trains only what is missing.
+
     python benchmarks/ablation_table.py --collect lin=/work/bench/lin cos=/work/bench/cos --name digits-ablation
     python benchmarks/ablation_table.py --name digits-ablation            # the tables, from the committed files
     python benchmarks/ablation_table.py --collect lin=/work/bench/mnist --name mnist5k --in-run --early 400,800
     python benchmarks/ablation_table.py --name digits-cond --guidance 1.5 --key accuracy --decimals 3
     python benchmarks/ablation_table.py --name digits-ablation --against loss-second-moment
+    python benchmarks/ablation_table.py --restore flow=/work/out/flow --name digits-noise-flow
 """
 
 from __future__ import annotations
@@ -77,6 +81,48 @@ def collect(name: str, sources: list[str], samples: int | None, guidance: float 
                 (dest / "sampler-status.json").write_text(json.dumps(status[-1]) + "\n")
             n += 1
     return n
+
+
+def restore(name: str, targets: list[str]) -> int:
+    """The inverse of :func:`collect`: rebuild each committed run of ``benchmarks/results/<name>/<group>`` as
+    ``FOLDER/runs/<method>/seed<k>/`` for every ``GROUP=FOLDER`` (a run already there is left untouched), so a
+    grid run again on a fresh machine trains only what is missing (compare skips a run whose ``summary.json``
+    reports the planned steps). A run kept with its in-run evaluations gets a ``metrics.jsonl`` of those records
+    and of its last sampler status, so that compare's own summary and a later ``--collect --in-run`` read it like
+    a run trained there (nothing else of its log is kept); the rebuilt runs have no checkpoints. Returns the number of runs rebuilt."""
+    n = 0
+    for item in targets:
+        group, _, folder = item.partition("=")
+        kept_runs = sorted((RESULTS / name / group).glob("*/seed*"))
+        if not folder or not kept_runs:
+            raise SystemExit(
+                f"--restore {item}: expected GROUP=FOLDER with runs under {RESULTS / name / group}, found none"
+            )
+        for kept in kept_runs:
+            dest = Path(folder) / "runs" / kept.parent.name / kept.name
+            if dest.exists():
+                continue
+            dest.mkdir(parents=True)
+            for f in kept.iterdir():
+                shutil.copyfile(f, dest / f.name)
+            log = _restored_log(kept)
+            if log:
+                (dest / "metrics.jsonl").write_text("".join(log))
+            n += 1
+    return n
+
+
+def _restored_log(kept: Path) -> list[str]:
+    """The ``metrics.jsonl`` lines of a committed run: its in-run evaluations, then its last sampler status at
+    its final step (either may be absent: a run evaluated offline has no in-run evaluations)."""
+    lines = []
+    if (kept / _eval_file(None)).is_file():
+        lines = (kept / _eval_file(None)).read_text().splitlines(keepends=True)
+    status = kept / "sampler-status.json"
+    if status.is_file():
+        step = runlog.read_summary(kept).get("steps")
+        lines.append(json.dumps({"step": step, "sampler": json.loads(status.read_text())}) + "\n")
+    return lines
 
 
 def load(
@@ -209,6 +255,12 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--collect", nargs="*", metavar="GROUP=FOLDER", help="copy result files from compare folders"
     )
+    ap.add_argument(
+        "--restore",
+        nargs="*",
+        metavar="GROUP=FOLDER",
+        help="rebuild the committed runs of a group in a compare folder (the inverse of --collect)",
+    )
     ap.add_argument("--samples", type=int, default=1000, help="the evaluation's sample count (eval-nN.jsonl)")
     ap.add_argument(
         "--in-run",
@@ -242,6 +294,10 @@ def main(argv=None) -> int:
     if args.collect:
         n = collect(args.name, args.collect, samples, args.guidance)
         print(f"collected {n} runs into {RESULTS / args.name}")
+        return 0
+    if args.restore:
+        n = restore(args.name, args.restore)
+        print(f"restored {n} runs from {RESULTS / args.name}")
         return 0
     if args.against is not None and args.against == args.baseline:
         ap.error(f"--against {args.against} is the baseline already; name another method")

@@ -11,7 +11,7 @@
 # file), as long as the lines before them keep their bytes. PYTHON (default: .venv/bin/python) and PYTHONPATH (default: this
 # checkout's src) choose the code; set PYTHONPATH to a frozen worktree to keep editing this one. JOBS (default 2)
 # is how many runs at a time: JOBS=1 lets two grids share the two cores.
-# On a fresh machine, benchmarks/restore_runs.sh first rebuilds the finished runs from committed result files.
+# On a fresh machine, `benchmarks/ablation_table.py --restore` first rebuilds the finished runs from results/.
 set -u
 GRID=$1
 OUT=$2

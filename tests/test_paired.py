@@ -292,3 +292,38 @@ def test_collect_takes_runs_copied_from_committed_files_which_have_no_metrics_lo
     assert (kept / "uniform" / "seed0" / "eval-n1000.jsonl").read_text() == evals
     assert not (kept / "uniform" / "seed0" / "sampler-status.json").exists()
     assert json.loads((kept / "ddc" / "seed0" / "sampler-status.json").read_text()) == {"stage": 2}
+
+
+def test_restore_rebuilds_committed_in_run_runs_that_compare_and_collect_read_back(tmp_path, monkeypatch):
+    """--restore is the inverse of --collect: a run trained with in-run evaluations, collected and restored on a
+    fresh machine, is finished for compare, its summary reads its curve, and collecting it again gives the same
+    files; a run already in the folder is left untouched."""
+    tab = _ablation_table()
+    monkeypatch.setattr(tab, "RESULTS", tmp_path / "results")
+    log = [
+        {"step": 10, "loss": 0.5},
+        {"step": 500, "eval_loss": 0.4, "fd": 9.5, "t_hist": [1, 2]},
+        {"step": 1000, "eval_loss": 0.3, "fd": 6.25, "val_loss": 0.2},
+        {"step": 1000, "sampler": {"stage": 2}},
+    ]
+    for method in ("uniform", "ddc"):
+        run = tmp_path / "trained" / "runs" / method / "seed0"
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+        (run / "summary.json").write_text(json.dumps({"steps": 1000}))
+    assert tab.collect("g", [f"flow={tmp_path / 'trained'}"], None) == 2
+    untouched = tmp_path / "fresh" / "runs" / "ddc" / "seed0"
+    untouched.mkdir(parents=True)
+    assert tab.main(["--name", "g", "--restore", f"flow={tmp_path / 'fresh'}"]) == 0
+    assert list(untouched.iterdir()) == []
+    run = tmp_path / "fresh" / "runs" / "uniform" / "seed0"
+    assert runlog.finished(run, 1000)
+    results = compare.summarize(tmp_path / "fresh", ["uniform"], 1, fd_noise=False)
+    assert results["methods"]["uniform"]["final_mean"] == 6.25
+    kept = tmp_path / "results" / "g" / "flow" / "uniform" / "seed0"
+    assert tab.collect("again", [f"flow={tmp_path / 'fresh'}"], None) == 1
+    again = tmp_path / "results" / "again" / "flow" / "uniform" / "seed0"
+    assert sorted(p.name for p in again.iterdir()) == sorted(p.name for p in kept.iterdir())
+    assert all((again / p.name).read_bytes() == p.read_bytes() for p in kept.iterdir())
+    with pytest.raises(SystemExit, match="expected GROUP=FOLDER with runs under"):
+        tab.restore("g", ["lin=" + str(tmp_path / "fresh")])
