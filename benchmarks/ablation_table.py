@@ -29,6 +29,7 @@ from the committed files, so that running its grid again trains only what is mis
     python benchmarks/ablation_table.py --name digits-cond --guidance 1.5 --key accuracy --decimals 3
     python benchmarks/ablation_table.py --name digits-ablation --against loss-second-moment
     python benchmarks/ablation_table.py --restore flow=/work/out/flow --name digits-noise-flow
+    python benchmarks/ablation_table.py --restore lin=/work/out/new-line --name digits-ablation --only uniform
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import statistics
 from pathlib import Path
 
 from diffusion_curriculum import fd_noise, paired, runlog
-from diffusion_curriculum.compare import speedup, steps_to_reach
+from diffusion_curriculum.compare import run_dir_name, speedup, steps_to_reach
 from diffusion_curriculum.evaluate import eval_file_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -83,13 +84,14 @@ def collect(name: str, sources: list[str], samples: int | None, guidance: float 
     return n
 
 
-def restore(name: str, targets: list[str]) -> int:
-    """The inverse of :func:`collect`: rebuild each committed run of ``benchmarks/results/<name>/<group>`` as
-    ``FOLDER/runs/<method>/seed<k>/`` for every ``GROUP=FOLDER`` (a run already there is left untouched), so a
-    grid run again on a fresh machine trains only what is missing (compare skips a run whose ``summary.json``
-    reports the planned steps). A run kept with its in-run evaluations gets a ``metrics.jsonl`` of those records
-    and of its last sampler status, so that compare's own summary and a later ``--collect --in-run`` read it like
-    a run trained there (nothing else of its log is kept); the rebuilt runs have no checkpoints. Returns the number of runs rebuilt."""
+def restore(name: str, targets: list[str], methods: list[str] | None = None) -> int:
+    """The inverse of :func:`collect`: rebuild each committed run of ``benchmarks/results/<name>/<group>`` (of
+    ``methods`` only, when given) as ``FOLDER/runs/<method>/seed<k>/`` for every ``GROUP=FOLDER`` (a run already
+    there is left untouched), so a grid run again on a fresh machine trains only what is missing (compare skips a
+    run whose ``summary.json`` reports the planned steps). A run kept with its in-run evaluations gets a
+    ``metrics.jsonl`` of those records and of its last sampler status, so that compare's own summary and a later
+    ``--collect --in-run`` read it like a run trained there (nothing else of its log is kept); the rebuilt runs
+    have no checkpoints. Returns the number of runs rebuilt."""
     n = 0
     for item in targets:
         group, _, folder = item.partition("=")
@@ -98,6 +100,16 @@ def restore(name: str, targets: list[str]) -> int:
             raise SystemExit(
                 f"--restore {item}: expected GROUP=FOLDER with runs under {RESULTS / name / group}, found none"
             )
+        if methods is not None:
+            have = sorted({k.parent.name for k in kept_runs})
+            wanted = {run_dir_name(m): m for m in methods}
+            missing = [m for d, m in wanted.items() if d not in have]
+            if missing:
+                raise SystemExit(
+                    f"--only {','.join(missing)}: no such method under {RESULTS / name / group} "
+                    f"(it has {', '.join(have)})"
+                )
+            kept_runs = [k for k in kept_runs if k.parent.name in wanted]
         for kept in kept_runs:
             dest = Path(folder) / "runs" / kept.parent.name / kept.name
             if dest.exists():
@@ -261,6 +273,11 @@ def main(argv=None) -> int:
         metavar="GROUP=FOLDER",
         help="rebuild the committed runs of a group in a compare folder (the inverse of --collect)",
     )
+    ap.add_argument(
+        "--only",
+        metavar="METHOD,...",
+        help="with --restore: only these methods (e.g. the baseline of a new line)",
+    )
     ap.add_argument("--samples", type=int, default=1000, help="the evaluation's sample count (eval-nN.jsonl)")
     ap.add_argument(
         "--in-run",
@@ -288,6 +305,10 @@ def main(argv=None) -> int:
         ap.error(
             "--guidance names files of `evaluate --guidance`; the in-run evaluations (--in-run) are at the runs' own guidance"
         )
+    if args.only and not args.restore:
+        ap.error(
+            "--only chooses the methods of --restore; name the groups to restore with --restore GROUP=FOLDER"
+        )
     if args.decimals < 0:
         ap.error(f"--decimals {args.decimals} is invalid; allowed: an integer >= 0")
     samples = None if args.in_run else args.samples
@@ -296,7 +317,7 @@ def main(argv=None) -> int:
         print(f"collected {n} runs into {RESULTS / args.name}")
         return 0
     if args.restore:
-        n = restore(args.name, args.restore)
+        n = restore(args.name, args.restore, args.only.split(",") if args.only else None)
         print(f"restored {n} runs from {RESULTS / args.name}")
         return 0
     if args.against is not None and args.against == args.baseline:

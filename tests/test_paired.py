@@ -327,3 +327,7 @@ def test_restore_rebuilds_committed_in_run_runs_that_compare_and_collect_read_ba
     assert all((again / p.name).read_bytes() == p.read_bytes() for p in kept.iterdir())
     with pytest.raises(SystemExit, match="expected GROUP=FOLDER with runs under"):
         tab.restore("g", ["lin=" + str(tmp_path / "fresh")])
+    assert tab.restore("g", [f"flow={tmp_path / 'only'}"], ["uniform"]) == 1
+    assert [p.name for p in (tmp_path / "only" / "runs").iterdir()] == ["uniform"]
+    with pytest.raises(SystemExit, match=r"--only knn:k=4: no such method under .* \(it has ddc, uniform\)"):
+        tab.restore("g", [f"flow={tmp_path / 'only'}"], ["uniform", "knn:k=4"])
