@@ -114,12 +114,15 @@ def restore(name: str, targets: list[str], methods: list[str] | None = None) -> 
             dest = Path(folder) / "runs" / kept.parent.name / kept.name
             if dest.exists():
                 continue
-            dest.mkdir(parents=True)
+            part = dest.with_name(dest.name + ".restoring")  # renamed when whole: a crash leaves no half run
+            shutil.rmtree(part, ignore_errors=True)
+            part.mkdir(parents=True)
             for f in kept.iterdir():
-                shutil.copyfile(f, dest / f.name)
+                shutil.copyfile(f, part / f.name)
             log = _restored_log(kept)
             if log:
-                (dest / "metrics.jsonl").write_text("".join(log))
+                (part / "metrics.jsonl").write_text("".join(log))
+            part.rename(dest)
             n += 1
     return n
 

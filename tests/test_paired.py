@@ -316,6 +316,7 @@ def test_restore_rebuilds_committed_in_run_runs_that_compare_and_collect_read_ba
     untouched.mkdir(parents=True)
     assert tab.main(["--name", "g", "--restore", f"flow={tmp_path / 'fresh'}"]) == 0
     assert list(untouched.iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "fresh" / "runs").glob("*/*")) == ["seed0", "seed0"]
     run = tmp_path / "fresh" / "runs" / "uniform" / "seed0"
     assert runlog.finished(run, 1000)
     results = compare.summarize(tmp_path / "fresh", ["uniform"], 1, fd_noise=False)
