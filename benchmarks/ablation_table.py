@@ -130,9 +130,8 @@ def restore(name: str, targets: list[str], methods: list[str] | None = None) -> 
 def _restored_log(kept: Path) -> list[str]:
     """The ``metrics.jsonl`` lines of a committed run: its in-run evaluations, then its last sampler status at
     its final step (either may be absent: a run evaluated offline has no in-run evaluations)."""
-    lines = []
-    if (kept / _eval_file(None)).is_file():
-        lines = (kept / _eval_file(None)).read_text().splitlines(keepends=True)
+    evals = kept / _eval_file(None)
+    lines = evals.read_text().splitlines(keepends=True) if evals.is_file() else []
     status = kept / "sampler-status.json"
     if status.is_file():
         step = runlog.read_summary(kept).get("steps")

@@ -21,9 +21,7 @@ _spec.loader.exec_module(gpu_suite)
 # metric (the runs' eval_loss is compared), 10 steps per run, one timed block per side; and budgets far above what
 # the parts take (about 160 s in all), so that the outcome does not depend on the machine's load (a loaded
 # 2-core machine stopped the 30-s sharded part at its budget)
-GENEROUS = [
-    f"--{part}-budget-s" for part in ("tests", "throughput", "sampler", "syncs", "sharded", "compare")
-]
+GENEROUS = [f"--{part}-budget-s" for part in gpu_suite.PARTS]
 TINIER = [
     *("--budget-s", "1200"),
     *(arg for flag in GENEROUS for arg in (flag, "200")),
