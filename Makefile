@@ -26,8 +26,9 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/diffusion-curriculum train
 
-# One pytest worker per core (pytest-xdist); each test pins torch to one thread in its process (tests/conftest.py), so
-# the workers do not oversubscribe the cores. PYTEST_WORKERS=0 runs the suite in this one process.
+# One pytest worker per core (pytest-xdist); each test pins torch to one thread in its process
+# (tests/conftest.py), so the workers do not oversubscribe the cores. PYTEST_WORKERS=0 runs the suite in this
+# one process.
 PYTEST_WORKERS ?= auto
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
