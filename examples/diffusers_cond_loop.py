@@ -117,9 +117,16 @@ def main(argv: list[str] | None = None) -> float:
     print(f"done: steps={args.steps}, final loss={loss.item():.6f}, sampler={sampler.status()}")
     labels = balanced_labels(args.samples, NUM_CLASSES)
     x = generate.sample(
-        WithLabels(model), process, args.samples, (1, 8, 8), method="ddim", steps=args.sample_steps,
-        device=device, labels=labels, guidance=args.guidance,
-    )  # fmt: skip
+        WithLabels(model),
+        process,
+        args.samples,
+        (1, 8, 8),
+        method="ddim",
+        steps=args.sample_steps,
+        device=device,
+        labels=labels,
+        guidance=args.guidance,
+    )
     print(
         f"generated {x.shape[0]} samples of classes {sorted(set(labels.tolist()))} at guidance {args.guidance:g}, "
         f"mean {x.mean().item():.4f}, std {x.std().item():.4f}"

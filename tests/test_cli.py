@@ -177,8 +177,15 @@ def test_train_with_an_override_after_an_option(tmp_path):
 
 def test_library_warnings_print_as_one_plain_line(tmp_path):
     """The DDC budget warning used to print a file path and a source line ("base.py:181: UserWarning ...")."""
-    r = cli("train", "--out", str(tmp_path / "r"), *TINY, "sampler.name=ddc", "sampler.pacing=patience",
-            "sampler.patience=50")  # fmt: skip
+    r = cli(
+        "train",
+        "--out",
+        str(tmp_path / "r"),
+        *TINY,
+        "sampler.name=ddc",
+        "sampler.pacing=patience",
+        "sampler.patience=50",
+    )
     assert r.returncode == 0, r.stderr
     lines = [x for x in r.stderr.splitlines() if "curriculum stages need" in x]
     assert len(lines) == 1 and lines[0].startswith("warning: ddc: the 20 curriculum stages need"), r.stderr
@@ -218,8 +225,20 @@ def test_sample_refuses_zero_steps(tmp_path, capsys):
 def test_final_line_has_the_final_quality_and_a_loss_for_runs_shorter_than_log_every(tmp_path):
     """The last stdout line lacked the final quality (only in summary.json) and said "final_loss": null for a
     run shorter than log_every; evaluations now say so as they start."""
-    r = cli("train", "--preset", "toy2d", "--out", str(tmp_path / "r"), "steps=6", "log_every=50",
-            "eval_every=3", "eval.samples=64", "eval.steps=4", "progress=false", "batch_size=32")  # fmt: skip
+    r = cli(
+        "train",
+        "--preset",
+        "toy2d",
+        "--out",
+        str(tmp_path / "r"),
+        "steps=6",
+        "log_every=50",
+        "eval_every=3",
+        "eval.samples=64",
+        "eval.steps=4",
+        "progress=false",
+        "batch_size=32",
+    )
     assert r.returncode == 0, r.stderr
     final = json.loads(r.stdout.strip().splitlines()[-1])
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())

@@ -389,9 +389,15 @@ def test_compare_on_the_digits_cond_preset_shows_accuracy(tmp_path):
 
     over = [*TINY, "metrics.enabled=true", "eval.samples=20", "eval_every=5"]
     res = compare.compare(
-        ["uniform", "logit-normal"], preset="digits-cond", out=tmp_path / "c", seeds=1, steps=10,
-        overrides=over, jobs=1, log=lambda m: None,
-    )  # fmt: skip
+        ["uniform", "logit-normal"],
+        preset="digits-cond",
+        out=tmp_path / "c",
+        seeds=1,
+        steps=10,
+        overrides=over,
+        jobs=1,
+        log=lambda m: None,
+    )
     assert res["metric"] == "fd"
     for r in res["methods"].values():
         assert 0.0 <= r["accuracy_mean"] <= 1.0

@@ -147,8 +147,16 @@ def test_the_run_says_what_channel_count_it_chose_first(tmp_path):
 
     for i in range(4):
         _write_png(tmp_path / "g" / f"{i}.png", 50 * i, size=(8, 8), mode="L")
-    over = ["dataset.name=folder", f"dataset.path={tmp_path / 'g'}", "steps=2", "batch_size=4",
-            "model.channels=8", "progress=false", "metrics.enabled=false", "eval_every=0"]  # fmt: skip
+    over = [
+        "dataset.name=folder",
+        f"dataset.path={tmp_path / 'g'}",
+        "steps=2",
+        "batch_size=4",
+        "model.channels=8",
+        "progress=false",
+        "metrics.enabled=false",
+        "eval_every=0",
+    ]
     said = []
     trainer = Trainer(config.resolve(overrides=over), tmp_path / "r", log=said.append)
     assert said[0].startswith("dataset 'g': 4 images, every file is grayscale, so 1 channel(s)")
@@ -178,9 +186,20 @@ def test_legacy_fingerprints_cover_an_unrecorded_choice_and_a_changed_default_to
 
 
 def _folder_cli(tmp_path, *extra):
-    return ["train", "--out", str(tmp_path / "r"), "dataset.name=folder", f"dataset.path={tmp_path / 'g'}",
-            "batch_size=4", "model.channels=8", "progress=false", "metrics.enabled=false", "eval_every=0",
-            "checkpoint_every=2", *extra]  # fmt: skip
+    return [
+        "train",
+        "--out",
+        str(tmp_path / "r"),
+        "dataset.name=folder",
+        f"dataset.path={tmp_path / 'g'}",
+        "batch_size=4",
+        "model.channels=8",
+        "progress=false",
+        "metrics.enabled=false",
+        "eval_every=0",
+        "checkpoint_every=2",
+        *extra,
+    ]
 
 
 def test_a_new_folder_run_records_its_channel_count_and_resumes_with_its_config(tmp_path):

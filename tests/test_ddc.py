@@ -587,8 +587,19 @@ def test_adaptive_state_round_trip_mid_window_gives_the_same_decisions():
 
 
 def test_state_written_before_adaptive_pacing_still_loads():
-    old = {"name": "ddc", "step": 12, "phase": "curriculum", "stage": 3, "stages": 20, "clustering": "uniform",
-           "order": "easy-to-hard", "best": 0.5, "wait": 2, "stage_steps": 4, "ema": 0.0}  # fmt: skip
+    old = {
+        "name": "ddc",
+        "step": 12,
+        "phase": "curriculum",
+        "stage": 3,
+        "stages": 20,
+        "clustering": "uniform",
+        "order": "easy-to-hard",
+        "best": 0.5,
+        "wait": 2,
+        "stage_steps": 4,
+        "ema": 0.0,
+    }
     s = timesteps.build("ddc", LIN, pacing="patience")
     s.load_state_dict(old)
     assert (s.stage, s.wait, s.stage_steps, s.step) == (3, 2, 4, 12)

@@ -265,8 +265,11 @@ def test_bf16_autocast_only_where_the_gpu_computes_in_bf16(monkeypatch, native):
     if native:
         assert use_bf16("bf16", cuda) is True
     else:
-        with pytest.raises(ConfigError, match="precision=bf16 needs a GPU that computes in bfloat16 natively, which "
-                           "Tesla V100 does not; use precision=fp32"):  # fmt: skip
+        with pytest.raises(
+            ConfigError,
+            match="precision=bf16 needs a GPU that computes in bfloat16 natively, which "
+            "Tesla V100 does not; use precision=fp32",
+        ):
             use_bf16("bf16", cuda)
 
 

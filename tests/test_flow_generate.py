@@ -48,8 +48,17 @@ def _moments(x):
 )
 def test_the_exact_velocity_carries_noise_to_the_target_gaussian(method, steps, shift, prediction, tol):
     p = FlowProcess(shift=shift)
-    x = generate.sample(ExactVelocity(p, prediction), p, 20_000, (2,), method=method, steps=steps,
-                        prediction=prediction, seed=0, batch_size=20_000)  # fmt: skip
+    x = generate.sample(
+        ExactVelocity(p, prediction),
+        p,
+        20_000,
+        (2,),
+        method=method,
+        steps=steps,
+        prediction=prediction,
+        seed=0,
+        batch_size=20_000,
+    )
     mean, cov = _moments(x)
     assert (mean - MU).abs().max() < tol, mean
     assert (cov - SIGMA).abs().max() < tol, cov

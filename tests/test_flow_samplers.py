@@ -116,8 +116,9 @@ def test_ddc_stage_one_draws_the_noisiest_cluster_only():
     g = torch.Generator().manual_seed(3)
     t = s.sample(2000, generator=g).t
     assert t.min() >= 0.75 and t.max() < 1
-    s2 = timesteps.build("ddc", FLOW, total_steps=1000, clusters=4, pacing="fixed", steps_per_stage=5,
-                         per_cluster_share=True)  # fmt: skip
+    s2 = timesteps.build(
+        "ddc", FLOW, total_steps=1000, clusters=4, pacing="fixed", steps_per_stage=5, per_cluster_share=True
+    )
     for _ in range(5):
         s2.observe(torch.full((4,), 0.9), torch.ones(4))
     t2 = s2.sample(400, generator=g).t  # stage 2: two clusters, equal shares

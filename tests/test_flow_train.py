@@ -91,12 +91,17 @@ def test_flow_config_errors_name_the_key():
     "extra",
     [
         ["sampler.name=logit-normal", "weighting.name=min-snr"],
-        ["sampler.name=ddc", "sampler.clusters=4", "sampler.pacing=patience", "sampler.patience=2",
-         "sampler.joint=loss-second-moment"],
+        [
+            "sampler.name=ddc",
+            "sampler.clusters=4",
+            "sampler.pacing=patience",
+            "sampler.patience=2",
+            "sampler.joint=loss-second-moment",
+        ],
         ["sampler.name=learning-progress", "sampler.buckets=4", "weighting.name=edm2-uncertainty"],
     ],
     ids=["logit-normal", "ddc-importance", "learning-progress-edm2"],
-)  # fmt: skip
+)
 def test_flow_resume_is_exact(tmp_path, monkeypatch, extra):
     """Interrupt a flow run at step 17, resume: the logged losses and final weights equal an unbroken run's."""
     cfg = config.resolve(overrides=FLOW + ["model.dropout=0.1"] + extra)
@@ -116,9 +121,14 @@ def test_flow_resume_is_exact(tmp_path, monkeypatch, extra):
 def test_compare_runs_on_flow(tmp_path):
     out = tmp_path / "cmp"
     res = compare.compare(
-        ["uniform", "logit-normal"], out=out, seeds=1, steps=10, overrides=FLOW + ["eval_every=5"], jobs=1,
+        ["uniform", "logit-normal"],
+        out=out,
+        seeds=1,
+        steps=10,
+        overrides=FLOW + ["eval_every=5"],
+        jobs=1,
         log=lambda m: None,
-    )  # fmt: skip
+    )
     assert set(res["methods"]) == {"uniform", "logit-normal"}
     assert res["methods"]["uniform"]["speedup_per_seed"] == [pytest.approx(1.0)]
     cfg = config.load_yaml(out / "runs" / "logit-normal" / "seed0" / "config.yaml")

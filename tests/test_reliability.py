@@ -232,26 +232,75 @@ def test_crafted_pickle_as_checkpoint_is_refused_end_to_end(two_checkpoints, cap
 
 
 # -- 3. bad configuration, fuzzed ---------------------------------------------------------------------------
-FUZZ_KEYS = [
-    "seed", "steps", "batch_size", "lr", "prediction", "optim.weight_decay", "optim.beta1", "optim.beta2",
-    "optim.eps", "optim.grad_clip", "optim.warmup_steps", "optim.schedule", "ema.decay", "ema.warmup",
-    "eval.samples", "eval.method", "eval.steps", "eval.eta", "eval.seed", "eval.batch_size", "metrics.n_real",
-    "eval_every", "checkpoint_every", "keep_checkpoints", "log_every", "device", "precision", "progress",
-    "on_nonfinite", "tensorboard", "sampler.name", "sampler.clusters", "sampler.patience", "model.name",
-    "model.channels", "model.channel_mult", "model.groups", "model.dropout", "model.num_res_blocks",
-    "process.name", "process.T", "weighting.name", "weighting.gamma", "dataset.name", "momentum.enabled",
-    "momentum", "optim", "sampler", "stepz", "optim.foo", "model.nonexistent", "sampler.pat ience",
-]  # fmt: skip
+FUZZ_KEYS = """
+    seed steps batch_size lr prediction optim.weight_decay optim.beta1 optim.beta2 optim.eps optim.grad_clip
+    optim.warmup_steps optim.schedule ema.decay ema.warmup eval.samples eval.method eval.steps eval.eta
+    eval.seed eval.batch_size metrics.n_real eval_every checkpoint_every keep_checkpoints log_every device
+    precision progress on_nonfinite tensorboard sampler.name sampler.clusters sampler.patience model.name
+    model.channels model.channel_mult model.groups model.dropout model.num_res_blocks process.name process.T
+    weighting.name weighting.gamma dataset.name momentum.enabled momentum optim sampler stepz optim.foo
+    model.nonexistent
+""".split()
+FUZZ_KEYS.append("sampler.pat ience")  # a key with a space in it
 # keys whose large *valid* values would make one example slow (a huge batch or model): only small or
 # invalid values are tried there
-COSTLY = {"steps", "batch_size", "eval.samples", "eval.steps", "eval.batch_size", "model.channels", "process.T",
-          "sampler.clusters", "sampler.patience", "model.num_res_blocks", "model.channel_mult"}  # fmt: skip
+COSTLY = set(
+    """
+    steps batch_size eval.samples eval.steps eval.batch_size model.channels process.T sampler.clusters
+    sampler.patience model.num_res_blocks model.channel_mult
+    """.split()
+)
 BAD_TEXT = [
-    "", "''", "' '", "null", "~", "true", "false", "-1", "0", "1", "2", "3", "7", "-0.5", "0.5", "1.5", "1e-3",
-    "1e400", "-1e400", ".nan", ".inf", "-.inf", "nan", "1" + "0" * 400, str(2**63), str(2**70), "[]", "[1, 2]",
-    "[a, b]", "{}", "{a: 1}", "{name: ddc}", "abc", "ddc", "uniform", "cpu", "cuda", "meta", "eps", "skip",
-    "[", "{", "]", "'unclosed", "a: b: c", "!!python/object/apply:os.system ['true']", "\x00", "ö", "𝔘",
-]  # fmt: skip
+    "",
+    "''",
+    "' '",
+    "null",
+    "~",
+    "true",
+    "false",
+    "-1",
+    "0",
+    "1",
+    "2",
+    "3",
+    "7",
+    "-0.5",
+    "0.5",
+    "1.5",
+    "1e-3",
+    "1e400",
+    "-1e400",
+    ".nan",
+    ".inf",
+    "-.inf",
+    "nan",
+    "1" + "0" * 400,
+    str(2**63),
+    str(2**70),
+    "[]",
+    "[1, 2]",
+    "[a, b]",
+    "{}",
+    "{a: 1}",
+    "{name: ddc}",
+    "abc",
+    "ddc",
+    "uniform",
+    "cpu",
+    "cuda",
+    "meta",
+    "eps",
+    "skip",
+    "[",
+    "{",
+    "]",
+    "'unclosed",
+    "a: b: c",
+    "!!python/object/apply:os.system ['true']",
+    "\x00",
+    "ö",
+    "𝔘",
+]
 HUGE_OK = ["1e400", "1" + "0" * 400, str(2**63), str(2**70), "1e12", str(10**15)]
 
 
@@ -316,9 +365,20 @@ def test_fuzz_figures(capsys):
 
 @pytest.mark.parametrize(
     "override_",
-    ["lr=" + "1" + "0" * 400, "model.channels=[8]", "process.T=-3", "sampler.clusters=0", "model.groups=3",
-     "device=banana", "model.channel_mult=abc", "optim.beta1=.nan", "ema=3", "sampler=", "on_nonfinite=maybe"],
-)  # fmt: skip
+    [
+        "lr=" + "1" + "0" * 400,
+        "model.channels=[8]",
+        "process.T=-3",
+        "sampler.clusters=0",
+        "model.groups=3",
+        "device=banana",
+        "model.channel_mult=abc",
+        "optim.beta1=.nan",
+        "ema=3",
+        "sampler=",
+        "on_nonfinite=maybe",
+    ],
+)
 def test_bad_config_then_good_run_in_the_same_directory(tmp_path, capsys, override_):
     out = tmp_path / "r"
     rc, err = run_cli(capsys, "train", "--out", str(out), *TINY, "steps=2", override_)
@@ -416,8 +476,19 @@ def test_skip_zeroes_the_gradients_of_a_bad_step(tmp_path, poison):
     device, no host sync): Adam's second moment only decays, the weights and the EMA stay finite, the step is
     counted as skipped, and the next good step learns again."""
     poison.update({3, 4})
-    t = Trainer(config.resolve(overrides=TINY + ["on_nonfinite=skip", "sampler.name=ddc", "sampler.clusters=4",
-                                                 "sampler.pacing=patience", "sampler.patience=4"]), tmp_path / "r")  # fmt: skip
+    t = Trainer(
+        config.resolve(
+            overrides=TINY
+            + [
+                "on_nonfinite=skip",
+                "sampler.name=ddc",
+                "sampler.clusters=4",
+                "sampler.pacing=patience",
+                "sampler.patience=4",
+            ]
+        ),
+        tmp_path / "r",
+    )
     t.advance()
     t.advance()
     beta2 = t.optimizer.param_groups[0]["betas"][1]

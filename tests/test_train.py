@@ -246,8 +246,11 @@ def test_logger_wandb_without_the_package_is_one_sentence(tmp_path, monkeypatch)
         importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
     )
     cfg = config.resolve(overrides=TINY + ["logger=wandb", "steps=4"])
-    with pytest.raises(ConfigError, match=r"^logger=wandb needs the wandb package, which is not installed: pip "
-                       r"install 'diffusion-curriculum\[wandb\]'$"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"^logger=wandb needs the wandb package, which is not installed: pip "
+        r"install 'diffusion-curriculum\[wandb\]'$",
+    ):
         Trainer(cfg, tmp_path / "r")
     assert not (tmp_path / "r").exists()
     with pytest.raises(ConfigError, match=r"^logger='mlflow' is invalid; allowed: none, tensorboard, wandb"):

@@ -339,8 +339,17 @@ def flow_euler(
     too. The loop runs in float64; the network sees float32. Randomness: only the initial noise (unless ``noise``
     is given) — the sampler is deterministic.
     """
-    return _flow_ode(model, process, shape, steps=steps, prediction=prediction, generator=generator,
-                     device=device, noise=noise, heun=False)  # fmt: skip
+    return _flow_ode(
+        model,
+        process,
+        shape,
+        steps=steps,
+        prediction=prediction,
+        generator=generator,
+        device=device,
+        noise=noise,
+        heun=False,
+    )
 
 
 @torch.no_grad()
@@ -360,8 +369,17 @@ def flow_heun(
     x ← x + Δt'·(v̂(x, t_i) + v̂(x̃, t_{i+1}))/2, except on the last step to t' = 0, which is plain Euler. Two network
     evaluations per step but the last; deterministic after the initial noise.
     """
-    return _flow_ode(model, process, shape, steps=steps, prediction=prediction, generator=generator,
-                     device=device, noise=noise, heun=True)  # fmt: skip
+    return _flow_ode(
+        model,
+        process,
+        shape,
+        steps=steps,
+        prediction=prediction,
+        generator=generator,
+        device=device,
+        noise=noise,
+        heun=True,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------

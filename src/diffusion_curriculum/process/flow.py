@@ -90,8 +90,14 @@ class FlowProcess:
         exponential / beta sigmas, ``shift_terminal`` and inverted sigmas are not represented and are refused.
         """
         cfg = scheduler.config
-        for key in ("use_dynamic_shifting", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
-                    "invert_sigmas", "shift_terminal"):  # fmt: skip
+        for key in (
+            "use_dynamic_shifting",
+            "use_karras_sigmas",
+            "use_exponential_sigmas",
+            "use_beta_sigmas",
+            "invert_sigmas",
+            "shift_terminal",
+        ):
             if cfg.get(key):
                 raise ProcessError(
                     f"FlowProcess.from_scheduler cannot represent a scheduler with {key}={cfg.get(key)!r}; "
