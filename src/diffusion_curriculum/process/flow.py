@@ -29,6 +29,16 @@ from torch import Tensor
 from ..checks import is_number
 from .common import ProcessError, _bcast, _check_prediction, _eps_or_x0_target
 
+#: diffusers FlowMatchEulerDiscreteScheduler options whose sigmas FlowProcess does not represent (refused)
+_UNREPRESENTED_SCHEDULER_KEYS = (
+    "use_dynamic_shifting",
+    "use_karras_sigmas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
+    "invert_sigmas",
+    "shift_terminal",
+)
+
 __all__ = ["FlowProcess"]
 
 
@@ -90,14 +100,7 @@ class FlowProcess:
         exponential / beta sigmas, ``shift_terminal`` and inverted sigmas are not represented and are refused.
         """
         cfg = scheduler.config
-        for key in (
-            "use_dynamic_shifting",
-            "use_karras_sigmas",
-            "use_exponential_sigmas",
-            "use_beta_sigmas",
-            "invert_sigmas",
-            "shift_terminal",
-        ):
+        for key in _UNREPRESENTED_SCHEDULER_KEYS:
             if cfg.get(key):
                 raise ProcessError(
                     f"FlowProcess.from_scheduler cannot represent a scheduler with {key}={cfg.get(key)!r}; "
