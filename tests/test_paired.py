@@ -258,6 +258,15 @@ def test_ablation_table_prints_paired_tables_and_the_noise_from_result_files(tmp
     assert "| steps ratio at 25 % (FD@1000) |" in out and "| final FD − uniform |" in out
     assert "FD noise: unknown (no fd-noise-n1000.json is committed under grid/lin/uniform/seed*)." in out
     noise = {"key": "fd", "step": 4000, "samples": 1000, "seeds": [0, 1], "values": [3.0, 3.2]}
+    # without the baseline's, another method's measurements stand in, and the line names them
+    for s, values in ((0, [2.0, 2.6]), (2, [2.1, 2.3])):
+        f = tmp_path / "grid" / "lin" / "other" / f"seed{s}" / "fd-noise-n1000.json"
+        f.write_text(json.dumps({**noise, "values": values}))
+    assert tab.noise_text("grid", "lin", "uniform", 1000) == (
+        "FD noise: the same checkpoint scored with two sample seeds differs by 0.4 (mean |Δ| over 2 checkpoints,"
+        " largest 0.6; 1000 samples); a difference of FD below it is not resolved by this metric. Measured on the"
+        " final checkpoints of `other`: `uniform`'s are not kept."
+    )
     (tmp_path / "grid" / "lin" / "uniform" / "seed0" / "fd-noise-n1000.json").write_text(json.dumps(noise))
     assert tab.main(["--name", "grid", "--against", "absent"]) == 0
     out = capsys.readouterr().out
