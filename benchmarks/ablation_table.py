@@ -261,14 +261,14 @@ def noise_text(name: str, group: str, baseline: str, samples: int | None, guidan
     found = [json.loads(p.read_text()) for p in sorted((RESULTS / name / group / baseline).glob(pattern))]
     if found:
         return fd_noise.noise_line(fd_noise.summary(found), "fd")
-    # the baseline's checkpoints were not kept: the noise measured on another method's final checkpoints
-    # (the same metric at the same sample count) says as much, and the line names where it was measured
+    # none for the baseline (e.g. its checkpoints were not kept): the noise measured on another method's final
+    # checkpoints (the same metric at the same sample count) says as much, and the line names where it was measured
     others = sorted((RESULTS / name / group).glob(f"*/{pattern}"))
     why = f"no {fd_noise.noise_file_name(samples)} is committed under {name}/{group}/{baseline}/seed*"
     line = fd_noise.noise_line(fd_noise.summary([json.loads(p.read_text()) for p in others]), "fd", why)
     if others:
         where = ", ".join(dict.fromkeys(f"`{p.parent.parent.name}`" for p in others))
-        line += f" Measured on the final checkpoints of {where}: `{baseline}`'s are not kept."
+        line += f" Measured on the final checkpoints of {where}; none is committed for `{baseline}`."
     return line
 
 

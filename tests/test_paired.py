@@ -265,7 +265,7 @@ def test_ablation_table_prints_paired_tables_and_the_noise_from_result_files(tmp
     assert tab.noise_text("grid", "lin", "uniform", 1000) == (
         "FD noise: the same checkpoint scored with two sample seeds differs by 0.4 (mean |Δ| over 2 checkpoints,"
         " largest 0.6; 1000 samples); a difference of FD below it is not resolved by this metric. Measured on the"
-        " final checkpoints of `other`: `uniform`'s are not kept."
+        " final checkpoints of `other`; none is committed for `uniform`."
     )
     (tmp_path / "grid" / "lin" / "uniform" / "seed0" / "fd-noise-n1000.json").write_text(json.dumps(noise))
     assert tab.main(["--name", "grid", "--against", "absent"]) == 0
